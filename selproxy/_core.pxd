@@ -1,0 +1,225 @@
+# The compiled proxy core: connections, the upstream pool, the splice loop.
+from selproxy._http cimport MessageHead, BodyFraming
+from selproxy._routes cimport RouteTable, RouteMatch
+
+
+# A client connection:
+#
+#   OPEN --upgrade request--> UPGRADING --101--> TUNNEL --close--> CLOSED
+#     |                           |
+#     |                           +--other final status--> CLOSING
+#     +--parse error / Connection: close / drain--> CLOSING --flushed--> CLOSED
+cdef enum ClientState:
+    CLIENT_OPEN = 0
+    CLIENT_UPGRADING = 1
+    CLIENT_TUNNEL = 2
+    CLIENT_CLOSING = 3
+    CLIENT_CLOSED = 4
+
+# What the connection-wide deadline currently guards.
+cdef enum Deadline:
+    DEADLINE_NONE = 0
+    DEADLINE_IDLE = 1        # keep-alive client between requests
+    DEADLINE_HEAD = 2        # client sending a request head (slowloris)
+    DEADLINE_RESPONSE = 3    # upstream owes us (more of) a response
+
+# An upstream connection:
+#
+#   CONNECTING --made--> IDLE <--released-- BUSY
+#                          |  --acquired-->  |
+#                          +--EOF/error/timeout--> CLOSED <--------+
+cdef enum UpstreamState:
+    UP_CONNECTING = 0
+    UP_IDLE = 1
+    UP_BUSY = 2
+    UP_TUNNEL = 3
+    UP_CLOSED = 4
+
+# Reasons a client connection stops reading; reading resumes when none is left.
+cdef enum PauseReason:
+    PAUSE_UPSTREAM_FULL = 1     # the upstream's write buffer is over its high mark
+    PAUSE_BACKLOG = 2           # too much request data queued behind the active one
+    PAUSE_STOPPED = 4           # parsing has ended (error, upgrade in flight)
+
+
+cdef class Counters:
+    cdef readonly unsigned long long requests_passed
+    cdef readonly unsigned long long requests_claimed
+    cdef readonly unsigned long long client_connections_total
+    cdef readonly long client_connections
+    cdef readonly long upstream_connections
+    cdef readonly long upstream_idle
+    cdef readonly unsigned long long upstream_connects
+    cdef readonly dict errors
+
+    cdef void count_error(self, str kind)
+
+
+cdef class ResponseSink:
+    """Anything that receives an upstream's response: a client connection
+    (passthrough) or a collector for a handler's upstream call."""
+    cdef bytes request_method
+    cdef void upstream_ready(self, UpstreamProtocol conn)
+    cdef void upstream_failed(self, object exc)
+    cdef void response_interim(self, MessageHead head)
+    cdef void response_head(self, MessageHead head)
+    cdef void response_body(self, bytes data)
+    cdef void response_complete(self, list trailers)
+    cdef void response_upgrade(self, bytes rest)
+    cdef void response_failed(self, object exc, bint head_seen)
+    cdef void upstream_write_paused(self, bint paused)
+    cdef void cork(self)
+    cdef void uncork(self)
+
+
+cdef class UpstreamPool:
+    cdef ProxyCore core
+    cdef list idle                 # UpstreamProtocol, most recently used last
+    cdef object waiters            # deque of ResponseSink waiting for a slot
+    cdef long total                # open plus connecting
+    cdef set connections
+
+    cdef void acquire(self, ResponseSink sink)
+    cdef void release(self, UpstreamProtocol conn, bint reusable)
+    cdef void forget(self, UpstreamProtocol conn)
+    cdef void _open(self, ResponseSink sink)
+
+
+cdef class UpstreamProtocol:
+    cdef ProxyCore core
+    cdef UpstreamPool pool
+    cdef object transport
+    cdef object parser
+    cdef UpstreamState state
+    cdef ResponseSink sink
+    cdef MessageHead head
+    cdef list trailers
+    cdef bint head_seen
+    cdef bint any_response_bytes
+    cdef bint reused
+    cdef bint reusable
+    cdef unsigned long long uses
+    cdef bint request_complete
+    cdef bint reading_paused
+    cdef bint writing_paused
+    cdef Deadline deadline_kind
+    cdef double deadline
+    cdef double idle_since
+    cdef object _last_error
+
+    cdef void send(self, ResponseSink sink, bytes data)
+    cdef void write(self, bytes data)
+    cdef void writelines(self, list data)
+    cdef void request_sent(self)
+    cdef void set_reading(self, bint on)
+    cdef void close(self)
+    cdef void abort(self)
+    cdef void _finish_response(self, bint reusable)
+    cdef void _fail(self, object exc)
+    cdef void check_deadline(self, double now)
+    cdef void _new_parser(self)
+    cdef void _feed(self, ResponseSink sink, Py_ssize_t nbytes)
+
+
+cdef class Exchange:
+    cdef MessageHead head
+    cdef bint request_complete
+    cdef bint keep_alive
+    cdef bint upgrade
+    cdef list pending              # framed body pieces not yet sent upstream
+    cdef Py_ssize_t pending_size
+    cdef RouteMatch claim
+    cdef list body_parts           # a claimed request's body
+    cdef Py_ssize_t body_size
+    cdef object error              # a ProxyError to answer instead
+    cdef bint close_after
+    cdef list trailers
+    cdef bint response_chunked
+    cdef bint response_started
+    cdef bint retried
+    cdef double started_at
+
+
+cdef class ClientProtocol(ResponseSink):
+    cdef ProxyCore core
+    cdef object transport
+    cdef object parser
+    cdef object peer
+    cdef ClientState state
+    cdef object exchanges          # deque of Exchange, the active one first
+    cdef Exchange receiving        # the one whose request is being read
+    cdef MessageHead parsing
+    cdef UpstreamProtocol upstream
+    cdef int paused
+    cdef bint writing_paused
+    cdef Py_ssize_t backlog_size
+    cdef Py_ssize_t head_size
+    cdef Py_ssize_t raw_head_size
+    cdef Py_ssize_t url_size
+    cdef bint in_head
+    cdef list tunnel_pending
+    cdef object handler_task
+    cdef bint corked
+    cdef list corked_out
+    cdef Deadline deadline_kind
+    cdef double deadline
+    cdef object _last_error
+
+    cdef void _pause(self, int reason)
+    cdef void _resume(self, int reason)
+    cdef void _feed(self, object data)
+    cdef void _stop_parsing(self, object exc)
+    cdef object _check_target(self, MessageHead head)
+    cdef void _queue(self, Exchange ex)
+    cdef void _start(self, Exchange ex)
+    cdef void _send_upstream(self, UpstreamProtocol conn, Exchange ex)
+    cdef void _body_piece(self, Exchange ex, bytes data)
+    cdef void _answer(self, Exchange ex, int status, list headers, bytes body)
+    cdef void _answer_error(self, Exchange ex, object exc)
+    cdef void _finish(self, Exchange ex)
+    cdef bint _last_one(self)
+    cdef void _write(self, bytes data)
+    cdef void _writelines(self, list data)
+    cdef void close(self)
+    cdef void abort(self)
+    cdef void drain(self)
+    cdef void check_deadline(self, double now)
+    cdef void run_handler(self, Exchange ex)
+
+
+cdef class ProxyCore:
+    cdef readonly object loop
+    cdef readonly Counters counters
+    cdef readonly object config
+    cdef RouteTable routes
+    cdef readonly UpstreamPool pool
+    cdef object ssl_context
+    cdef str upstream_host
+    cdef int upstream_port
+    cdef bytes upstream_authority
+    cdef bytes upstream_scheme
+    cdef set listen_authorities
+    cdef object handler_runner
+    cdef object logger
+    cdef set clients
+    cdef bytearray read_buffer
+    cdef object read_view
+    cdef object sweeper
+    cdef bint draining
+
+    cdef Py_ssize_t max_request_line
+    cdef Py_ssize_t max_header_bytes
+    cdef Py_ssize_t max_buffered_body
+    cdef Py_ssize_t max_buffered_response
+    cdef Py_ssize_t max_upstream
+    cdef Py_ssize_t max_idle
+    cdef double header_timeout
+    cdef double idle_timeout
+    cdef double connect_timeout
+    cdef double response_timeout
+    cdef double upstream_idle_timeout
+    cdef double sweep_interval
+    cdef bint forwarded_headers
+    cdef bint access_log
+
+    cdef void _sweep(self)

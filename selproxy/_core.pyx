@@ -1,0 +1,1428 @@
+# cython: language_level=3
+"""The proxy core: client and upstream connections, the pool and the splice.
+
+Both protocols are ``cdef class``es with ``get_buffer``/``buffer_updated`` and
+are *not* ``asyncio.Protocol`` subclasses, so uvloop reads straight into the
+worker's one read buffer (uvloop ``handles/stream.pyx``, ``_set_protocol``).
+Every read is consumed before ``buffer_updated`` returns: httptools hands the
+callbacks ``bytes`` copies, and anything kept past the call is copied, so one
+buffer serves every connection of a worker.
+
+Passthrough traffic never leaves this module: httptools calls the ``on_*``
+methods below, and they write to the other side's transport.  Only a request
+that matches a route crosses into Python, whole, through ``run_handler``.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_GET_SIZE
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from selproxy._http cimport (
+    MessageHead, BodyFraming, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
+    BODY_UNTIL_CLOSE, new_request_head, new_response_head, analyse_request,
+    analyse_response, request_head_bytes, response_head_bytes, chunk_size_line,
+)
+from selproxy._routes cimport RouteTable, RouteMatch
+
+import asyncio
+import collections
+import http
+import logging
+import socket
+
+from httptools import HttpRequestParser, HttpResponseParser
+from httptools.parser.errors import (
+    HttpParserError, HttpParserCallbackError, HttpParserUpgrade,
+)
+
+from selproxy.errors import (
+    ProxyError, BadRequest, RequestLineTooLong, HeadersTooLarge, BodyTooLarge,
+    MethodNotAllowed, MisdirectedRequest, UpstreamUnavailable, UpstreamTimeout,
+    UpstreamProtocolError, HandlerError,
+)
+from selproxy.handler import Request as _Request, Response as _Response
+
+cdef object Request = _Request
+cdef object Response = _Response
+cdef object deque = collections.deque
+cdef object CancelledError = asyncio.CancelledError
+
+cdef bytes CRLF = b"\r\n"
+cdef bytes LAST_CHUNK = b"0\r\n"
+cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef bytes EMPTY = b""
+
+# Pipelined requests and early body bytes are queued while an exchange is in
+# flight; past this much the client stops being read until the queue drains.
+cdef Py_ssize_t BACKLOG_HIGH = 256 * 1024
+cdef Py_ssize_t BACKLOG_LOW = 64 * 1024
+# PERF(selproxy): the transports' write buffer marks.  A 1 MiB body moves in
+# 4 to 16 writes between pauses; idle connections hold no buffer at all.
+cdef Py_ssize_t WRITE_HIGH = 256 * 1024
+cdef Py_ssize_t WRITE_LOW = 64 * 1024
+cdef Py_ssize_t READ_BUFFER_SIZE = 256 * 1024
+
+cdef object log = logging.getLogger("selproxy")
+cdef object access_log = logging.getLogger("selproxy.access")
+
+cdef inline double monotonic() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+class _HeadResponseEnd(Exception):
+    """Raised from on_headers_complete to end a response to HEAD: httptools
+    cannot tell llhttp to skip a body, and llhttp does not know the method."""
+
+
+class _StopParsing(Exception):
+    """Raised from a request callback: the head is answered by the proxy."""
+
+
+cdef object HeadResponseEnd = _HeadResponseEnd
+cdef object StopParsing = _StopParsing
+
+
+cdef class Counters:
+    """Per-worker counters, read by the status endpoint."""
+
+    def __cinit__(self):
+        self.errors = {}
+
+    cdef void count_error(self, str kind):
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def snapshot(self):
+        return {
+            "requests_passed": self.requests_passed,
+            "requests_claimed": self.requests_claimed,
+            "client_connections": self.client_connections,
+            "client_connections_total": self.client_connections_total,
+            "upstream_connections": self.upstream_connections,
+            "upstream_idle": self.upstream_idle,
+            "upstream_connects": self.upstream_connects,
+            "errors": dict(self.errors),
+        }
+
+
+cdef str error_kind(object exc):
+    return type(exc).__name__
+
+
+cdef class ResponseSink:
+    cdef void upstream_ready(self, UpstreamProtocol conn):
+        pass
+
+    cdef void upstream_failed(self, object exc):
+        pass
+
+    cdef void response_interim(self, MessageHead head):
+        pass
+
+    cdef void response_head(self, MessageHead head):
+        pass
+
+    cdef void response_body(self, bytes data):
+        pass
+
+    cdef void response_complete(self, list trailers):
+        pass
+
+    cdef void response_upgrade(self, bytes rest):
+        pass
+
+    cdef void response_failed(self, object exc, bint head_seen):
+        pass
+
+    cdef void upstream_write_paused(self, bint paused):
+        pass
+
+    cdef void cork(self):
+        pass
+
+    cdef void uncork(self):
+        pass
+
+
+# ---------------------------------------------------------------------------
+# The upstream side
+
+
+@cython.final
+cdef class UpstreamPool:
+    """A worker's upstream connections: at most ``max_upstream`` open, the
+    idle ones reused most-recently-used first, and a FIFO of sinks waiting
+    for a slot when all are busy."""
+
+    def __cinit__(self, ProxyCore core):
+        self.core = core
+        self.idle = []
+        self.waiters = deque()
+        self.connections = set()
+        self.total = 0
+
+    cdef void acquire(self, ResponseSink sink):
+        cdef UpstreamProtocol conn
+        while self.idle:
+            conn = <UpstreamProtocol>self.idle.pop()
+            self.core.counters.upstream_idle -= 1
+            if conn.state == UP_IDLE:
+                conn.state = UP_BUSY
+                conn.reused = True
+                sink.upstream_ready(conn)
+                return
+        if self.total < self.core.max_upstream:
+            self._open(sink)
+        else:
+            self.waiters.append(sink)
+
+    cdef void _open(self, ResponseSink sink):
+        self.total += 1
+        self.core.counters.upstream_connects += 1
+        task = self.core.loop.create_task(_connect(self, sink))
+
+    cdef void release(self, UpstreamProtocol conn, bint reusable):
+        cdef ResponseSink waiter
+        conn.sink = None
+        if reusable and conn.state == UP_BUSY and not self.core.draining:
+            if self.waiters:
+                waiter = <ResponseSink>self.waiters.popleft()
+                conn.reused = True
+                waiter.upstream_ready(conn)
+                return
+            if len(self.idle) < self.core.max_idle:
+                conn.state = UP_IDLE
+                conn.idle_since = monotonic()
+                conn.set_reading(True)
+                self.idle.append(conn)
+                self.core.counters.upstream_idle += 1
+                return
+        conn.close()
+
+    cdef void forget(self, UpstreamProtocol conn):
+        """A connection closed: free its slot and serve a waiter with it."""
+        cdef ResponseSink waiter
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        self.total -= 1
+        self.core.counters.upstream_connections -= 1
+        if conn.state == UP_IDLE:
+            try:
+                self.idle.remove(conn)
+                self.core.counters.upstream_idle -= 1
+            except ValueError:
+                pass
+        if self.waiters and self.total < self.core.max_upstream and not self.core.draining:
+            waiter = <ResponseSink>self.waiters.popleft()
+            self._open(waiter)
+
+    def close_idle(self):
+        cdef UpstreamProtocol conn
+        for conn in list(self.idle):
+            conn.close()
+
+
+async def _connect(UpstreamPool pool, ResponseSink sink):
+    cdef ProxyCore core = pool.core
+    cdef UpstreamProtocol conn = UpstreamProtocol(core, pool)
+    try:
+        await asyncio.wait_for(
+            core.loop.create_connection(
+                lambda: conn, core.upstream_host, core.upstream_port,
+                ssl=core.ssl_context,
+                server_hostname=core.upstream_host if core.ssl_context else None),
+            core.connect_timeout)
+    except asyncio.TimeoutError:
+        pool.total -= 1
+        core.counters.count_error("upstream_connect_timeout")
+        sink.upstream_failed(UpstreamTimeout(
+            f"connecting to the upstream took longer than {core.connect_timeout:g}s"))
+        _serve_waiter(pool)
+    except (OSError, asyncio.CancelledError) as exc:
+        pool.total -= 1
+        core.counters.count_error("upstream_connect_failed")
+        sink.upstream_failed(UpstreamUnavailable(
+            f"cannot connect to the upstream: {exc}"))
+        _serve_waiter(pool)
+    except Exception as exc:
+        pool.total -= 1
+        core.counters.count_error("upstream_connect_failed")
+        sink.upstream_failed(UpstreamUnavailable(f"cannot connect to the upstream: {exc!r}"))
+        _serve_waiter(pool)
+    else:
+        if conn.state == UP_CLOSED:
+            sink.upstream_failed(UpstreamUnavailable("the upstream closed the connection at once"))
+            return
+        conn.state = UP_BUSY
+        sink.upstream_ready(conn)
+
+
+cdef void _serve_waiter(UpstreamPool pool):
+    if pool.waiters and pool.total < pool.core.max_upstream:
+        pool._open(<ResponseSink>pool.waiters.popleft())
+
+
+@cython.final
+cdef class UpstreamProtocol:
+    def __cinit__(self, ProxyCore core, UpstreamPool pool):
+        self.core = core
+        self.pool = pool
+        self.state = UP_CONNECTING
+        self._new_parser()
+
+    cdef void _new_parser(self):
+        self.parser = HttpResponseParser(self)
+
+    # asyncio protocol interface ------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        self.pool.connections.add(self)
+        self.core.counters.upstream_connections += 1
+
+    def connection_lost(self, exc):
+        cdef ResponseSink sink = self.sink
+        cdef bint was_tunnel = self.state == UP_TUNNEL
+        self.state = UP_CLOSED
+        self.pool.forget(self)
+        self.transport = None
+        if sink is not None:
+            self.sink = None
+            if was_tunnel:
+                sink.response_complete(None)
+            elif self.head_seen and self.head.framing == BODY_UNTIL_CLOSE:
+                # RFC 9112 section 6.3, rule 8: the close ends this body.
+                sink.response_complete(None)
+            else:
+                self.core.counters.count_error("upstream_closed")
+                sink.response_failed(
+                    UpstreamUnavailable("the upstream closed the connection"
+                                        + (" mid-response" if self.head_seen else "")),
+                    self.head_seen)
+
+    def eof_received(self):
+        return False
+
+    def pause_writing(self):
+        self.writing_paused = True
+        if self.sink is not None:
+            self.sink.upstream_write_paused(True)
+
+    def resume_writing(self):
+        self.writing_paused = False
+        if self.sink is not None:
+            self.sink.upstream_write_paused(False)
+
+    def get_buffer(self, Py_ssize_t hint):
+        return self.core.read_view
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef ResponseSink sink = self.sink
+        if self.state == UP_TUNNEL:
+            if sink is not None:
+                sink.response_body(bytes(self.core.read_view[:nbytes]))
+            return
+        if self.state != UP_BUSY or sink is None:
+            # Bytes on an idle connection answer nothing we asked: drop it.
+            self.close()
+            return
+        self.any_response_bytes = True
+        if self.deadline_kind == DEADLINE_RESPONSE:
+            self.deadline = monotonic() + self.core.response_timeout
+        # PERF(selproxy): what one read produces (head, body, last chunk)
+        # leaves for the client in one writev, not one send per piece.
+        sink.cork()
+        try:
+            self._feed(sink, nbytes)
+        finally:
+            sink.uncork()
+
+    cdef void _feed(self, ResponseSink sink, Py_ssize_t nbytes):
+        try:
+            self.parser.feed_data(self.core.read_view[:nbytes])
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0]
+            self.state = UP_TUNNEL
+            self.deadline_kind = DEADLINE_NONE
+            sink.response_upgrade(bytes(self.core.read_view[offset:nbytes]))
+        except HttpParserCallbackError as exc:
+            cause = self._last_error
+            self._last_error = None
+            if isinstance(cause, _HeadResponseEnd):
+                # A response to HEAD ends with its head.  The parser is spent
+                # and any bytes after the head are unaccounted for, so this
+                # connection is not reused.
+                self._finish_response(False)
+            else:
+                self._fail(cause if isinstance(cause, ProxyError)
+                           else UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
+        except HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
+
+    # httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self):
+        self.head = new_response_head(0, EMPTY)
+        self.trailers = None
+
+    def on_status(self, bytes reason):
+        if self.head.reason:
+            self.head.reason += reason
+        else:
+            self.head.reason = reason
+
+    def on_header(self, bytes name, bytes value):
+        if self.head_seen:
+            if self.trailers is None:
+                self.trailers = []
+            self.trailers.append((name, value))
+        else:
+            self.head.headers.append((name, value))
+
+    def on_headers_complete(self):
+        cdef MessageHead head = self.head
+        cdef ResponseSink sink = self.sink
+        try:
+            head.status = self.parser.get_status_code()
+            if self.parser.get_http_version() == "1.0":
+                head.version_minor = 0
+            err = analyse_response(head, sink.request_method)
+            if err is not None:
+                raise err
+            if head.status < 200 and head.status != 101:
+                sink.response_interim(head)
+                return
+            self.head_seen = True
+            if head.status != 101:
+                self.deadline_kind = DEADLINE_RESPONSE
+            sink.response_head(head)
+            if sink.request_method == b"HEAD":
+                raise HeadResponseEnd()
+        except BaseException as exc:
+            self._last_error = exc
+            raise
+
+    def on_body(self, bytes data):
+        cdef ResponseSink sink = self.sink
+        if sink is not None:
+            sink.response_body(data)
+
+    def on_message_complete(self):
+        if self.head.status < 200:
+            return
+        self._finish_response(self.parser.should_keep_alive())
+
+    # core interface --------------------------------------------------------
+
+    cdef void send(self, ResponseSink sink, bytes data):
+        self.sink = sink
+        self.uses += 1
+        self.reusable = False
+        self.head_seen = False
+        self.any_response_bytes = False
+        self.request_complete = False
+        self.head = None
+        self.deadline_kind = DEADLINE_NONE
+        if self.reading_paused:
+            self.set_reading(True)
+        self.transport.write(data)
+
+    cdef void write(self, bytes data):
+        if self.transport is not None:
+            self.transport.write(data)
+
+    cdef void writelines(self, list data):
+        if self.transport is not None:
+            self.transport.writelines(data)
+
+    cdef void request_sent(self):
+        """The whole request is written: the response clock starts."""
+        self.request_complete = True
+        if not self.head_seen and self.state == UP_BUSY:
+            self.deadline_kind = DEADLINE_RESPONSE
+            self.deadline = monotonic() + self.core.response_timeout
+
+    cdef void set_reading(self, bint on):
+        if self.transport is None:
+            return
+        if on and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        elif not on and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    cdef void _finish_response(self, bint reusable):
+        cdef ResponseSink sink = self.sink
+        cdef unsigned long long uses = self.uses
+        self.deadline_kind = DEADLINE_NONE
+        self.reusable = reusable and self.request_complete and self.state == UP_BUSY
+        if sink is not None:
+            sink.response_complete(self.trailers)
+        self.trailers = None
+        self.head = None
+        self.head_seen = False
+        if self.sink is sink and self.uses == uses:
+            # The sink did not release this connection itself (and did
+            # not take it again for its next request either).
+            self.pool.release(self, self.reusable)
+
+    cdef void _fail(self, object exc):
+        cdef ResponseSink sink = self.sink
+        self.sink = None
+        self.core.counters.count_error(error_kind(exc))
+        self.abort()
+        if sink is not None:
+            sink.response_failed(exc, self.head_seen)
+
+    cdef void check_deadline(self, double now):
+        cdef ResponseSink sink
+        if self.state == UP_IDLE:
+            if now - self.idle_since > self.core.upstream_idle_timeout:
+                self.close()
+            return
+        if self.deadline_kind == DEADLINE_RESPONSE and now >= self.deadline:
+            self.deadline_kind = DEADLINE_NONE
+            self._fail(UpstreamTimeout(
+                f"the upstream did not answer within {self.core.response_timeout:g}s"))
+
+    cdef void close(self):
+        if self.state == UP_IDLE:
+            try:
+                self.pool.idle.remove(self)
+                self.core.counters.upstream_idle -= 1
+            except ValueError:
+                pass
+        self.state = UP_CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    cdef void abort(self):
+        self.state = UP_CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# ---------------------------------------------------------------------------
+# The client side
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Exchange:
+    def __cinit__(self):
+        self.keep_alive = True
+
+
+cdef class Collector(ResponseSink):
+    """Collects one whole upstream response for a handler's upstream call."""
+    cdef object future
+    cdef ProxyCore core
+    cdef bytes data
+    cdef UpstreamProtocol conn
+    cdef MessageHead head
+    cdef list parts
+    cdef Py_ssize_t size
+    cdef bint retried
+
+    def __cinit__(self, ProxyCore core, bytes method, bytes data):
+        self.core = core
+        self.request_method = method
+        self.data = data
+        self.future = core.loop.create_future()
+        self.parts = []
+
+    cdef void upstream_ready(self, UpstreamProtocol conn):
+        if self.future.done():
+            self.core.pool.release(conn, True)
+            return
+        self.conn = conn
+        conn.send(self, self.data)
+        conn.request_sent()
+
+    cdef void upstream_failed(self, object exc):
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    cdef void response_head(self, MessageHead head):
+        self.head = head
+
+    cdef void response_body(self, bytes data):
+        self.size += PyBytes_GET_SIZE(data)
+        if self.size > self.core.max_buffered_response:
+            if self.conn is not None:
+                self.conn._fail(UpstreamProtocolError(
+                    "the upstream response is larger than max_buffered_response"))
+            return
+        self.parts.append(data)
+
+    cdef void response_complete(self, list trailers):
+        cdef MessageHead head = self.head
+        self.conn = None
+        if self.future.done() or head is None:
+            return
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.end_to_end]
+        self.future.set_result(Response(head.status, headers, b"".join(self.parts)))
+
+    cdef void response_failed(self, object exc, bint head_seen):
+        cdef UpstreamProtocol conn = self.conn
+        self.conn = None
+        if self.future.done():
+            return
+        if (conn is not None and conn.reused and not conn.any_response_bytes
+                and not self.retried):
+            # A pooled connection the upstream had closed while it was idle:
+            # the request never reached it, so it is safe to send again.
+            self.retried = True
+            self.parts = []
+            self.size = 0
+            self.core.pool.acquire(self)
+            return
+        self.future.set_exception(exc)
+
+    def cancel(self):
+        cdef UpstreamProtocol conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.sink = None
+            conn.abort()
+
+
+cdef class CoreUpstream:
+    """The engine as handlers see it: ``await upstream.request(...)``."""
+    cdef ProxyCore core
+    cdef bytes host_header
+
+    def __cinit__(self, ProxyCore core):
+        self.core = core
+        self.host_header = core.upstream_authority
+
+    async def request(self, str method, str target, list headers, bytes body=b"",
+                      *, timeout=None):
+        cdef MessageHead head = new_request_head(method.upper().encode("ascii"),
+                                                 target.encode("latin-1"))
+        cdef Collector collector
+        head.headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        head.collect()
+        if head.host is None:
+            head.end_to_end.append((b"Host", self.host_header))
+        head.transfer_encoding = None
+        head.framing = BODY_LENGTH if body else BODY_NONE
+        if body or head.method in (b"POST", b"PUT", b"PATCH"):
+            head.content_length = len(body)
+        else:
+            head.content_length = -1
+        data = request_head_bytes(head, [])
+        if body:
+            data += body
+        collector = Collector(self.core, head.method, data)
+        self.core.pool.acquire(collector)
+        try:
+            if timeout is None:
+                return await collector.future
+            return await asyncio.wait_for(asyncio.shield(collector.future), timeout)
+        except asyncio.TimeoutError:
+            collector.cancel()
+            raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s")
+        except BaseException:
+            collector.cancel()
+            raise
+
+
+cdef object STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+cdef class _HandlerDone:
+    cdef ClientProtocol client
+    cdef Exchange ex
+
+    def __cinit__(self, ClientProtocol client, Exchange ex):
+        self.client = client
+        self.ex = ex
+
+    def __call__(self, task):
+        cdef ClientProtocol client = self.client
+        cdef Exchange ex = self.ex
+        if client.handler_task is task:
+            client.handler_task = None
+        if task.cancelled() or client.state == CLIENT_CLOSED:
+            return
+        exc = task.exception()
+        if exc is not None:
+            if not isinstance(exc, ProxyError):
+                client.core.counters.count_error("handler_error")
+                log.error("handler for %s %s failed", ex.head.method.decode("latin-1"),
+                          ex.head.target.decode("latin-1"), exc_info=exc)
+                exc = HandlerError(f"the handler failed: {type(exc).__name__}: {exc}")
+            client._answer_error(ex, exc)
+            return
+        response = task.result()
+        headers = [(n.encode("latin-1"), str(v).encode("latin-1"))
+                   for n, v in response.headers]
+        body = response.body
+        if isinstance(body, str):
+            body = body.encode()
+        client._answer(ex, response.status, headers, bytes(body))
+
+
+@cython.final
+cdef class ClientProtocol(ResponseSink):
+    def __cinit__(self, ProxyCore core):
+        self.core = core
+        self.state = CLIENT_OPEN
+        self.exchanges = deque()
+        self.parser = HttpRequestParser(self)
+
+    # asyncio protocol interface ------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+        self.peer = transport.get_extra_info("peername")
+        self.core.clients.add(self)
+        self.core.counters.client_connections += 1
+        self.core.counters.client_connections_total += 1
+        self.deadline_kind = DEADLINE_IDLE
+        self.deadline = monotonic() + self.core.idle_timeout
+        if self.core.draining:
+            self.close()
+
+    def connection_lost(self, exc):
+        cdef UpstreamProtocol up = self.upstream
+        cdef Exchange ex
+        self.state = CLIENT_CLOSED
+        self.core.clients.discard(self)
+        self.core.counters.client_connections -= 1
+        self.transport = None
+        self.deadline_kind = DEADLINE_NONE
+        if up is not None:
+            # The client is gone: so is this exchange, and the upstream
+            # connection carrying it is in an unknown state.
+            self.upstream = None
+            up.sink = None
+            up.abort()
+        self.exchanges.clear()
+        if self.handler_task is not None:
+            self.handler_task.cancel()
+            self.handler_task = None
+        self.parser = None
+
+    def eof_received(self):
+        # A half-close from the client: answer what is in flight, then close.
+        if not self.exchanges:
+            return False
+        self.state = CLIENT_CLOSING
+        return True
+
+    def pause_writing(self):
+        self.writing_paused = True
+        if self.upstream is not None:
+            self.upstream.set_reading(False)
+
+    def resume_writing(self):
+        self.writing_paused = False
+        if self.upstream is not None:
+            self.upstream.set_reading(True)
+
+    def get_buffer(self, Py_ssize_t hint):
+        return self.core.read_view
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef ClientState state = self.state
+        if state == CLIENT_OPEN:
+            self._feed(self.core.read_view[:nbytes])
+            if self.in_head:
+                # httptools joins a header's pieces itself before calling
+                # on_header, so one endless header would grow unseen: count
+                # the raw bytes of an unfinished head as well.
+                self.raw_head_size += nbytes
+                if self.raw_head_size > (self.core.max_request_line
+                                         + self.core.max_header_bytes + 4096):
+                    self._stop_parsing(HeadersTooLarge(
+                        f"the request header block is larger than "
+                        f"{self.core.max_header_bytes} bytes"))
+        elif state == CLIENT_TUNNEL:
+            if self.upstream is not None:
+                self.upstream.write(bytes(self.core.read_view[:nbytes]))
+        elif state == CLIENT_UPGRADING:
+            self.tunnel_pending.append(bytes(self.core.read_view[:nbytes]))
+            self.backlog_size += nbytes
+            if self.backlog_size > BACKLOG_HIGH:
+                self._pause(PAUSE_BACKLOG)
+
+    cdef void _feed(self, object data):
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0]
+            if self.state == CLIENT_OPEN:
+                self.state = CLIENT_UPGRADING
+                self.tunnel_pending = [bytes(data[offset:])]
+                self.backlog_size += len(data) - offset
+        except HttpParserCallbackError as exc:
+            cause = self._last_error
+            self._last_error = None
+            if not isinstance(cause, _StopParsing):
+                self._stop_parsing(cause if isinstance(cause, ProxyError)
+                                   else BadRequest(f"invalid request: {exc}"))
+        except HttpParserError as exc:
+            self._stop_parsing(BadRequest(f"invalid request: {exc}"))
+
+    cdef void _stop_parsing(self, object exc):
+        """Answer ``exc`` after what is already queued, then close."""
+        cdef Exchange ex
+        if self.state != CLIENT_OPEN:
+            return
+        self.state = CLIENT_CLOSING
+        self.in_head = False
+        self._pause(PAUSE_STOPPED)
+        self.core.counters.count_error(error_kind(exc))
+        ex = self.receiving
+        if ex is None or ex.request_complete:
+            ex = Exchange.__new__(Exchange)
+            ex.head = self.parsing or new_request_head(b"GET", b"/")
+            ex.error = exc
+            ex.close_after = True
+            ex.keep_alive = False
+            ex.request_complete = True
+            self._queue(ex)
+        else:
+            # The request being read is broken mid-body: if it is active,
+            # its upstream exchange is abandoned; else it is answered in turn.
+            ex.error = exc
+            ex.close_after = True
+            ex.keep_alive = False
+            ex.request_complete = True
+            if self.exchanges and self.exchanges[0] is ex and ex.response_started is False:
+                if self.upstream is not None:
+                    self.upstream.sink = None
+                    self.upstream.abort()
+                    self.upstream = None
+                if ex.claim is None or self.handler_task is None:
+                    self._answer_error(ex, exc)
+            elif self.exchanges and self.exchanges[0] is ex:
+                self.abort()
+        self.receiving = None
+
+    cdef void _pause(self, int reason):
+        if self.paused == 0 and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    cdef void _resume(self, int reason):
+        if self.paused == 0:
+            return
+        self.paused &= ~reason
+        if self.paused == 0 and self.transport is not None:
+            self.transport.resume_reading()
+
+    # httptools callbacks ---------------------------------------------------
+
+    def on_message_begin(self):
+        self.parsing = new_request_head(None, EMPTY)
+        self.in_head = True
+        self.head_size = 0
+        self.raw_head_size = 0
+        self.url_size = 0
+        if self.deadline_kind != DEADLINE_HEAD:
+            self.deadline_kind = DEADLINE_HEAD
+            self.deadline = monotonic() + self.core.header_timeout
+
+    def on_url(self, bytes url):
+        self.url_size += PyBytes_GET_SIZE(url)
+        if self.url_size > self.core.max_request_line:
+            self._last_error = RequestLineTooLong(
+                f"the request target is longer than {self.core.max_request_line} bytes")
+            raise self._last_error
+        self.parsing.target += url
+
+    def on_header(self, bytes name, bytes value):
+        cdef Exchange ex
+        if not self.in_head:
+            ex = self.receiving
+            if ex is not None:
+                if ex.trailers is None:
+                    ex.trailers = []
+                ex.trailers.append((name, value))
+            return
+        self.head_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        if self.head_size > self.core.max_header_bytes:
+            self._last_error = HeadersTooLarge(
+                f"the request header block is larger than {self.core.max_header_bytes} bytes")
+            raise self._last_error
+        self.parsing.headers.append((name, value))
+
+    def on_headers_complete(self):
+        cdef MessageHead head = self.parsing
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        cdef ProxyCore core = self.core
+        self.in_head = False
+        self.head_size = 0
+        self.deadline_kind = DEADLINE_NONE
+        ex.head = head
+        ex.started_at = monotonic()
+        head.method = self.parser.get_method()
+        if self.parser.get_http_version() == "1.0":
+            head.version_minor = 0
+        ex.keep_alive = self.parser.should_keep_alive()
+        ex.upgrade = self.parser.should_upgrade()
+        if head.method == b"CONNECT":
+            err = MethodNotAllowed("CONNECT is not allowed: this is a reverse proxy")
+        else:
+            err = analyse_request(head)
+        if err is None:
+            err = self._check_target(head)
+        if err is None:
+            ex.claim = core.routes.lookup(head.method, head.target)
+            if ex.claim is not None:
+                if ex.upgrade:
+                    err = BadRequest("a claimed route cannot be upgraded")
+                elif head.content_length > core.max_buffered_body:
+                    err = BodyTooLarge(
+                        f"the request body is larger than {core.max_buffered_body} bytes")
+                else:
+                    ex.body_parts = []
+        if err is not None:
+            self.receiving = None
+            self._stop_parsing(err)
+            self._last_error = StopParsing()
+            raise self._last_error
+        self.receiving = ex
+        if head.framing == BODY_NONE:
+            ex.request_complete = not ex.upgrade
+        self._queue(ex)
+
+    cdef object _check_target(self, MessageHead head):
+        cdef bytes target = head.target
+        if target[:1] == b"/":
+            return None
+        if target == b"*" and head.method == b"OPTIONS":
+            return None
+        lowered = target[:8].lower()
+        if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+            # RFC 9112 section 3.2.2: absolute form.  Only the upstream
+            # itself, or this proxy, may be named: never another host.
+            rest = target.split(b"://", 1)[1]
+            slash = rest.find(b"/")
+            authority = (rest if slash < 0 else rest[:slash]).lower()
+            if (authority != self.core.upstream_authority
+                    and authority not in self.core.listen_authorities):
+                return MisdirectedRequest(
+                    "this proxy only forwards to its configured upstream, not to "
+                    + authority.decode("latin-1"))
+            head.target = b"/" if slash < 0 else rest[slash:]
+            return None
+        return BadRequest("invalid request target")
+
+    def on_body(self, bytes data):
+        cdef Exchange ex = self.receiving
+        if ex is None:
+            return
+        if ex.claim is not None:
+            ex.body_size += PyBytes_GET_SIZE(data)
+            if ex.body_size > self.core.max_buffered_body:
+                self._last_error = BodyTooLarge(
+                    f"the request body is larger than {self.core.max_buffered_body} bytes")
+                raise self._last_error
+            ex.body_parts.append(data)
+            return
+        self._body_piece(ex, data)
+
+    def on_message_complete(self):
+        cdef Exchange ex = self.receiving
+        cdef list last
+        if ex is None:
+            return
+        self.receiving = None
+        if ex.claim is not None:
+            # A request without a body was complete at its head, and
+            # _start has run its handler already if it was due.
+            if not ex.request_complete:
+                ex.request_complete = True
+                if self.exchanges and self.exchanges[0] is ex:
+                    self.run_handler(ex)
+            return
+        ex.request_complete = True
+        if ex.head.framing == BODY_CHUNKED:
+            last = [LAST_CHUNK]
+            if ex.trailers:
+                for name, value in ex.trailers:
+                    last += (name, b": ", value, CRLF)
+            last.append(CRLF)
+            self._body_piece(ex, b"".join(last))
+        if self.exchanges and self.exchanges[0] is ex and self.upstream is not None:
+            self.upstream.request_sent()
+
+    # exchanges -------------------------------------------------------------
+
+    cdef void _body_piece(self, Exchange ex, bytes data):
+        """Send a piece of a passthrough request body on, or queue it."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef bint chunk = ex.head.framing == BODY_CHUNKED and not ex.request_complete
+        if (self.upstream is not None and self.exchanges
+                and self.exchanges[0] is ex and not ex.pending):
+            if chunk:
+                self.upstream.writelines([chunk_size_line(size), data, CRLF])
+            else:
+                self.upstream.write(data)
+            return
+        if ex.pending is None:
+            ex.pending = []
+        if chunk:
+            ex.pending += (chunk_size_line(size), data, CRLF)
+        else:
+            ex.pending.append(data)
+        ex.pending_size += size
+        self.backlog_size += size
+        if self.backlog_size > BACKLOG_HIGH:
+            self._pause(PAUSE_BACKLOG)
+
+    cdef void _queue(self, Exchange ex):
+        self.exchanges.append(ex)
+        if len(self.exchanges) == 1:
+            self._start(ex)
+        elif len(self.exchanges) > 16:
+            self._pause(PAUSE_BACKLOG)
+
+    cdef void _start(self, Exchange ex):
+        cdef ProxyCore core = self.core
+        if ex.error is not None:
+            self._answer_error(ex, ex.error)
+            return
+        if ex.claim is not None:
+            core.counters.requests_claimed += 1
+            if ex.request_complete:
+                self.run_handler(ex)
+            elif ex.head.expect_continue:
+                self._write(CONTINUE_100)
+            return
+        core.counters.requests_passed += 1
+        self.request_method = ex.head.method
+        core.pool.acquire(self)
+
+    cdef void upstream_ready(self, UpstreamProtocol conn):
+        cdef Exchange ex
+        if self.state == CLIENT_CLOSED or not self.exchanges:
+            self.core.pool.release(conn, True)
+            return
+        ex = <Exchange>self.exchanges[0]
+        self.upstream = conn
+        self._send_upstream(conn, ex)
+
+    cdef void _send_upstream(self, UpstreamProtocol conn, Exchange ex):
+        cdef list extra = []
+        cdef ProxyCore core = self.core
+        cdef MessageHead head = ex.head
+        if head.host is None:
+            extra.append((b"Host", core.upstream_authority))
+        if core.forwarded_headers and self.peer:
+            addr = str(self.peer[0]).encode()
+            prior = None
+            for name, value in head.end_to_end:
+                if name.lower() == b"x-forwarded-for":
+                    prior = value
+            if prior is not None:
+                head.end_to_end = [(n, v) for n, v in head.end_to_end
+                                   if n.lower() != b"x-forwarded-for"]
+                addr = prior + b", " + addr
+            extra.append((b"X-Forwarded-For", addr))
+            extra.append((b"X-Forwarded-Proto", b"http"))
+        conn.send(self, request_head_bytes(head, extra))
+        if self.writing_paused:
+            conn.set_reading(False)
+        if conn.writing_paused:
+            self._pause(PAUSE_UPSTREAM_FULL)
+        if ex.pending:
+            conn.writelines(ex.pending)
+            self.backlog_size -= ex.pending_size
+            ex.pending = None
+            ex.pending_size = 0
+            if self.backlog_size < BACKLOG_LOW:
+                self._resume(PAUSE_BACKLOG)
+        if ex.upgrade and self.tunnel_pending is None:
+            # Bytes after the upgrade head are held until the 101.
+            self.tunnel_pending = []
+        if ex.request_complete:
+            conn.request_sent()
+
+    cdef void upstream_failed(self, object exc):
+        cdef Exchange ex
+        if self.state == CLIENT_CLOSED or not self.exchanges:
+            return
+        ex = <Exchange>self.exchanges[0]
+        if not ex.request_complete:
+            ex.close_after = True
+        self._answer_error(ex, exc)
+
+    cdef void upstream_write_paused(self, bint paused):
+        if paused:
+            self._pause(PAUSE_UPSTREAM_FULL)
+        else:
+            self._resume(PAUSE_UPSTREAM_FULL)
+
+    cdef void response_interim(self, MessageHead head):
+        # RFC 9110 section 15.2: a proxy forwards 1xx responses, except to
+        # an HTTP/1.0 client, which cannot understand them.
+        cdef Exchange ex = <Exchange>self.exchanges[0]
+        if ex.head.version_minor >= 1:
+            self._write(response_head_bytes(head, False, False))
+
+    cdef void response_head(self, MessageHead head):
+        cdef Exchange ex = <Exchange>self.exchanges[0]
+        cdef bint chunked = False
+        cdef bint close = (not ex.keep_alive or ex.close_after
+                           or self.state == CLIENT_UPGRADING or self._last_one())
+        if not ex.request_complete and head.status != 101:
+            # Answered before the request body was all read: the rest of
+            # that body cannot be told from a next request, so close after.
+            close = True
+        ex.response_started = True
+        if head.status == 101:
+            if not ex.upgrade:
+                self.upstream._fail(UpstreamProtocolError("101 without an upgrade request"))
+                return
+        elif head.framing == BODY_CHUNKED:
+            chunked = ex.head.version_minor >= 1
+            close = close or not chunked
+        elif head.framing == BODY_UNTIL_CLOSE:
+            chunked = ex.head.version_minor >= 1 and not close
+            close = close or not chunked
+        ex.response_chunked = chunked
+        ex.close_after = close
+        self._write(response_head_bytes(head, close, chunked))
+
+    cdef void response_body(self, bytes data):
+        cdef Exchange ex
+        if self.transport is None:
+            return
+        if self.state == CLIENT_TUNNEL:
+            self.transport.write(data)
+            return
+        ex = <Exchange>self.exchanges[0]
+        if ex.response_chunked:
+            self._writelines([chunk_size_line(PyBytes_GET_SIZE(data)), data, CRLF])
+        else:
+            self._write(data)
+
+    cdef void response_complete(self, list trailers):
+        cdef Exchange ex
+        cdef list last
+        cdef UpstreamProtocol up = self.upstream
+        if self.state == CLIENT_TUNNEL:
+            self.upstream = None
+            self.close()
+            return
+        if not self.exchanges:
+            return
+        ex = <Exchange>self.exchanges[0]
+        if ex.response_chunked and self.transport is not None:
+            last = [LAST_CHUNK]
+            if trailers:
+                for name, value in trailers:
+                    last += (name, b": ", value, CRLF)
+            last.append(CRLF)
+            self._write(b"".join(last))
+        self.upstream = None
+        if up is not None:
+            self.core.pool.release(up, ex.request_complete and up.reusable)
+        self._finish(ex)
+
+    cdef void response_upgrade(self, bytes rest):
+        cdef Exchange ex = <Exchange>self.exchanges[0]
+        self.state = CLIENT_TUNNEL
+        self.deadline_kind = DEADLINE_NONE
+        if rest:
+            self._write(rest)
+        if self.tunnel_pending:
+            self.upstream.writelines(self.tunnel_pending)
+        self.tunnel_pending = None
+        self.backlog_size = 0
+        self.exchanges.clear()
+        self._resume(PAUSE_BACKLOG | PAUSE_STOPPED)
+
+    cdef void response_failed(self, object exc, bint head_seen):
+        cdef Exchange ex
+        cdef UpstreamProtocol up = self.upstream
+        self.upstream = None
+        if self.state == CLIENT_CLOSED or not self.exchanges:
+            return
+        if head_seen or self.state == CLIENT_TUNNEL:
+            # RFC 9112 section 9.6 / nginx: a response cut short must not
+            # look complete, so the client connection is cut as well.
+            self.abort()
+            return
+        ex = <Exchange>self.exchanges[0]
+        if (up is not None and up.reused and not up.any_response_bytes
+                and not ex.retried and ex.request_complete
+                and ex.head.framing == BODY_NONE):
+            # A pooled connection the upstream closed while idle.
+            ex.retried = True
+            self.core.pool.acquire(self)
+            return
+        if not ex.request_complete:
+            ex.close_after = True
+        self._answer_error(ex, exc)
+
+    cdef void run_handler(self, Exchange ex):
+        cdef MessageHead head = ex.head
+        cdef ProxyCore core = self.core
+        body = b"".join(ex.body_parts) if ex.body_parts else b""
+        ex.body_parts = None
+        request = Request(
+            head.method.decode("ascii"), head.target.decode("latin-1"),
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.end_to_end],
+            body, ex.claim.params, self.peer)
+        task = core.loop.create_task(core.handler_runner(ex.claim.route, request))
+        self.handler_task = task
+        task.add_done_callback(_HandlerDone(self, ex))
+
+    cdef void _answer(self, Exchange ex, int status, list headers, bytes body):
+        """Write a whole response the proxy made itself."""
+        cdef list out
+        cdef bint close = (not ex.keep_alive or ex.close_after
+                           or not ex.request_complete or self._last_one())
+        if self.transport is None:
+            return
+        ex.close_after = close
+        out = [b"HTTP/1.1 ", str(status).encode(), b" ",
+               STATUS_PHRASES.get(status, b"Unknown"), CRLF]
+        for name, value in headers:
+            lname = name.lower()
+            if (lname == b"content-length" or lname == b"transfer-encoding"
+                    or lname == b"connection" or lname == b"keep-alive"):
+                continue
+            out += (name, b": ", value, CRLF)
+        if status == 204 or status == 304 or status < 200:
+            body = EMPTY
+        else:
+            out += (b"Content-Length: ", str(len(body)).encode(), CRLF)
+            if ex.head.method == b"HEAD":
+                body = EMPTY
+        if close:
+            out.append(b"Connection: close\r\n")
+        out.append(CRLF)
+        out.append(body)
+        self._write(b"".join(out))
+        self._finish(ex)
+
+    cdef void _answer_error(self, Exchange ex, object exc):
+        if self.core.logger is not None:
+            self.core.logger.warning("%s %s -> %d %s", ex.head.method.decode("latin-1")
+                                     if ex.head.method else "-",
+                                     ex.head.target.decode("latin-1"), exc.status, exc.reason)
+        self._answer(ex, exc.status, [(b"Content-Type", b"application/json")],
+                     exc.body())
+
+    cdef void _finish(self, Exchange ex):
+        """The active exchange's response is written: on to the next."""
+        cdef Exchange nxt
+        if self.core.access_log:
+            access_log.info("%s %s %s %.1fms", self.peer[0] if self.peer else "-",
+                            ex.head.method.decode("latin-1") if ex.head.method else "-",
+                            ex.head.target.decode("latin-1"),
+                            (monotonic() - ex.started_at) * 1000.0)
+        if self.exchanges and self.exchanges[0] is ex:
+            self.exchanges.popleft()
+        if ex.close_after or self.state == CLIENT_CLOSING or self.core.draining:
+            if not self.exchanges or ex.close_after:
+                self.close()
+                return
+        if len(self.exchanges) <= 16:
+            self._resume(PAUSE_BACKLOG)
+        if self.exchanges:
+            nxt = <Exchange>self.exchanges[0]
+            self._start(nxt)
+        elif self.state == CLIENT_OPEN and not self.in_head:
+            self.deadline_kind = DEADLINE_IDLE
+            self.deadline = monotonic() + self.core.idle_timeout
+
+    cdef bint _last_one(self):
+        """Closing (drain, half-close, parse error): is this the last answer?"""
+        return ((self.state == CLIENT_CLOSING or self.core.draining)
+                and len(self.exchanges) <= 1)
+
+    cdef void _write(self, bytes data):
+        if self.corked:
+            self.corked_out.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    cdef void _writelines(self, list data):
+        if self.corked:
+            self.corked_out.extend(data)
+        elif self.transport is not None:
+            self.transport.writelines(data)
+
+    cdef void cork(self):
+        if not self.corked:
+            self.corked = True
+            self.corked_out = []
+
+    cdef void uncork(self):
+        cdef list out = self.corked_out
+        if not self.corked:
+            return
+        self.corked = False
+        self.corked_out = None
+        if out and self.transport is not None:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+
+    cdef void check_deadline(self, double now):
+        cdef Deadline kind = self.deadline_kind
+        if kind == DEADLINE_NONE or now < self.deadline:
+            return
+        self.deadline_kind = DEADLINE_NONE
+        if kind == DEADLINE_IDLE:
+            self.close()
+        elif kind == DEADLINE_HEAD:
+            self.core.counters.count_error("header_timeout")
+            if self.exchanges:
+                self.abort()
+            else:
+                # RFC 9110 section 15.5.9: 408 before closing.
+                self.state = CLIENT_OPEN
+                self._stop_parsing(ProxyError(
+                    f"the request head did not arrive within {self.core.header_timeout:g}s",
+                    status=408))
+
+    cdef void drain(self):
+        """Shutdown: close when idle, else after the exchange in flight."""
+        if not self.exchanges and not self.in_head:
+            self.close()
+        elif self.state == CLIENT_OPEN:
+            self.state = CLIENT_CLOSING
+            self._pause(PAUSE_STOPPED)
+
+    cdef void close(self):
+        if self.state == CLIENT_CLOSED:
+            return
+        self.uncork()
+        if self.transport is not None:
+            self.state = CLIENT_CLOSING
+            self.transport.close()
+
+    cdef void abort(self):
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# ---------------------------------------------------------------------------
+# The worker
+
+
+cdef class ProxyCore:
+    """One worker's proxy: its configuration in C fields, its routes, its
+    upstream pool, its counters and its open client connections."""
+
+    def __cinit__(self, config, loop, routes=(), handler_runner=None, logger=None):
+        scheme, host, port = config.upstream_address
+        self.config = config
+        self.loop = loop
+        self.counters = Counters()
+        self.routes = RouteTable(routes)
+        self.pool = UpstreamPool(self)
+        self.ssl_context = config.upstream_ssl_context()
+        self.upstream_host = host
+        self.upstream_port = port
+        default_port = 443 if scheme == "https" else 80
+        authority = host if port == default_port else f"{host}:{port}"
+        if ":" in host and not host.startswith("["):
+            authority = f"[{host}]" if port == default_port else f"[{host}]:{port}"
+        self.upstream_authority = authority.lower().encode("idna")
+        self.upstream_scheme = scheme.encode()
+        self.listen_authorities = set()
+        self.handler_runner = handler_runner
+        self.logger = logger
+        self.clients = set()
+        self.read_buffer = bytearray(READ_BUFFER_SIZE)
+        self.read_view = memoryview(self.read_buffer)
+
+        self.max_request_line = config.max_request_line
+        self.max_header_bytes = config.max_header_bytes
+        self.max_buffered_body = config.max_buffered_body
+        self.max_buffered_response = config.max_buffered_response
+        self.max_upstream = config.max_upstream_connections
+        self.max_idle = config.max_idle_upstream_connections
+        self.header_timeout = config.header_timeout
+        self.idle_timeout = config.idle_timeout
+        self.connect_timeout = config.connect_timeout
+        self.response_timeout = config.response_timeout
+        self.upstream_idle_timeout = config.upstream_idle_timeout
+        self.forwarded_headers = config.forwarded_headers
+        self.access_log = config.access_log
+        self.sweep_interval = min(1.0, max(0.05, min(
+            self.header_timeout, self.idle_timeout, self.response_timeout,
+            self.upstream_idle_timeout) / 4.0))
+
+    def protocol_factory(self):
+        return ClientProtocol(self)
+
+    def add_listen_authority(self, str host, int port):
+        for name in {host, "localhost" if host in ("127.0.0.1", "::1") else host}:
+            self.listen_authorities.add(f"{name}:{port}".lower().encode("idna"))
+            if port == 80:
+                self.listen_authorities.add(name.lower().encode("idna"))
+
+    def upstream(self):
+        """The object handlers receive to call the upstream."""
+        return CoreUpstream(self)
+
+    def start(self):
+        self.sweeper = self.loop.call_later(self.sweep_interval, self._sweep_cb)
+
+    def _sweep_cb(self):
+        self._sweep()
+
+    cdef void _sweep(self):
+        """Fire the deadlines that have passed.  PERF(selproxy): one timer
+        per worker, instead of two timer calls per request."""
+        cdef double now = monotonic()
+        cdef ClientProtocol client
+        cdef UpstreamProtocol conn
+        for client in list(self.clients):
+            client.check_deadline(now)
+        for conn in list(self.pool.connections):
+            conn.check_deadline(now)
+        self.sweeper = self.loop.call_later(self.sweep_interval, self._sweep_cb)
+
+    def drain(self):
+        """Stop taking new requests: idle connections close now, busy ones
+        after the exchange in flight."""
+        cdef ClientProtocol client
+        self.draining = True
+        for client in list(self.clients):
+            client.drain()
+        self.pool.close_idle()
+
+    def open_clients(self):
+        return len(self.clients)
+
+    def abort_all(self):
+        cdef ClientProtocol client
+        cdef UpstreamProtocol conn
+        for client in list(self.clients):
+            client.abort()
+        for conn in list(self.pool.connections):
+            conn.abort()
+
+    def stop(self):
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None

@@ -1,0 +1,43 @@
+# HTTP/1.1 message heads: what the core learns from a head, and how it
+# writes one out again.  RFC 9110 and RFC 9112 section numbers are cited in
+# _http.pyx where they force a branch.
+
+cdef enum BodyFraming:
+    BODY_NONE = 0           # no body: no framing headers, or HEAD/1xx/204/304
+    BODY_LENGTH = 1         # Content-Length: N
+    BODY_CHUNKED = 2        # Transfer-Encoding: ..., chunked
+    BODY_UNTIL_CLOSE = 3    # a response with neither: the body ends at EOF
+
+
+cdef class MessageHead:
+    cdef public bytes method        # requests
+    cdef public bytes target        # requests
+    cdef public int status          # responses
+    cdef public bytes reason        # responses
+    cdef public int version_minor   # HTTP/1.<minor>
+    cdef public list headers        # [(name, value)] as received, bytes
+
+    # Filled by analyse_request/analyse_response.
+    cdef public BodyFraming framing
+    cdef public long long content_length
+    cdef public bytes transfer_encoding
+    cdef public bint conn_close
+    cdef public bint conn_keep_alive
+    cdef public bint conn_upgrade
+    cdef public bint expect_continue
+    cdef public bytes upgrade
+    cdef public bytes host
+    cdef public list end_to_end     # headers minus hop-by-hop and framing
+    cdef public bint has_gzip_accept
+
+    cdef int collect(self) except -1
+
+
+cdef MessageHead new_request_head(bytes method, bytes target)
+cdef MessageHead new_response_head(int status, bytes reason)
+cdef object analyse_request(MessageHead head)
+cdef object analyse_response(MessageHead head, bytes request_method)
+
+cdef bytes request_head_bytes(MessageHead head, list extra)
+cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked)
+cdef bytes chunk_size_line(Py_ssize_t size)

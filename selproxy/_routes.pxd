@@ -1,0 +1,14 @@
+# The route table: which requests the core claims for a Python handler.
+
+cdef class RouteMatch:
+    cdef readonly object route      # the selproxy.handler.Route
+    cdef readonly dict params       # captured {name: segment}
+
+
+cdef class RouteTable:
+    cdef list _entries              # [(methods frozenset, segments tuple, route)]
+    cdef frozenset _methods         # every method any route accepts
+    cdef frozenset _lengths         # every segment count any route has
+    cdef readonly tuple routes
+
+    cdef RouteMatch lookup(self, bytes method, bytes target)

@@ -1,0 +1,106 @@
+# cython: language_level=3
+"""Route matching for claimed requests.
+
+A route's path pattern is compiled once into a tuple of segments: a ``bytes``
+literal, or a ``str`` capture name for ``{name}``.  Matching splits the request
+path on ``/`` and compares segment by segment; there is no regex on the hot
+path, and most passthrough requests are rejected by the method or the segment
+count before any comparison.
+"""
+from urllib.parse import unquote_to_bytes
+
+
+cdef class RouteMatch:
+    def __cinit__(self, route, dict params):
+        self.route = route
+        self.params = params
+
+    def __repr__(self):
+        return f"RouteMatch({self.route!r}, {self.params!r})"
+
+
+cdef tuple _compile_pattern(str pattern):
+    if not pattern.startswith("/"):
+        raise ValueError(f"route path must start with '/': {pattern!r}")
+    cdef list segments = []
+    for part in pattern.strip("/").split("/"):
+        if not part:
+            if pattern.strip("/"):
+                raise ValueError(f"empty segment in route path {pattern!r}")
+            continue
+        if part.startswith("{") and part.endswith("}"):
+            name = part[1:-1]
+            if not name.isidentifier():
+                raise ValueError(f"bad capture {part!r} in route path {pattern!r}")
+            segments.append(name)
+        else:
+            segments.append(part.encode("latin-1"))
+    return tuple(segments)
+
+
+cdef inline list _split_path(bytes target):
+    cdef Py_ssize_t end = target.find(b"?")
+    cdef bytes path = target if end < 0 else target[:end]
+    # Trailing slashes and the leading one carry no segment.
+    path = path.strip(b"/")
+    if not path:
+        return []
+    return path.split(b"/")
+
+
+cdef class RouteTable:
+    """Routes compiled once; ``lookup`` runs per request head."""
+
+    def __init__(self, routes=()):
+        self.routes = tuple(routes)
+        self._entries = []
+        methods = set()
+        lengths = set()
+        for route in self.routes:
+            route_methods = frozenset(m.upper().encode("ascii") for m in route.methods)
+            segments = _compile_pattern(route.path)
+            self._entries.append((route_methods, segments, route))
+            methods |= route_methods
+            lengths.add(len(segments))
+        self._methods = frozenset(methods)
+        self._lengths = frozenset(lengths)
+
+    def __len__(self):
+        return len(self.routes)
+
+    cdef RouteMatch lookup(self, bytes method, bytes target):
+        cdef list parts
+        cdef tuple segments
+        cdef Py_ssize_t i, n
+        cdef dict params
+        if method not in self._methods:
+            return None
+        parts = _split_path(target)
+        n = len(parts)
+        if n not in self._lengths:
+            return None
+        for route_methods, segments, route in self._entries:
+            if len(segments) != n or method not in route_methods:
+                continue
+            params = None
+            for i in range(n):
+                seg = segments[i]
+                part = parts[i]
+                if type(seg) is bytes:
+                    if seg != part:
+                        break
+                else:
+                    if params is None:
+                        params = {}
+                    params[seg] = unquote_to_bytes(part).decode("utf-8", "replace")
+            else:
+                return RouteMatch(route, params if params is not None else {})
+        return None
+
+    def match(self, method, target):
+        """Python entry point for tests: the :class:`RouteMatch` or None."""
+        if isinstance(method, str):
+            method = method.encode("ascii")
+        if isinstance(target, str):
+            target = target.encode("latin-1")
+        return self.lookup(method, target)

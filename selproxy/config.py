@@ -1,0 +1,126 @@
+"""The proxy's configuration: one frozen dataclass, validated once.
+
+The compiled core copies these values into C fields when a worker starts, so
+nothing here is looked up per request.  Each default is the one a user gets
+from the command line as well.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from typing import Optional, Tuple
+from urllib.parse import urlsplit
+
+__all__ = ("Config", "parse_listen", "parse_upstream")
+
+
+def parse_listen(value: str) -> Tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) to a (host, port) pair."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, number
+
+
+def parse_upstream(value: str) -> Tuple[str, str, int]:
+    """``http[s]://HOST[:PORT]`` to (scheme, host, port)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"upstream must be http://HOST:PORT or https://HOST:PORT, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"upstream must not have a path or query: {value!r}")
+    if parts.username or parts.password:
+        raise ValueError("upstream credentials belong in headers, not in the URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a worker needs to proxy.  Sizes are bytes; times are seconds."""
+
+    upstream: str
+    listen: str = "127.0.0.1:9201"
+    workers: int = 1
+
+    #: TLS to the upstream: a CA bundle to verify against, or no verification.
+    upstream_ca_file: Optional[str] = None
+    upstream_verify: bool = True
+
+    #: Longest request line (method, target, version): 414 beyond it.
+    max_request_line: int = 8 * 1024
+    #: Largest request header block: 431 beyond it.
+    max_header_bytes: int = 64 * 1024
+    #: Largest body the proxy buffers for a claimed request: 413 beyond it.
+    max_buffered_body: int = 16 * 1024 * 1024
+    #: Largest upstream response the proxy buffers for a handler.
+    max_buffered_response: int = 256 * 1024 * 1024
+
+    #: From the first byte of a request to the end of its head (slowloris).
+    header_timeout: float = 10.0
+    #: How long an idle keep-alive client connection is kept.
+    idle_timeout: float = 75.0
+    #: Connecting to the upstream, TLS handshake included.
+    connect_timeout: float = 5.0
+    #: From the end of the request to the upstream's response head, and then
+    #: between two reads of the response.
+    response_timeout: float = 60.0
+    #: How long in-flight exchanges may take to finish after SIGTERM.
+    shutdown_grace: float = 10.0
+
+    #: Upstream connections one worker keeps at most (busy and idle).
+    max_upstream_connections: int = 512
+    #: Idle upstream connections one worker keeps for reuse.
+    max_idle_upstream_connections: int = 128
+    #: How long an idle upstream connection is kept.
+    upstream_idle_timeout: float = 30.0
+
+    #: Add X-Forwarded-For, X-Forwarded-Proto and Forwarded to requests.
+    forwarded_headers: bool = False
+    #: Log one line per request, passthrough included.
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+        parse_upstream(self.upstream)
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        for name in ("max_request_line", "max_header_bytes", "max_buffered_body",
+                     "max_buffered_response", "max_upstream_connections"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("header_timeout", "idle_timeout", "connect_timeout",
+                     "response_timeout", "shutdown_grace", "upstream_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_idle_upstream_connections < 0:
+            raise ValueError("max_idle_upstream_connections must not be negative")
+
+    @property
+    def listen_address(self) -> Tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @property
+    def upstream_address(self) -> Tuple[str, str, int]:
+        return parse_upstream(self.upstream)
+
+    def upstream_ssl_context(self) -> Optional[ssl.SSLContext]:
+        scheme, _host, _port = self.upstream_address
+        if scheme != "https":
+            return None
+        context = ssl.create_default_context(cafile=self.upstream_ca_file)
+        if not self.upstream_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def public_dict(self) -> dict[str, object]:
+        """The configuration as the status endpoint shows it: no secrets."""
+        doc = dataclasses.asdict(self)
+        scheme, host, port = self.upstream_address
+        doc["upstream"] = f"{scheme}://{host}:{port}"
+        return doc

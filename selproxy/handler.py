@@ -1,0 +1,101 @@
+"""The contract between the compiled core and Python code for claimed requests.
+
+The core matches each request head against its route table.  A request that
+matches a :class:`Route` is read whole (within ``max_buffered_body``) and handed
+to the route's handler as a :class:`Request`; the handler returns a
+:class:`Response`, which the core writes back in order with the other responses
+on that connection.  A handler that needs the engine calls ``upstream.request``,
+which goes through the core's pooled upstream connections.
+
+Headers are lists of ``(name, value)`` strings decoded as Latin-1, in the order
+they came, so nothing a client sent is lost in the crossing.  Hop-by-hop headers
+(RFC 9110 section 7.6.1) are already removed from a :class:`Request`, and the
+core removes them from a :class:`Response` before it is sent.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Awaitable, Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
+
+__all__ = ("Headers", "Request", "Response", "Upstream", "Handler", "Route", "header_value")
+
+Headers = List[Tuple[str, str]]
+
+
+def header_value(headers: Iterable[Tuple[str, str]], name: str) -> Optional[str]:
+    """The value of the first header called ``name`` (case-insensitive), or None."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+@dataclasses.dataclass
+class Request:
+    """A claimed request, read whole."""
+
+    method: str
+    #: The request target as sent: path plus optional ``?query``.
+    target: str
+    headers: Headers
+    body: bytes
+    #: The route's captured path segments, by name (``{"index": "books"}``).
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: ``(host, port)`` of the client, when known.
+    client: Optional[Tuple[str, int]] = None
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query_string(self) -> str:
+        parts = self.target.split("?", 1)
+        return parts[1] if len(parts) == 2 else ""
+
+    def header(self, name: str) -> Optional[str]:
+        return header_value(self.headers, name)
+
+
+@dataclasses.dataclass
+class Response:
+    """What a handler answers, or what the upstream answered to ``upstream.request``."""
+
+    status: int
+    headers: Headers = dataclasses.field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> Optional[str]:
+        return header_value(self.headers, name)
+
+
+class Upstream(Protocol):
+    """The engine behind the proxy, as the core offers it to handlers."""
+
+    async def request(self, method: str, target: str, headers: Headers,
+                      body: bytes = b"", *, timeout: Optional[float] = None) -> Response:
+        """Send one request over a pooled upstream connection and read the whole
+        response.  Raises :class:`selproxy.errors.UpstreamUnavailable`,
+        :class:`~selproxy.errors.UpstreamTimeout` or
+        :class:`~selproxy.errors.UpstreamProtocolError`."""
+        ...
+
+
+Handler = Callable[[Request, Upstream], Awaitable[Response]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Which requests a handler claims.
+
+    ``path`` is a pattern of ``/``-separated segments.  A literal segment must
+    match exactly; ``{name}`` matches any one non-empty segment and captures it
+    as ``Request.params[name]``.  A trailing ``/`` in the request path is
+    ignored.  ``methods`` is a set of upper-case method names.
+    """
+
+    methods: Sequence[str]
+    path: str
+    handler: Handler
+    name: str = ""

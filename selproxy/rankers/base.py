@@ -1,0 +1,33 @@
+"""The ranker protocol.
+
+A ranker scores candidate documents for one query; higher is better.  The proxy
+reorders the engine's window by these scores.
+
+Contract:
+
+* ``rank(query, docs)`` returns one float per document, in the order of
+  ``docs``.  It may be ``async def`` or a plain ``def``; a plain one is run in a
+  worker thread, never on the event loop.
+* ``keys``, when the ranker's ``rank`` accepts it, carries one stable,
+  hashable key per document (for the proxy: ``(index, _id, sha1-of-text)``),
+  which a ranker may use to cache per-document work.
+* ``batch_rank(requests)`` is optional.  It takes a sequence of
+  ``(query, docs)`` pairs and returns one score list per pair.  The proxy uses
+  it when many searches arrive together (``_msearch``, micro-batching).
+* A ranker that raises, or that does not answer within the route's deadline,
+  never fails a search: the proxy falls back to the engine's order.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+__all__ = ("Ranker",)
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """Scores documents for a query.  See the module docstring for the contract."""
+
+    def rank(self, query: str, docs: Sequence[str]) -> Any:
+        """Return (or, if async, resolve to) one float score per document."""
+        ...

@@ -1,0 +1,242 @@
+"""Running the proxy: ``Proxy.run()``, the awaitable ``serve()``, workers,
+signals and graceful shutdown."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import uvloop
+
+from . import _core
+from .config import Config
+from .errors import ProxyError
+from .handler import Request, Response, Route
+from .status import StatusPage
+
+__all__ = ("Proxy", "serve")
+
+log = logging.getLogger("selproxy")
+
+
+class Proxy:
+    """A selproxy instance: one upstream, a listening address, routes.
+
+    >>> proxy = Proxy(upstream="http://127.0.0.1:9200", listen="127.0.0.1:9201")
+    >>> proxy.run()                       # blocks; SIGTERM or Ctrl-C stops it
+
+    From async code, ``async with Proxy(...) as proxy:`` starts it on the
+    running loop (``proxy.url`` says where) and drains it on exit; ``await
+    proxy.serve()`` runs until :meth:`stop` or a signal.
+
+    Keyword options are the fields of :class:`selproxy.config.Config`
+    (``header_timeout=5.0``, ``max_buffered_body=...``), or pass ``config=``.
+    ``routes`` are :class:`selproxy.Route`\\ s claimed in front of the built-in
+    ``GET /_selproxy/status``.
+    """
+
+    def __init__(self, upstream: Optional[str] = None, listen: Optional[str] = None, *,
+                 routes: Sequence[Route] = (), config: Optional[Config] = None,
+                 **options: Any) -> None:
+        if config is None:
+            if upstream is None:
+                raise TypeError("Proxy() needs an upstream URL or a config")
+            if listen is not None:
+                options["listen"] = listen
+            config = Config(upstream=upstream, **options)
+        elif upstream is not None or listen is not None or options:
+            raise TypeError("pass either config= or the options, not both")
+        self.config = config
+        self.routes: List[Route] = list(routes)
+        self.core: Optional[Any] = None
+        self.status: Optional[StatusPage] = None
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._stopping: Optional[asyncio.Event] = None
+        self._address: Optional[tuple] = None
+        self._upstream: Any = None
+        self.status_sections: Dict[str, Any] = {}
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def address(self) -> tuple:
+        """The (host, port) the proxy listens on, once started."""
+        if self._address is None:
+            raise RuntimeError("the proxy is not started")
+        return self._address
+
+    @property
+    def url(self) -> str:
+        host, port = self.address[:2]
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self, *, sock: Optional[socket.socket] = None,
+                    reuse_port: bool = False) -> None:
+        """Bind and start serving on the running loop."""
+        loop = asyncio.get_running_loop()
+        status = StatusPage(None, self.config)
+        status.sections.update(self.status_sections)
+        routes = [*self.routes, Route(("GET",), "/_selproxy/status", status.handle, "status")]
+        core = _core.ProxyCore(self.config, loop, routes, self._run_route, log)
+        status.core = core
+        self.core, self.status = core, status
+        self._upstream = core.upstream()
+        self._stopping = asyncio.Event()
+        if sock is not None:
+            server = await loop.create_server(core.protocol_factory, sock=sock)
+        else:
+            host, port = self.config.listen_address
+            server = await loop.create_server(core.protocol_factory, host, port,
+                                              reuse_port=reuse_port or None, backlog=4096)
+        self._server = server
+        self._address = server.sockets[0].getsockname()
+        core.add_listen_authority(self._address[0], self._address[1])
+        core.start()
+        log.info("selproxy listening on %s, upstream %s (pid %d)",
+                 self.url, self.config.upstream, os.getpid())
+
+    async def stop(self, grace: Optional[float] = None) -> None:
+        """Stop accepting, let exchanges in flight finish within ``grace``
+        seconds (the config's ``shutdown_grace`` by default), then close."""
+        core, server = self.core, self._server
+        if core is None or server is None:
+            return
+        self._server = None
+        grace = self.config.shutdown_grace if grace is None else grace
+        server.close()
+        core.drain()
+        deadline = time.monotonic() + grace
+        while core.open_clients() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if core.open_clients():
+            log.warning("closing %d connections still busy after %.1fs",
+                        core.open_clients(), grace)
+        core.abort_all()
+        core.stop()
+        await asyncio.sleep(0)
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def serve(self) -> None:
+        """Start, then serve until :meth:`stop` is called or SIGTERM/SIGINT."""
+        if self.core is None:
+            await self.start()
+        assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                installed.append(signum)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # not the main thread: the caller handles signals
+        try:
+            await self._stopping.wait()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("%s: draining (grace %.1fs)", signal.Signals(signum).name,
+                 self.config.shutdown_grace)
+        asyncio.get_running_loop().create_task(self.stop())
+
+    async def __aenter__(self) -> "Proxy":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT, with ``config.workers`` processes."""
+        if self.config.workers == 1:
+            uvloop.run(self.serve())
+            return
+        _run_workers(self)
+
+    # -- claimed requests --------------------------------------------------
+
+    async def _run_route(self, route: Route, request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            response = await route.handler(request, self._upstream)
+        except ProxyError as exc:
+            log.warning("%s %s -> %d %s", request.method, request.target, exc.status, exc.reason)
+            raise
+        if route.name != "status":
+            log.info("%s %s -> %d (%s, %.1f ms)", request.method, request.target,
+                     response.status, route.name or route.path,
+                     (time.monotonic() - started) * 1000)
+        return response
+
+
+async def serve(upstream: str, listen: str = "127.0.0.1:9201", **options: Any) -> None:
+    """Run a proxy on the current loop until SIGTERM/SIGINT: ``await serve(...)``."""
+    await Proxy(upstream, listen, **options).serve()
+
+
+def _run_workers(proxy: Proxy) -> None:
+    """Fork ``workers`` processes that share the port through SO_REUSEPORT;
+    the parent forwards SIGTERM/SIGINT and exits when they all have."""
+    host, port = proxy.config.listen_address
+    if port == 0:
+        # Every worker must bind the same port: pick one now.
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        proxy.config = _replace_listen(proxy.config, host, port)
+    children: List[int] = []
+    for _ in range(proxy.config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                uvloop.run(_worker(proxy))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = False
+    for child in children:
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        failed = failed or os.waitstatus_to_exitcode(status) != 0
+    sys.exit(1 if failed else 0)
+
+
+async def _worker(proxy: Proxy) -> None:
+    await proxy.start(reuse_port=True)
+    await proxy.serve()
+
+
+def _replace_listen(config: Config, host: str, port: int) -> Config:
+    import dataclasses
+    shown = f"[{host}]" if ":" in host else host
+    return dataclasses.replace(config, listen=f"{shown}:{port}")

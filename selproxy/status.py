@@ -1,0 +1,42 @@
+"""``GET /_selproxy/status``: what a worker is doing, as JSON."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Dict
+
+from ._version import __version__
+from .handler import Request, Response, Upstream
+
+__all__ = ("StatusPage",)
+
+
+class StatusPage:
+    """Renders the core's counters plus any section a layer above adds
+    (the search layer adds its rerank counters and timings)."""
+
+    def __init__(self, core: Any, config: Any) -> None:
+        self.core = core
+        self._config = config
+        self._started = time.monotonic()
+        self.sections: Dict[str, Callable[[], Any]] = {}
+        self.ready: Callable[[], bool] = lambda: True
+
+    def document(self) -> Dict[str, Any]:
+        doc: Dict[str, Any] = {
+            "name": "selproxy",
+            "version": __version__,
+            "ready": self.ready(),
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "config": self._config.public_dict(),
+            "proxy": self.core.counters.snapshot(),
+        }
+        for name, section in self.sections.items():
+            doc[name] = section()
+        return doc
+
+    async def handle(self, request: Request, upstream: Upstream) -> Response:
+        body = json.dumps(self.document(), indent=2).encode() + b"\n"
+        return Response(200, [("Content-Type", "application/json")], body)

@@ -1,0 +1,90 @@
+"""Start selproxy for a test: in-process on the test's loop, or as a
+subprocess running the real command line (for the CLI, workers and signals)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+import selproxy
+
+LISTENING = re.compile(r"selproxy listening on (http://\S+?),")
+
+
+def in_process(upstream: str, **options) -> selproxy.Proxy:
+    """``async with in_process(up.url) as proxy: proxy.url``"""
+    options.setdefault("listen", "127.0.0.1:0")
+    return selproxy.Proxy(upstream=upstream, **options)
+
+
+class ProxyProcess:
+    """``with ProxyProcess(["--upstream", url]) as p: p.url``: runs
+    ``python -m selproxy`` and waits for its "listening" line."""
+
+    def __init__(self, args: List[str], timeout: float = 20.0) -> None:
+        self.args = args
+        self.timeout = timeout
+        self.proc: Optional[subprocess.Popen] = None
+        self.url = ""
+        self.lines: List[str] = []
+
+    def __enter__(self) -> "ProxyProcess":
+        argv = [sys.executable, "-m", "selproxy", *self.args]
+        if "--listen" not in self.args:
+            argv += ["--listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.timeout
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError("selproxy exited early:\n" + "".join(self.lines))
+            self.lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.url = match.group(1)
+                return self
+        self.stop()
+        raise RuntimeError("selproxy did not start:\n" + "".join(self.lines))
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        if self.proc.stderr is not None:
+            self.lines.extend(self.proc.stderr.readlines())
+        return code
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
