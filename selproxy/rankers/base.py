@@ -15,7 +15,34 @@ Contract:
   ``(query, docs)`` pairs and returns one score list per pair.  The proxy uses
   it when many searches arrive together (``_msearch``, micro-batching).
 * A ranker that raises, or that does not answer within the route's deadline,
-  never fails a search: the proxy falls back to the engine's order.
+  never fails a search: the proxy falls back to the engine's order.  A sync
+  ranker that overruns keeps its worker thread until it returns; meanwhile
+  further searches fall back (reason ``overloaded``) instead of queueing.
+* With more than one worker thread (``SearchConfig.ranker_threads``) a sync
+  ``rank`` must be thread-safe.  An ``async`` ``rank`` must not block the loop:
+  do heavy work in a thread or process of your own.
+
+A worked example, a ranker that prefers short documents containing the query
+words::
+
+    from typing import Sequence
+
+    class ShortAndRelevant:
+        def __init__(self, length_penalty: float = 0.01) -> None:
+            self.length_penalty = float(length_penalty)
+
+        def rank(self, query: str, docs: Sequence[str]) -> list[float]:
+            words = set(query.lower().split())
+            return [len(words & set(doc.lower().split()))
+                    - self.length_penalty * len(doc) for doc in docs]
+
+Use it from code with ``selproxy.Proxy(..., ranker=ShortAndRelevant())``, or
+from the command line with ``--ranker mypackage.rankers:ShortAndRelevant
+--ranker-option length_penalty=0.02``.  A package can give it a short name
+through the entry-point group ``selproxy.rankers``::
+
+    [project.entry-points."selproxy.rankers"]
+    short = "mypackage.rankers:ShortAndRelevant"
 """
 from __future__ import annotations
 
