@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ._version import __version__
 from .config import Config
@@ -56,6 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
         timeouts.add_argument(flag, type=float, default=getattr(defaults, field),
                               metavar="S", help="default %(default)s")
 
+    search = p.add_argument_group("reranked search")
+    search.add_argument("--ranker", metavar="NAME|pkg.mod:Class",
+                        help="rerank claimed searches with this ranker: a registered "
+                             "name (identity, bm25, ...) or a class; without it the proxy "
+                             "claims nothing but /_selproxy/status")
+    search.add_argument("--ranker-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword argument for the ranker (repeatable)")
+    search.add_argument("--topn", type=int, default=50, metavar="N",
+                        help="hits asked of the engine and reranked (default %(default)s)")
+    search.add_argument("--max-topn", type=int, default=500, metavar="N",
+                        help="cap on a per-request topn override (default %(default)s)")
+    search.add_argument("--rank-deadline", type=float, default=2.0, metavar="S",
+                        help="past it the engine's order is returned (default %(default)s)")
+    search.add_argument("--text-field", action="append", default=[], metavar="SPEC",
+                        help="document text from this field instead of all of _source "
+                             "(repeatable; see the README)")
+    search.add_argument("--max-field-chars", type=int, default=2000, metavar="N",
+                        help="truncate each field to N characters (default %(default)s)")
+    search.add_argument("--include-index", action="append", default=[], metavar="PATTERN",
+                        help="rerank only these indices (repeatable; default all)")
+    search.add_argument("--exclude-index", action="append", default=[], metavar="PATTERN",
+                        help="never rerank these indices (repeatable; default .*)")
+    search.add_argument("--solr", action="store_true",
+                        help="also claim Solr's /solr/<core>/select")
+    search.add_argument("--ranker-threads", type=int, default=1, metavar="N",
+                        help="threads for synchronous rankers (default %(default)s)")
+    search.add_argument("--max-pending-ranks", type=int, default=64, metavar="N",
+                        help="past it searches fall back at once (default %(default)s)")
+
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -78,6 +107,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def search_from_args(args: argparse.Namespace) -> Any:
+    from .search import SearchConfig, solr_routes
+    fields: Dict[str, Any] = dict(
+        topn=args.topn, max_topn=args.max_topn, rank_deadline=args.rank_deadline,
+        text_fields=tuple(args.text_field), max_field_chars=args.max_field_chars,
+        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks)
+    if args.include_index:
+        fields["include_indices"] = tuple(args.include_index)
+    if args.exclude_index:
+        fields["exclude_indices"] = tuple(args.exclude_index)
+    if args.solr:
+        fields["extra_routes"] = tuple(solr_routes())
+    return SearchConfig(**fields)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
@@ -85,12 +129,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = build_parser()
     try:
         config = config_from_args(args)
+        search = search_from_args(args) if args.ranker else None
     except ValueError as exc:
-        build_parser().error(str(exc))
+        parser.error(str(exc))
+    from .rankers.registry import parse_ranker_options
     from .server import Proxy
-    Proxy(config=config).run()
+    try:
+        options = parse_ranker_options(args.ranker_option)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if options and not args.ranker:
+        parser.error("--ranker-option needs --ranker")
+    Proxy(config=config, ranker=args.ranker, ranker_options=options or None,
+          search=search).run()
     return 0
 
 

@@ -34,15 +34,23 @@ class Proxy:
     running loop (``proxy.url`` says where) and drains it on exit; ``await
     proxy.serve()`` runs until :meth:`stop` or a signal.
 
+    ``ranker`` turns on reranked search: a ranker object (anything with
+    ``rank(query, docs)``, see :mod:`selproxy.rankers.base`), or a name the
+    ``--ranker`` flag takes (``"identity"``, ``"bm25"``, ``"pkg.mod:Class"``)
+    with ``ranker_options`` as its keyword arguments.  ``search`` is a
+    :class:`selproxy.search.SearchConfig` (topn, deadline, text fields,
+    routes).  Without either, the proxy claims nothing but its status page.
+
     Keyword options are the fields of :class:`selproxy.config.Config`
     (``header_timeout=5.0``, ``max_buffered_body=...``), or pass ``config=``.
-    ``routes`` are :class:`selproxy.Route`\\ s claimed in front of the built-in
-    ``GET /_selproxy/status``.
+    ``routes`` are more :class:`selproxy.Route`\\ s to claim, tried before
+    the search routes and the built-in ``GET /_selproxy/status``.
     """
 
     def __init__(self, upstream: Optional[str] = None, listen: Optional[str] = None, *,
                  routes: Sequence[Route] = (), config: Optional[Config] = None,
-                 **options: Any) -> None:
+                 ranker: Any = None, ranker_options: Optional[Dict[str, Any]] = None,
+                 search: Any = None, **options: Any) -> None:
         if config is None:
             if upstream is None:
                 raise TypeError("Proxy() needs an upstream URL or a config")
@@ -60,6 +68,24 @@ class Proxy:
         self._address: Optional[tuple] = None
         self._upstream: Any = None
         self.status_sections: Dict[str, Any] = {}
+        self.search_service: Any = None
+        if ranker is not None or search is not None:
+            self._enable_search(ranker, ranker_options, search)
+
+    def _enable_search(self, ranker: Any, ranker_options: Optional[Dict[str, Any]],
+                       search: Any) -> None:
+        from .rankers.identity import IdentityRanker
+        from .rankers.registry import resolve_ranker
+        from .search import SearchConfig, SearchService
+        if isinstance(ranker, str):
+            ranker = resolve_ranker(ranker, ranker_options)
+        elif ranker_options:
+            raise TypeError("ranker_options go with a ranker given by name")
+        service = SearchService(ranker if ranker is not None else IdentityRanker(),
+                                search if search is not None else SearchConfig())
+        self.search_service = service
+        self.routes.extend(service.routes())
+        self.status_sections["search"] = service.status
 
     # -- addresses ---------------------------------------------------------
 
@@ -122,6 +148,8 @@ class Proxy:
                         core.open_clients(), grace)
         core.abort_all()
         core.stop()
+        if self.search_service is not None:
+            self.search_service.close()
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()

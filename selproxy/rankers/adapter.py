@@ -1,0 +1,199 @@
+"""Call any ranker the same way: async, bounded in time and in pending work.
+
+:class:`RankerAdapter` looks at a ranker once, when it is built:
+
+* ``rank`` declared ``async def`` is awaited on the loop; a plain ``def`` runs
+  in the adapter's worker threads, so a model never blocks the event loop;
+* ``batch_rank``, when present, serves several searches in one call
+  (``_msearch``); otherwise the searches are ranked one after another in the
+  same call;
+* a ``keys`` parameter on either method means the ranker wants one stable key
+  per document, and gets it.
+
+Every call has a deadline covering queueing and ranking.  A call that misses
+it, raises, or returns the wrong number of scores (or a non-finite one) raises
+:class:`RankFailed` with a short reason, so the caller can fall back to the
+engine's order.  A sync ranker that overruns keeps its thread until it
+returns; while too many calls are pending, new ones fail at once with reason
+``overloaded`` rather than queue behind it.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import inspect
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+__all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter")
+
+log = logging.getLogger("selproxy.rankers")
+
+
+@dataclasses.dataclass(frozen=True)
+class RankJob:
+    """One search to rank: the query, the window's texts, and their keys."""
+
+    query: str
+    docs: Sequence[str]
+    keys: Optional[Sequence[Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RankTiming:
+    """Seconds spent waiting for a worker, and ranking."""
+
+    queue: float = 0.0
+    rank: float = 0.0
+
+
+class RankFailed(Exception):
+    """The ranker gave no usable scores.  ``reason`` is ``error``, ``deadline``
+    or ``overloaded``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _accepts_keys(method: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "keys" in params
+
+
+def _is_async(method: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(
+        getattr(method, "__call__", None))
+
+
+def _checked(scores: Any, expected: int) -> List[float]:
+    result = [float(s) for s in scores]
+    if len(result) != expected:
+        raise ValueError(f"{len(result)} scores for {expected} documents")
+    if not all(math.isfinite(s) for s in result):
+        raise ValueError("a score is not finite")
+    return result
+
+
+class RankerAdapter:
+    """Wraps one ranker; see the module docstring."""
+
+    def __init__(self, ranker: Any, *, threads: int = 1, max_pending: int = 64) -> None:
+        if not callable(getattr(ranker, "rank", None)):
+            raise TypeError(f"{ranker!r} has no rank(query, docs) method")
+        self.ranker = ranker
+        self._rank_async = _is_async(ranker.rank)
+        self._rank_keys = _accepts_keys(ranker.rank)
+        batch = getattr(ranker, "batch_rank", None)
+        self._batch: Optional[Callable[..., Any]] = batch if callable(batch) else None
+        self._batch_async = self._batch is not None and _is_async(self._batch)
+        self._batch_keys = self._batch is not None and _accepts_keys(self._batch)
+        self._threads = threads
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._max_pending = max_pending
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def wants_keys(self) -> bool:
+        """Whether the ranker takes per-document keys (worth computing)."""
+        return self._rank_keys or self._batch_keys
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def close(self) -> None:
+        """Let the worker threads go; calls still running finish on their own."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _acquire(self) -> None:
+        with self._lock:
+            if self._pending >= self._max_pending:
+                raise RankFailed("overloaded", f"{self._pending} rank calls pending")
+            self._pending += 1
+
+    def _release(self, _future: object = None) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def rank(self, jobs: Sequence[RankJob], deadline: float) -> Tuple[List[List[float]], RankTiming]:
+        """Scores for each job, or :class:`RankFailed` within ``deadline`` seconds."""
+        if not jobs:
+            return [], RankTiming()
+        self._acquire()
+        submitted = time.perf_counter()
+        started: List[float] = []
+        use_batch = self._batch is not None and len(jobs) > 1
+        is_async = self._batch_async if use_batch else self._rank_async
+        try:
+            if is_async:
+                started.append(submitted)
+                try:
+                    raw = await asyncio.wait_for(self._call_async(jobs, use_batch), deadline)
+                finally:
+                    self._release()
+            else:
+                try:
+                    future = self._submit(jobs, use_batch, started)
+                except BaseException:
+                    self._release()
+                    raise
+                # The slot is held until the thread is done, not until we stop
+                # waiting: an overrunning model still occupies its worker.
+                future.add_done_callback(self._release)
+                raw = await asyncio.wait_for(asyncio.wrap_future(future), deadline)
+            if len(raw) != len(jobs):
+                raise ValueError(f"{len(raw)} score lists for {len(jobs)} searches")
+            scores = [_checked(s, len(job.docs)) for s, job in zip(raw, jobs)]
+        except asyncio.TimeoutError:
+            raise RankFailed("deadline", f"no scores within {deadline:.3f}s") from None
+        except Exception as exc:
+            log.warning("ranker %s failed: %r", type(self.ranker).__name__, exc)
+            raise RankFailed("error", repr(exc)) from exc
+        finished = time.perf_counter()
+        start = started[0] if started else submitted
+        return scores, RankTiming(queue=start - submitted, rank=finished - start)
+
+    def _submit(self, jobs: Sequence[RankJob], use_batch: bool,
+                started: List[float]) -> "concurrent.futures.Future[List[Any]]":
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self._threads, thread_name_prefix="selproxy-ranker")
+        return self._executor.submit(self._call_sync, jobs, use_batch, started)
+
+    async def _call_async(self, jobs: Sequence[RankJob], use_batch: bool) -> List[Any]:
+        if use_batch:
+            assert self._batch is not None
+            pairs = [(job.query, job.docs) for job in jobs]
+            if self._batch_keys:
+                return list(await self._batch(pairs, keys=[job.keys for job in jobs]))
+            return list(await self._batch(pairs))
+        results = []
+        for job in jobs:
+            if self._rank_keys:
+                results.append(await self.ranker.rank(job.query, job.docs, keys=job.keys))
+            else:
+                results.append(await self.ranker.rank(job.query, job.docs))
+        return results
+
+    def _call_sync(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float]) -> List[Any]:
+        started.append(time.perf_counter())
+        if use_batch:
+            assert self._batch is not None
+            pairs = [(job.query, job.docs) for job in jobs]
+            if self._batch_keys:
+                return list(self._batch(pairs, keys=[job.keys for job in jobs]))
+            return list(self._batch(pairs))
+        if self._rank_keys:
+            return [self.ranker.rank(job.query, job.docs, keys=job.keys) for job in jobs]
+        return [self.ranker.rank(job.query, job.docs) for job in jobs]

@@ -1,0 +1,118 @@
+"""Configuration of the search path: what is claimed, and how it is reranked.
+
+Each default is documented where it is declared.  The lead's ``Proxy`` takes a
+:class:`SearchConfig` as ``search=``; the CLI flags map onto its fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+__all__ = ("ParamSearchAPI", "SearchRoute", "SearchConfig", "SOLR")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSearchAPI:
+    """A declarative description of a search API driven by URL parameters.
+
+    It says where the query, size, offset, hits and scores live, so the same
+    rewriting serves engines other than Elasticsearch.  :data:`SOLR` is the
+    description of Solr's ``/select`` handler.
+    """
+
+    name: str
+    #: URL parameter holding the query, in Lucene syntax.
+    query_param: str = "q"
+    size_param: str = "rows"
+    offset_param: str = "start"
+    default_size: int = 10
+    #: URL parameter holding the sort, and the values that mean "by relevance".
+    sort_param: str = "sort"
+    score_sorts: Tuple[str, ...] = ("score desc",)
+    #: Parameters that mean cursor paging; a search with one is not reranked.
+    cursor_params: Tuple[str, ...] = ("cursorMark",)
+    #: Response-format parameter and the values this description can read.
+    format_param: str = "wt"
+    formats: Tuple[str, ...] = ("json",)
+    #: Path to the list of hits in the response, and to its offset.
+    hits_path: Tuple[str, ...] = ("response", "docs")
+    offset_path: Tuple[str, ...] = ("response", "start")
+    #: Per-hit score field (written only where the engine wrote it), and the
+    #: maximum-score field.
+    score_field: str = "score"
+    max_score_path: Tuple[str, ...] = ("response", "maxScore")
+    #: Path to the echo of the request parameters, restored to the client's.
+    echo_params_path: Tuple[str, ...] = ("responseHeader", "params")
+    #: Per-hit fields left out of the default document text.
+    id_fields: Tuple[str, ...] = ("id", "_version_", "score")
+
+
+#: Solr's standard request handler (``/solr/<core>/select``).
+SOLR = ParamSearchAPI(name="solr")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRoute:
+    """One claimed search route.
+
+    ``kind`` is ``"search"`` (an Elasticsearch/OpenSearch ``_search``),
+    ``"msearch"`` (NDJSON ``_msearch``) or ``"params"`` (an engine described
+    by ``api``).  Fields left ``None`` take the :class:`SearchConfig` value.
+    """
+
+    path: str
+    kind: str = "search"
+    methods: Tuple[str, ...] = ("GET", "POST")
+    name: str = ""
+    api: Optional[ParamSearchAPI] = None
+    #: Explicit dotted path to the query text in the body, for unusual bodies.
+    query_path: Optional[str] = None
+    #: Document text fields (see :func:`selproxy.search.extract.parse_field_spec`).
+    text_fields: Optional[Tuple[str, ...]] = None
+    rank_deadline: Optional[float] = None
+    topn: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """How claimed searches are rewritten and reranked."""
+
+    #: Hits asked of the engine and reranked (the window).  A request whose
+    #: page ends past the window still gets at least ``from + size`` hits.
+    topn: int = 50
+    #: The largest ``topn`` a per-request override may ask for.
+    max_topn: int = 500
+    #: Seconds the ranker may take (queueing included) before the proxy
+    #: answers in the engine's order.  Fail-open, never an error.
+    rank_deadline: float = 2.0
+    #: Document text fields, as ``[highlight.|fields.]name[:max_chars]``.
+    #: Empty: every string value of ``_source``, in document order.
+    text_fields: Tuple[str, ...] = ()
+    #: Truncation of each field (or each source string) in characters; 0: none.
+    max_field_chars: int = 2000
+    #: Index patterns (fnmatch) that are reranked; a search naming any index
+    #: outside them, or inside ``exclude_indices``, passes through.  Hidden and
+    #: system indices (``.kibana`` ...) are left alone by default.
+    include_indices: Tuple[str, ...] = ("*",)
+    exclude_indices: Tuple[str, ...] = (".*",)
+    #: The claimed routes; ``None`` means :func:`selproxy.search.routes.default_routes`.
+    routes: Optional[Tuple[SearchRoute, ...]] = None
+    #: Routes added to the default set (for example :func:`solr_routes`).
+    extra_routes: Tuple[SearchRoute, ...] = ()
+    #: Worker threads for a ranker whose ``rank`` is a plain ``def``.
+    ranker_threads: int = 1
+    #: Ranker calls running or queued at once; beyond this a search falls back
+    #: at once (reason ``overloaded``) instead of queueing behind a slow model.
+    max_pending_ranks: int = 64
+    #: gzip level for re-compressed responses; 1 favours latency over size.
+    gzip_level: int = 1
+    #: Seconds to wait for the engine on a claimed request; ``None``: the core's.
+    upstream_timeout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.topn < 1 or self.max_topn < self.topn:
+            raise ValueError("need 1 <= topn <= max_topn")
+        if self.rank_deadline <= 0:
+            raise ValueError("rank_deadline must be positive")
+        if self.ranker_threads < 1 or self.max_pending_ranks < 1:
+            raise ValueError("ranker_threads and max_pending_ranks must be >= 1")

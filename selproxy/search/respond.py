@@ -1,0 +1,164 @@
+"""Turn the engine's window into the client's page, in the engine's own format.
+
+Only what must change is changed: the list of hits is cut to the client's
+page, each returned hit's score and ``max_score`` become the ranker's, and a
+filtered ``_source`` is trimmed back.  ``hits.total``, ``aggregations``,
+``suggest``, ``took``, ``_shards``, ``timed_out`` and every other field of every
+hit are left as decoded, then the document is re-encoded compactly (orjson
+when installed).  Numbers keep their values; insignificant whitespace is not
+kept.
+
+Every claimed response carries ``X-Selproxy-Rerank``:
+
+* ``applied``: the page is in the ranker's order;
+* ``skipped; reason=<token>``: passed through (tokens: see
+  :mod:`selproxy.search.rewrite`);
+* ``fallback; reason=<token>``: the ranker failed and the page is in engine
+  order.  Tokens: ``error`` (it raised or returned bad scores), ``deadline``
+  (it did not answer in time), ``overloaded`` (too many rank calls pending).
+
+For ``_msearch`` the header lists one such value per search, comma-separated.
+``Server-Timing`` gives ``upstream``, ``queue`` and ``rank`` in milliseconds.
+With ``explain`` or the ``debug`` override each returned hit carries
+``"_selproxy": {"engine_rank": <0-based>, "engine_score": <score>}``.
+"""
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..handler import Headers, Response, header_value
+from .config import ParamSearchAPI
+from .rewrite import SearchPlan
+
+__all__ = ("decode_body", "accepts_gzip", "page_hits", "apply_es", "apply_params",
+           "server_timing", "client_response", "passthrough_response", "value_path")
+
+_DROPPED = frozenset(("content-length", "transfer-encoding", "content-encoding"))
+
+
+def decode_body(response: Response) -> bytes:
+    """The response body, gunzipped when the engine compressed it.
+    Raises ValueError for an encoding the proxy cannot read."""
+    encoding = (response.header("content-encoding") or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return response.body
+    if encoding in ("gzip", "x-gzip"):
+        try:
+            return gzip.decompress(response.body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"bad gzip body: {exc}") from exc
+    raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+def accepts_gzip(headers: Headers) -> bool:
+    """Whether a request's ``Accept-Encoding`` allows gzip (RFC 9110 section 12.5.3)."""
+    value = header_value(headers, "accept-encoding")
+    if not value:
+        return False
+    for item in value.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+def page_hits(hits: List[Dict[str, Any]], plan: SearchPlan, scores: Optional[Sequence[float]],
+              score_field: str = "_score", score_always: bool = True) -> List[Dict[str, Any]]:
+    """The client's page of ``hits`` (the engine's window, from 0).
+
+    With ``scores`` (one per hit of the window) the window is reordered by
+    them, highest first, ties in engine order; without, engine order stays.
+    """
+    n = min(plan.window, len(hits))
+    if scores is not None:
+        order = sorted(range(n), key=scores.__getitem__, reverse=True)
+    else:
+        order = list(range(n))
+    order.extend(range(n, len(hits)))
+    page = []
+    for i in order[plan.offset:plan.offset + plan.size]:
+        hit = hits[i]
+        if plan.explain:
+            hit["_selproxy"] = {"engine_rank": i, "engine_score": hit.get(score_field)}
+        if scores is not None and i < n and (score_always or score_field in hit):
+            hit[score_field] = float(scores[i])
+        if plan.source_filter is not None:
+            plan.source_filter.apply(hit)
+        page.append(hit)
+    return page
+
+
+def apply_es(doc: Dict[str, Any], plan: SearchPlan, scores: Optional[Sequence[float]]) -> None:
+    """Cut an Elasticsearch search response to the client's page, in place."""
+    hits = doc["hits"]
+    hits["hits"] = page_hits(hits["hits"], plan, scores)
+    if scores is not None and len(scores) and "max_score" in hits:
+        hits["max_score"] = float(max(scores))
+
+
+def value_path(doc: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
+
+
+def apply_params(doc: Dict[str, Any], api: ParamSearchAPI, plan: SearchPlan,
+                 scores: Optional[Sequence[float]], client_params: Mapping[str, str]) -> None:
+    """Cut a response of a parameter-described engine (Solr) to the client's page."""
+    parent = value_path(doc, api.hits_path[:-1])
+    parent[api.hits_path[-1]] = page_hits(parent[api.hits_path[-1]], plan, scores,
+                                          api.score_field, score_always=False)
+    container = value_path(doc, api.offset_path[:-1])
+    if isinstance(container, dict) and api.offset_path[-1] in container:
+        container[api.offset_path[-1]] = plan.offset
+    container = value_path(doc, api.max_score_path[:-1])
+    if (scores is not None and len(scores) and isinstance(container, dict)
+            and api.max_score_path[-1] in container):
+        container[api.max_score_path[-1]] = float(max(scores))
+    echo = value_path(doc, api.echo_params_path)
+    if isinstance(echo, dict):
+        for name in (api.size_param, api.offset_param):
+            if name in client_params:
+                echo[name] = client_params[name]
+            else:
+                echo.pop(name, None)
+
+
+def server_timing(upstream_s: float, queue_s: float = 0.0, rank_s: float = 0.0) -> str:
+    return (f"upstream;dur={upstream_s * 1e3:.2f}, queue;dur={queue_s * 1e3:.2f}, "
+            f"rank;dur={rank_s * 1e3:.2f}")
+
+
+def _extra(rerank: str, timing: str, ignored: Tuple[str, ...]) -> Headers:
+    headers = [("X-Selproxy-Rerank", rerank), ("Server-Timing", timing)]
+    if ignored:
+        headers.append(("X-Selproxy-Ignored", ", ".join(ignored)))
+    return headers
+
+
+def passthrough_response(upstream: Response, rerank: str, timing: str,
+                         ignored: Tuple[str, ...] = ()) -> Response:
+    """The engine's response verbatim, with the proxy's headers added."""
+    headers = [(k, v) for k, v in upstream.headers if k.lower() != "content-length"]
+    return Response(upstream.status, headers + _extra(rerank, timing, ignored), upstream.body)
+
+
+def client_response(upstream: Response, body: bytes, *, gzip_ok: bool, gzip_level: int,
+                    rerank: str, timing: str, ignored: Tuple[str, ...] = ()) -> Response:
+    """A rewritten response: the engine's status and headers with a new body,
+    gzip-compressed when the client accepts it."""
+    headers = [(k, v) for k, v in upstream.headers if k.lower() not in _DROPPED]
+    if gzip_ok:
+        body = gzip.compress(body, compresslevel=gzip_level, mtime=0)
+        headers.append(("Content-Encoding", "gzip"))
+    return Response(upstream.status, headers + _extra(rerank, timing, ignored), body)

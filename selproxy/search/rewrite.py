@@ -1,0 +1,360 @@
+"""Turn a client's search into the request the proxy sends upstream.
+
+The client asks for ``size`` k hits (default 10) from ``from`` f (default 0).
+The proxy asks the engine for n = max(topn, f + k) hits from 0, reranks the
+first topn of them (the window), appends the rest in engine order, and answers
+hits [f, f + k) of that list.  A page that starts at or past the window is not
+rewritten at all (reason ``past_window``): it is the engine's own page.
+
+Paging is consistent: every page of one query is cut from the same list,
+rerank(engine[0:topn]) followed by engine[topn:], so pages neither repeat nor
+skip a hit, as long as the ranker is deterministic and the index does not
+change between the requests.  Hits past the window keep the engine's scores.
+
+A search is passed through unchanged when it cannot be reranked.  The reason
+goes to the client in ``X-Selproxy-Rerank: skipped; reason=<token>``:
+
+=================  ===========================================================
+token              meaning
+=================  ===========================================================
+``override``       the request said ``rerank=false``
+``index``          an index is outside ``include_indices``/in ``exclude_indices``
+``scroll``         a scroll search (``?scroll=``)
+``pit``            a point-in-time search
+``search_after``   ``search_after`` (or Solr's ``cursorMark``) paging
+``sort``           the primary sort is not ``_score`` descending
+``size0``          ``size: 0`` (aggregations only)
+``past_window``    the page starts at or past the window
+``no_query_text``  no query text was found
+``bad_request``    the body is not JSON the proxy can read; the engine decides
+``format``         the response is not in a shape the proxy can read
+``no_hits``        the engine found nothing
+``no_doc_text``    no hit had any text to rank
+``upstream_status``  the engine answered with an error (sent on verbatim)
+=================  ===========================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+from fnmatch import fnmatchcase
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl, quote
+
+from . import _json
+from .config import ParamSearchAPI
+from .extract import lucene_text, query_text
+from .overrides import Overrides
+from .routes import indices_allowed
+
+__all__ = ("SourceFilter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
+           "rewrite_query_string", "query_params")
+
+_SOURCE_PARAMS = ("_source", "_source_includes", "_source_excludes", "_source_include", "_source_exclude")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFilter:
+    """The client's ``_source`` filtering, reapplied by the proxy to each hit
+    after it asked the engine for the whole source to rank with."""
+
+    disabled: bool = False
+    includes: Tuple[str, ...] = ()
+    excludes: Tuple[str, ...] = ()
+
+    def apply(self, hit: Dict[str, Any]) -> None:
+        if "_source" not in hit:
+            return
+        if self.disabled:
+            del hit["_source"]
+        elif isinstance(hit["_source"], dict):
+            hit["_source"] = _filter_object(hit["_source"], "", self.includes, self.excludes)
+
+
+def _filter_object(obj: Dict[str, Any], prefix: str, includes: Sequence[str],
+                   excludes: Sequence[str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in obj.items():
+        path = prefix + key
+        if any(fnmatchcase(path, p) for p in excludes):
+            continue
+        if not includes or any(fnmatchcase(path, p) for p in includes):
+            # Wholly included; an exclusion may still reach inside it.
+            out[key] = _filter_value(value, path, (), excludes) if excludes else value
+        elif any(p.startswith(path + ".") or "*" in p for p in includes):
+            sub = _filter_value(value, path, includes, excludes)
+            if sub not in ({}, []):
+                out[key] = sub
+    return out
+
+
+def _filter_value(value: Any, path: str, includes: Sequence[str], excludes: Sequence[str]) -> Any:
+    if isinstance(value, dict):
+        return _filter_object(value, path + ".", includes, excludes)
+    if isinstance(value, list):
+        items = [_filter_value(v, path, includes, excludes) for v in value]
+        return [v for v in items if v != {}] if includes else items
+    return value if not includes else {}
+
+
+def _patterns(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(p for p in value.split(",") if p)
+    if isinstance(value, list):
+        return tuple(p for p in value if isinstance(p, str))
+    return ()
+
+
+def client_source_filter(body: Optional[Mapping[str, Any]],
+                         params: Mapping[str, str]) -> Optional[SourceFilter]:
+    """The client's ``_source`` filter from URL parameters (which win, as in
+    Elasticsearch) or the body; None when the client wants the whole source."""
+    if any(name in params for name in _SOURCE_PARAMS):
+        source = params.get("_source")
+        if source is not None and source.lower() == "false":
+            return SourceFilter(disabled=True)
+        includes = _patterns(params.get("_source_includes") or params.get("_source_include") or "")
+        if source is not None and source.lower() != "true":
+            includes += _patterns(source)
+        excludes = _patterns(params.get("_source_excludes") or params.get("_source_exclude") or "")
+        return SourceFilter(includes=includes, excludes=excludes) if includes or excludes else None
+    if not body or "_source" not in body:
+        return None
+    source = body["_source"]
+    if source is False:
+        return SourceFilter(disabled=True)
+    if isinstance(source, (str, list)):
+        return SourceFilter(includes=_patterns(source))
+    if isinstance(source, dict):
+        includes = _patterns(source.get("includes", source.get("include", ())))
+        excludes = _patterns(source.get("excludes", source.get("exclude", ())))
+        return SourceFilter(includes=includes, excludes=excludes) if includes or excludes else None
+    return None
+
+
+@dataclasses.dataclass
+class SearchPlan:
+    """What the proxy does with one search: skip it, or how to rewrite it."""
+
+    skip: Optional[str] = None
+    query: str = ""
+    offset: int = 0
+    size: int = 10
+    #: Hits reranked; hits past it keep engine order.
+    window: int = 50
+    #: Hits asked of the engine, from 0.
+    fetch: int = 50
+    source_filter: Optional[SourceFilter] = None
+    #: Annotate each hit with its engine rank and score.
+    explain: bool = False
+    indices: Tuple[str, ...] = ()
+    #: The rewritten body (None: no body, or unchanged).
+    body: Optional[Dict[str, Any]] = None
+    #: URL parameter changes: name -> new value, or None to remove it.
+    params: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+def query_params(query_string: str) -> Dict[str, str]:
+    """The first value of each URL parameter."""
+    params: Dict[str, str] = {}
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        params.setdefault(key, value)
+    return params
+
+
+def rewrite_query_string(query_string: str, changes: Mapping[str, Optional[str]]) -> str:
+    """Apply ``changes`` to a query string, keeping every untouched byte.
+    Changed names that are absent are appended."""
+    if not changes:
+        return query_string
+    items: List[str] = []
+    done = set()
+    for item in query_string.split("&") if query_string else ():
+        key = item.partition("=")[0]
+        from_key = dict(parse_qsl(item, keep_blank_values=True))
+        name = next(iter(from_key), key)
+        if name in changes:
+            value = changes[name]
+            if value is not None and name not in done:
+                items.append(f"{quote(name, safe='')}={quote(value, safe=',*')}")
+            done.add(name)
+        else:
+            items.append(item)
+    for name, value in changes.items():
+        if name not in done and value is not None:
+            items.append(f"{quote(name, safe='')}={quote(value, safe=',*')}")
+    return "&".join(items)
+
+
+def _as_int(value: Any, default: int) -> Optional[int]:
+    """An int from a body or URL value; None when it is not one."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sort_by_score(sort: Any) -> bool:
+    items = sort if isinstance(sort, list) else [sort]
+    if not items:
+        return True
+    first = items[0]
+    if isinstance(first, str):
+        name, _, order = first.partition(":")
+        return name == "_score" and order in ("", "desc")
+    if isinstance(first, dict) and len(first) == 1:
+        name, spec = next(iter(first.items()))
+        if name != "_score":
+            return False
+        order = spec if isinstance(spec, str) else spec.get("order", "desc") if isinstance(spec, dict) else "desc"
+        return order == "desc"
+    return False
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", ""))
+
+
+def plan_search(body: Optional[Dict[str, Any]], params: Mapping[str, str], indices: Sequence[str], *,
+                topn: int, overrides: Overrides = Overrides(), query_path: Optional[str] = None,
+                include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> SearchPlan:
+    """Plan one Elasticsearch/OpenSearch search (a ``_search`` or one ``_msearch`` item).
+
+    ``body`` is the decoded body (None when empty), ``params`` the URL
+    parameters, ``indices`` the index names it targets.
+    """
+    plan = SearchPlan(indices=tuple(indices))
+    body = body or {}
+    if not overrides.rerank:
+        plan.skip = "override"
+        return plan
+    if not indices_allowed(indices, include, exclude):
+        plan.skip = "index"
+        return plan
+    if "scroll" in params or "scroll" in body:
+        plan.skip = "scroll"
+        return plan
+    if "pit" in body:
+        plan.skip = "pit"
+        return plan
+    if "search_after" in body:
+        plan.skip = "search_after"
+        return plan
+    sort = params["sort"].split(",") if "sort" in params else body.get("sort")
+    if sort is not None and not _sort_by_score(sort):
+        plan.skip = "sort"
+        return plan
+    size = _as_int(params.get("size", body.get("size")), 10)
+    offset = _as_int(params.get("from", body.get("from")), 0)
+    if size is None or offset is None or size < 0 or offset < 0:
+        plan.skip = "bad_request"
+        return plan
+    if size == 0:
+        plan.skip = "size0"
+        return plan
+    window = overrides.topn or topn
+    if offset >= window:
+        plan.skip = "past_window"
+        return plan
+    plan.query = query_text(body, params.get("q"), query_path)
+    if not plan.query:
+        plan.skip = "no_query_text"
+        return plan
+    plan.size, plan.offset, plan.window = size, offset, window
+    plan.fetch = max(window, offset + size)
+    plan.source_filter = client_source_filter(body, params)
+    plan.explain = overrides.debug or _truthy(params.get("explain", body.get("explain", False)))
+
+    url_changes: Dict[str, Optional[str]] = {}
+    if plan.source_filter is not None:
+        url_changes.update((name, None) for name in _SOURCE_PARAMS if name in params)
+    if body:
+        new_body = dict(body)
+        new_body["from"], new_body["size"] = 0, plan.fetch
+        if plan.source_filter is not None and "_source" in body:
+            new_body["_source"] = True
+        url_changes.update((name, None) for name in ("from", "size") if name in params)
+        plan.body = new_body
+    else:
+        url_changes.update({"from": "0", "size": str(plan.fetch)})
+    plan.params = url_changes
+    return plan
+
+
+def plan_msearch(data: bytes, default_indices: Sequence[str], *, topn: int,
+                 overrides: Overrides = Overrides(), query_path: Optional[str] = None,
+                 include: Sequence[str] = ("*",), exclude: Sequence[str] = ()
+                 ) -> Optional[Tuple[List[SearchPlan], bytes]]:
+    """Plan every search of an NDJSON ``_msearch`` body.
+
+    Returns the plans and the body to send upstream, in which only the lines
+    of rewritten searches differ; or None when the body cannot be read.
+    """
+    from .routes import split_indices
+
+    lines = data.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) % 2:
+        return None
+    plans: List[SearchPlan] = []
+    out: List[bytes] = []
+    for i in range(0, len(lines), 2):
+        header_line, body_line = lines[i], lines[i + 1]
+        try:
+            header = _json.loads(header_line) if header_line.strip() else {}
+            body = _json.loads(body_line) if body_line.strip() else {}
+        except ValueError:
+            return None
+        if not isinstance(header, dict) or not isinstance(body, dict):
+            return None
+        indices = split_indices(header["index"]) if "index" in header else tuple(default_indices)
+        plan = plan_search(body, {}, indices, topn=topn, overrides=overrides, query_path=query_path,
+                           include=include, exclude=exclude)
+        plans.append(plan)
+        out.append(header_line)
+        out.append(_json.dumps(plan.body) if plan.body is not None else body_line)
+    return plans, b"\n".join(out) + b"\n"
+
+
+def plan_params_search(api: ParamSearchAPI, params: Mapping[str, str], indices: Sequence[str], *,
+                       topn: int, overrides: Overrides = Overrides(),
+                       include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> SearchPlan:
+    """Plan a search of an engine described by URL parameters (Solr)."""
+    plan = SearchPlan(indices=tuple(indices))
+    if not overrides.rerank:
+        plan.skip = "override"
+    elif not indices_allowed(indices, include, exclude):
+        plan.skip = "index"
+    elif any(name in params for name in api.cursor_params):
+        plan.skip = "search_after"
+    elif api.format_param in params and params[api.format_param] not in api.formats:
+        plan.skip = "format"
+    elif params.get(api.sort_param, api.score_sorts[0]).strip() not in api.score_sorts:
+        plan.skip = "sort"
+    if plan.skip:
+        return plan
+    size = _as_int(params.get(api.size_param), api.default_size)
+    offset = _as_int(params.get(api.offset_param), 0)
+    if size is None or offset is None or size < 0 or offset < 0:
+        plan.skip = "bad_request"
+        return plan
+    window = overrides.topn or topn
+    if size == 0:
+        plan.skip = "size0"
+    elif offset >= window:
+        plan.skip = "past_window"
+    else:
+        plan.query = lucene_text(params.get(api.query_param, ""))
+        if not plan.query:
+            plan.skip = "no_query_text"
+    if plan.skip:
+        return plan
+    plan.size, plan.offset, plan.window = size, offset, window
+    plan.fetch = max(window, offset + size)
+    plan.explain = overrides.debug
+    plan.params = {api.offset_param: "0", api.size_param: str(plan.fetch)}
+    return plan

@@ -1,0 +1,410 @@
+"""The search service: handlers for the claimed search routes.
+
+``SearchService(ranker, config)`` builds the :class:`~selproxy.handler.Route`\\ s
+that the core claims (:meth:`SearchService.routes`), and keeps the counters that
+``GET /_selproxy/status`` shows (:meth:`SearchService.status`).  Each handler
+runs the sans-io steps (:mod:`.overrides`, :mod:`.rewrite`, :mod:`.extract`,
+:mod:`.respond`) around two awaits: the engine, then the ranker.
+
+The ranker fails open: an exception, a missed deadline or too many pending
+rank calls give the client the engine's order, cut to its page, never an error.
+Errors reaching the engine (:class:`~selproxy.errors.UpstreamUnavailable` ...)
+propagate to the core, which answers them in Elasticsearch's error shape.
+"""
+from __future__ import annotations
+
+import collections
+import gzip
+import hashlib
+import logging
+import time
+import zlib
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..handler import Headers, Request, Response, Route, Upstream, header_value
+from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming
+from . import _json
+from .config import SearchConfig, SearchRoute
+from .extract import FieldSpec, document_text, parse_field_spec
+from .overrides import Overrides, extract_overrides
+from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body,
+                      passthrough_response, server_timing, value_path)
+from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
+                      rewrite_query_string)
+from .routes import default_routes, split_indices
+
+__all__ = ("SearchService", "SearchStats")
+
+log = logging.getLogger("selproxy.search")
+
+Outcome = Tuple[str, str]  # ("applied" | "skipped" | "fallback", reason)
+APPLIED: Outcome = ("applied", "")
+
+
+def _header(outcome: Outcome) -> str:
+    kind, reason = outcome
+    return kind if not reason else f"{kind}; reason={reason}"
+
+
+class SearchStats:
+    """Counters and recent timings of the claimed searches (one per ``_msearch`` item)."""
+
+    def __init__(self, samples: int = 2048) -> None:
+        self.searches = 0
+        self.reranked = 0
+        self.skipped: Dict[str, int] = collections.Counter()
+        self.fallback: Dict[str, int] = collections.Counter()
+        self.rank_seconds: Deque[float] = collections.deque(maxlen=samples)
+        self.upstream_seconds: Deque[float] = collections.deque(maxlen=samples)
+
+    def record(self, outcome: Outcome) -> None:
+        self.searches += 1
+        kind, reason = outcome
+        if kind == "applied":
+            self.reranked += 1
+        elif kind == "skipped":
+            self.skipped[reason] += 1
+        else:
+            self.fallback[reason] += 1
+
+    @staticmethod
+    def _percentiles(samples: Sequence[float]) -> Dict[str, Any]:
+        if not samples:
+            return {"count": 0}
+        ordered = sorted(samples)
+
+        def at(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 3)
+
+        return {"count": len(ordered), "p50": at(0.50), "p90": at(0.90), "p99": at(0.99),
+                "max": round(ordered[-1] * 1e3, 3)}
+
+    def snapshot(self) -> Dict[str, Any]:
+        return {
+            "searches": self.searches,
+            "reranked": self.reranked,
+            "skipped": dict(self.skipped),
+            "fallback": dict(self.fallback),
+            "rank_ms": self._percentiles(self.rank_seconds),
+            "upstream_ms": self._percentiles(self.upstream_seconds),
+        }
+
+
+def _path_params(pattern: str, path: str) -> Dict[str, str]:
+    """Captured ``{name}`` segments, for a request the core did not annotate."""
+    params: Dict[str, str] = {}
+    for want, got in zip(pattern.strip("/").split("/"), path.strip("/").split("/")):
+        if want.startswith("{") and want.endswith("}"):
+            params[want[1:-1]] = got
+    return params
+
+
+def _with_body(headers: Headers, body: bytes) -> Headers:
+    """``headers`` for a new, uncompressed ``body``."""
+    out = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
+    out.append(("Content-Length", str(len(body))))
+    return out
+
+
+def _request_body(request: Request) -> bytes:
+    if (request.header("content-encoding") or "").strip().lower() in ("gzip", "x-gzip"):
+        return gzip.decompress(request.body)
+    return request.body
+
+
+class _Prepared:
+    """What every claimed request shares: overrides stripped, body decoded."""
+
+    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices", "started")
+
+    def __init__(self, request: Request, route: SearchRoute, max_topn: int) -> None:
+        self.started = time.perf_counter()
+        self.overrides, self.target, self.headers = extract_overrides(
+            request.target, request.headers, max_topn)
+        self.path, _, self.query_string = self.target.partition("?")
+        params = request.params or _path_params(route.path, request.path)
+        self.indices = split_indices(params.get("index", ""))
+
+    def target_with(self, changes: Mapping[str, Optional[str]]) -> str:
+        query = rewrite_query_string(self.query_string, changes)
+        return self.path + ("?" + query if query else "")
+
+
+class SearchService:
+    """Handlers and counters for the claimed search routes.
+
+    ``ranker`` is any object with ``rank(query, docs)`` (see
+    :mod:`selproxy.rankers.base`).
+    """
+
+    def __init__(self, ranker: Any, config: Optional[SearchConfig] = None) -> None:
+        self.config = config or SearchConfig()
+        self.adapter = RankerAdapter(ranker, threads=self.config.ranker_threads,
+                                     max_pending=self.config.max_pending_ranks)
+        self.stats = SearchStats()
+        self._fields: Dict[SearchRoute, Tuple[FieldSpec, ...]] = {}
+
+    # -- public surface -------------------------------------------------
+
+    def search_routes(self) -> Tuple[SearchRoute, ...]:
+        routes = self.config.routes if self.config.routes is not None else default_routes()
+        return tuple(routes) + tuple(self.config.extra_routes)
+
+    def routes(self) -> List[Route]:
+        """The core's routes, one per :class:`SearchRoute`."""
+        return [Route(tuple(r.methods), r.path, self._handler(r), r.name or r.kind)
+                for r in self.search_routes()]
+
+    def status(self) -> Dict[str, Any]:
+        """Counters for ``GET /_selproxy/status`` (JSON-ready)."""
+        snapshot = self.stats.snapshot()
+        snapshot["ranker"] = type(self.adapter.ranker).__name__
+        snapshot["pending_ranks"] = self.adapter.pending
+        snapshot["topn"] = self.config.topn
+        snapshot["rank_deadline"] = self.config.rank_deadline
+        return snapshot
+
+    def close(self) -> None:
+        self.adapter.close()
+
+    # -- handlers -------------------------------------------------------
+
+    def _handler(self, route: SearchRoute) -> Any:
+        method = {"search": self._search, "msearch": self._msearch, "params": self._params}[route.kind]
+        if route.kind == "params" and route.api is None:
+            raise ValueError(f"route {route.path} of kind 'params' needs an api description")
+
+        async def handle(request: Request, upstream: Upstream) -> Response:
+            return await method(route, request, upstream)
+
+        handle.__qualname__ = f"SearchService.{route.kind}:{route.path}"
+        return handle
+
+    def _field_specs(self, route: SearchRoute) -> Tuple[FieldSpec, ...]:
+        specs = self._fields.get(route)
+        if specs is None:
+            names = route.text_fields if route.text_fields is not None else self.config.text_fields
+            specs = tuple(parse_field_spec(n, self.config.max_field_chars) for n in names)
+            self._fields[route] = specs
+        return specs
+
+    def _deadline(self, route: SearchRoute) -> float:
+        return route.rank_deadline or self.config.rank_deadline
+
+    async def _forward(self, upstream: Upstream, method: str, target: str, headers: Headers,
+                       body: bytes) -> Tuple[Response, float]:
+        started = time.perf_counter()
+        response = await upstream.request(method, target, headers, body,
+                                          timeout=self.config.upstream_timeout)
+        elapsed = time.perf_counter() - started
+        self.stats.upstream_seconds.append(elapsed)
+        return response, elapsed
+
+    async def _skip(self, upstream: Upstream, request: Request, prep: _Prepared,
+                    reasons: Sequence[str]) -> Response:
+        """Send the request on as the client sent it (overrides stripped)."""
+        response, elapsed = await self._forward(upstream, request.method, prep.target,
+                                                prep.headers, request.body)
+        outcomes = [("skipped", r) for r in reasons]
+        for outcome in outcomes:
+            self.stats.record(outcome)
+        return passthrough_response(response, ", ".join(map(_header, outcomes)),
+                                    server_timing(elapsed), prep.overrides.ignored)
+
+    def _verbatim(self, response: Response, prep: _Prepared, outcomes: Sequence[Outcome],
+                  upstream_s: float) -> Response:
+        for outcome in outcomes:
+            self.stats.record(outcome)
+        return passthrough_response(response, ", ".join(map(_header, outcomes)),
+                                    server_timing(upstream_s), prep.overrides.ignored)
+
+    def _texts(self, hits: Sequence[Any], route: SearchRoute, source_key: str = "_source",
+               drop: Sequence[str] = ()) -> List[str]:
+        fields = self._field_specs(route)
+        limit = self.config.max_field_chars
+        texts = []
+        for hit in hits:
+            if not isinstance(hit, dict):
+                texts.append("")
+            elif drop and not fields:
+                doc = {k: v for k, v in hit.items() if k not in drop}
+                texts.append(document_text({"_source": doc}, None, limit))
+            else:
+                texts.append(document_text(hit, fields, limit, source_key))
+        return texts
+
+    def _job(self, plan: SearchPlan, hits: Sequence[Any], texts: List[str]) -> RankJob:
+        keys = None
+        if self.adapter.wants_keys:
+            keys = [(h.get("_index"), h.get("_id", h.get("id")), hashlib.sha1(t.encode()).hexdigest())
+                    for h, t in zip(hits, texts)]
+        return RankJob(plan.query, texts, keys)
+
+    async def _rank(self, route: SearchRoute, jobs: Sequence[RankJob]
+                    ) -> Tuple[Optional[List[List[float]]], Outcome, RankTiming]:
+        try:
+            scores, timing = await self.adapter.rank(jobs, self._deadline(route))
+        except RankFailed as failure:
+            return None, ("fallback", failure.reason), RankTiming()
+        self.stats.rank_seconds.append(timing.rank)
+        return scores, APPLIED, timing
+
+    def _answer(self, request: Request, response: Response, prep: _Prepared, doc: Any,
+                outcomes: Sequence[Outcome], upstream_s: float, timing: RankTiming) -> Response:
+        for outcome in outcomes:
+            self.stats.record(outcome)
+        log.debug("search %s %s: %s", request.method, prep.path, outcomes)
+        return client_response(response, _json.dumps(doc), gzip_ok=accepts_gzip(request.headers),
+                               gzip_level=self.config.gzip_level,
+                               rerank=", ".join(map(_header, outcomes)),
+                               timing=server_timing(upstream_s, timing.queue, timing.rank),
+                               ignored=prep.overrides.ignored)
+
+    def _plan_kwargs(self, route: SearchRoute, overrides: Overrides) -> Dict[str, Any]:
+        return dict(topn=route.topn or self.config.topn, overrides=overrides,
+                    include=self.config.include_indices, exclude=self.config.exclude_indices)
+
+    async def _search(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
+        prep = _Prepared(request, route, self.config.max_topn)
+        try:
+            raw = _request_body(request)
+            body = _json.loads(raw) if raw.strip() else None
+        except (ValueError, OSError, EOFError, zlib.error):
+            return await self._skip(upstream, request, prep, ["bad_request"])
+        if body is not None and not isinstance(body, dict):
+            return await self._skip(upstream, request, prep, ["bad_request"])
+        plan = plan_search(body, query_params(prep.query_string), prep.indices,
+                           query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
+        if plan.skip:
+            return await self._skip(upstream, request, prep, [plan.skip])
+
+        if plan.body is not None:
+            new_body = _json.dumps(plan.body)
+            headers = _with_body(prep.headers, new_body)
+        else:
+            new_body, headers = request.body, prep.headers
+        response, upstream_s = await self._forward(
+            upstream, request.method, prep.target_with(plan.params), headers, new_body)
+        if response.status != 200:
+            return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
+        try:
+            doc = _json.loads(decode_body(response))
+            hits = doc["hits"]["hits"]
+            if not isinstance(hits, list):
+                raise TypeError("hits.hits is not a list")
+        except (ValueError, KeyError, TypeError):
+            return self._verbatim(response, prep, [("skipped", "format")], upstream_s)
+        if not hits:
+            return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
+
+        window = hits[:plan.window]
+        texts = self._texts(window, route)
+        if not any(texts):
+            scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
+        else:
+            ranked, outcome, timing = await self._rank(route, [self._job(plan, window, texts)])
+            scores = ranked[0] if ranked else None
+        apply_es(doc, plan, scores)
+        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+
+    async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
+        prep = _Prepared(request, route, self.config.max_topn)
+        try:
+            planned = plan_msearch(_request_body(request), prep.indices, query_path=route.query_path,
+                                   **self._plan_kwargs(route, prep.overrides))
+        except (OSError, EOFError, zlib.error):
+            planned = None
+        if planned is None:
+            return await self._skip(upstream, request, prep, ["bad_request"])
+        plans, new_body = planned
+        if all(p.skip for p in plans):
+            return await self._skip(upstream, request, prep, [p.skip or "" for p in plans])
+
+        response, upstream_s = await self._forward(
+            upstream, request.method, prep.target, _with_body(prep.headers, new_body), new_body)
+        if response.status != 200:
+            return self._verbatim(response, prep, [("skipped", "upstream_status")] * len(plans),
+                                  upstream_s)
+        try:
+            doc = _json.loads(decode_body(response))
+            items = doc["responses"]
+            if not isinstance(items, list) or len(items) != len(plans):
+                raise TypeError("responses does not match the searches")
+        except (ValueError, KeyError, TypeError):
+            return self._verbatim(response, prep, [("skipped", "format")] * len(plans), upstream_s)
+
+        outcomes: List[Outcome] = []
+        jobs: List[RankJob] = []
+        ranked_items: List[Tuple[int, SearchPlan, Dict[str, Any]]] = []
+        for i, (plan, item) in enumerate(zip(plans, items)):
+            outcomes.append(("skipped", plan.skip) if plan.skip else APPLIED)
+            if plan.skip:
+                continue
+            hits = value_path(item, ("hits", "hits"))
+            if not isinstance(item, dict) or "error" in item or item.get("status", 200) != 200:
+                outcomes[i] = ("skipped", "upstream_status")
+            elif not isinstance(hits, list):
+                outcomes[i] = ("skipped", "format")
+            elif not hits:
+                outcomes[i] = ("skipped", "no_hits")
+            else:
+                window = hits[:plan.window]
+                texts = self._texts(window, route)
+                if any(texts):
+                    jobs.append(self._job(plan, window, texts))
+                    ranked_items.append((i, plan, item))
+                else:
+                    outcomes[i] = ("skipped", "no_doc_text")
+                    apply_es(item, plan, None)
+
+        timing = RankTiming()
+        if jobs:
+            scores, outcome, timing = await self._rank(route, jobs)
+            for n, (i, plan, item) in enumerate(ranked_items):
+                apply_es(item, plan, scores[n] if scores else None)
+                outcomes[i] = outcome
+        return self._answer(request, response, prep, doc, outcomes, upstream_s, timing)
+
+    async def _params(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
+        api = route.api
+        assert api is not None
+        prep = _Prepared(request, route, self.config.max_topn)
+        form = ""
+        content_type = (header_value(prep.headers, "content-type") or "").lower()
+        if request.body and content_type.startswith("application/x-www-form-urlencoded"):
+            form = request.body.decode("latin-1")
+        client_params = query_params(form)
+        client_params.update(query_params(prep.query_string))
+        plan = plan_params_search(api, client_params, prep.indices,
+                                  **self._plan_kwargs(route, prep.overrides))
+        if plan.skip:
+            return await self._skip(upstream, request, prep, [plan.skip])
+
+        form_params = query_params(form)
+        in_form = {k: v for k, v in plan.params.items() if k in form_params}
+        in_url = {k: v for k, v in plan.params.items() if k not in form_params}
+        body = rewrite_query_string(form, in_form).encode("latin-1") if in_form else request.body
+        headers = _with_body(prep.headers, body) if in_form else prep.headers
+        response, upstream_s = await self._forward(upstream, request.method,
+                                                   prep.target_with(in_url), headers, body)
+        if response.status != 200:
+            return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
+        try:
+            doc = _json.loads(decode_body(response))
+            hits = value_path(doc, api.hits_path)
+            if not isinstance(hits, list):
+                raise TypeError("no list of hits")
+        except (ValueError, TypeError):
+            return self._verbatim(response, prep, [("skipped", "format")], upstream_s)
+        if not hits:
+            return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
+
+        window = hits[:plan.window]
+        texts = self._texts(window, route, source_key="", drop=api.id_fields)
+        if not any(texts):
+            scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
+        else:
+            ranked, outcome, timing = await self._rank(route, [self._job(plan, window, texts)])
+            scores = ranked[0] if ranked else None
+        apply_params(doc, api, plan, scores, client_params)
+        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
