@@ -22,6 +22,7 @@ cdef enum Deadline:
     DEADLINE_IDLE = 1        # keep-alive client between requests
     DEADLINE_HEAD = 2        # client sending a request head (slowloris)
     DEADLINE_RESPONSE = 3    # upstream owes us (more of) a response
+    DEADLINE_BODY = 4        # client owes us (more of) a request body
 
 # An upstream connection:
 #
@@ -217,6 +218,7 @@ cdef class ProxyCore:
     cdef double idle_timeout
     cdef double connect_timeout
     cdef double response_timeout
+    cdef double body_timeout
     cdef double upstream_idle_timeout
     cdef double sweep_interval
     cdef bint forwarded_headers

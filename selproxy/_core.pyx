@@ -722,9 +722,14 @@ cdef class ClientProtocol(ResponseSink):
         self.parser = None
 
     def eof_received(self):
-        # A half-close from the client: answer what is in flight, then close.
-        if not self.exchanges:
+        cdef Exchange ex
+        # A half-close after whole requests: answer them, then close.  A
+        # request cut short can never complete, so that is a disconnect.
+        if not self.exchanges or self.in_head or self.receiving is not None:
             return False
+        for ex in self.exchanges:
+            if not ex.request_complete:
+                return False
         self.state = CLIENT_CLOSING
         return True
 
@@ -744,6 +749,8 @@ cdef class ClientProtocol(ResponseSink):
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef ClientState state = self.state
         if state == CLIENT_OPEN:
+            if self.deadline_kind == DEADLINE_BODY:
+                self.deadline = monotonic() + self.core.body_timeout
             self._feed(self.core.read_view[:nbytes])
             if self.in_head:
                 # httptools joins a header's pieces itself before calling
@@ -904,6 +911,9 @@ cdef class ClientProtocol(ResponseSink):
         self.receiving = ex
         if head.framing == BODY_NONE:
             ex.request_complete = not ex.upgrade
+        else:
+            self.deadline_kind = DEADLINE_BODY
+            self.deadline = monotonic() + core.body_timeout
         self._queue(ex)
 
     cdef object _check_target(self, MessageHead head):
@@ -948,6 +958,8 @@ cdef class ClientProtocol(ResponseSink):
         if ex is None:
             return
         self.receiving = None
+        if self.deadline_kind == DEADLINE_BODY:
+            self.deadline_kind = DEADLINE_NONE
         if ex.claim is not None:
             # A request without a body was complete at its head, and
             # _start has run its handler already if it was due.
@@ -1291,6 +1303,9 @@ cdef class ClientProtocol(ResponseSink):
         self.deadline_kind = DEADLINE_NONE
         if kind == DEADLINE_IDLE:
             self.close()
+        elif kind == DEADLINE_BODY:
+            self.core.counters.count_error("body_timeout")
+            self.abort()
         elif kind == DEADLINE_HEAD:
             self.core.counters.count_error("header_timeout")
             if self.exchanges:
@@ -1364,11 +1379,12 @@ cdef class ProxyCore:
         self.idle_timeout = config.idle_timeout
         self.connect_timeout = config.connect_timeout
         self.response_timeout = config.response_timeout
+        self.body_timeout = config.body_timeout
         self.upstream_idle_timeout = config.upstream_idle_timeout
         self.forwarded_headers = config.forwarded_headers
         self.access_log = config.access_log
         self.sweep_interval = min(1.0, max(0.05, min(
-            self.header_timeout, self.idle_timeout, self.response_timeout,
+            self.header_timeout, self.idle_timeout, self.response_timeout, self.body_timeout,
             self.upstream_idle_timeout) / 4.0))
 
     def protocol_factory(self):

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ("--idle-timeout", "idle_timeout"),
                         ("--connect-timeout", "connect_timeout"),
                         ("--response-timeout", "response_timeout"),
+                        ("--body-timeout", "body_timeout"),
                         ("--shutdown-grace", "shutdown_grace")):
         timeouts.add_argument(flag, type=float, default=getattr(defaults, field),
                               metavar="S", help="default %(default)s")
@@ -102,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_upstream_connections=args.max_upstream_connections,
         header_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,
+        body_timeout=args.body_timeout,
         shutdown_grace=args.shutdown_grace, forwarded_headers=args.forwarded_headers,
         access_log=args.access_log,
     )

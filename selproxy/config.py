@@ -69,6 +69,8 @@ class Config:
     #: From the end of the request to the upstream's response head, and then
     #: between two reads of the response.
     response_timeout: float = 60.0
+    #: Between two reads of a request body the client is sending.
+    body_timeout: float = 60.0
     #: How long in-flight exchanges may take to finish after SIGTERM.
     shutdown_grace: float = 10.0
 
@@ -94,7 +96,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("header_timeout", "idle_timeout", "connect_timeout",
-                     "response_timeout", "shutdown_grace", "upstream_idle_timeout"):
+                     "response_timeout", "body_timeout", "shutdown_grace", "upstream_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_idle_upstream_connections < 0:
