@@ -39,13 +39,21 @@ cdef tuple _compile_pattern(str pattern):
 
 
 cdef inline list _split_path(bytes target):
+    """The path's segments, or None if one is empty (``//x``): such a path
+    is not a route's, and is passed to the engine as it is."""
     cdef Py_ssize_t end = target.find(b"?")
     cdef bytes path = target if end < 0 else target[:end]
-    # Trailing slashes and the leading one carry no segment.
-    path = path.strip(b"/")
+    cdef list parts
+    # The leading slash and one trailing slash carry no segment.
+    path = path[1:]
+    if path.endswith(b"/"):
+        path = path[:-1]
     if not path:
         return []
-    return path.split(b"/")
+    parts = path.split(b"/")
+    if b"" in parts:
+        return None
+    return parts
 
 
 cdef class RouteTable:
@@ -76,6 +84,8 @@ cdef class RouteTable:
         if method not in self._methods:
             return None
         parts = _split_path(target)
+        if parts is None:
+            return None
         n = len(parts)
         if n not in self._lengths:
             return None

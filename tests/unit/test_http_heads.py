@@ -1,0 +1,85 @@
+"""Head analysis and serialization, without sockets."""
+import pytest
+
+from selproxy import _http
+
+
+def analyse(headers, method=b"POST", target=b"/", version_minor=1):
+    return _http._analyse_request_for_tests(method, target, headers, version_minor)
+
+
+def test_hop_by_hop_headers_are_dropped_and_the_rest_keep_their_order():
+    head, err = analyse([
+        (b"Host", b"es"), (b"Connection", b"keep-alive, X-Private"), (b"X-Private", b"1"),
+        (b"Keep-Alive", b"timeout=5"), (b"TE", b"trailers"), (b"Proxy-Connection", b"x"),
+        (b"Proxy-Authorization", b"Basic eA=="), (b"Upgrade", b"h2c"),
+        (b"Content-Type", b"application/json"), (b"x-CASE", b"Kept As Sent"),
+        (b"Content-Length", b"2"),
+    ])
+    assert err is None
+    assert head.end_to_end == [(b"Host", b"es"), (b"Content-Type", b"application/json"),
+                               (b"x-CASE", b"Kept As Sent")]
+    out = _http._request_head_for_tests(head)
+    assert out == (b"POST / HTTP/1.1\r\nHost: es\r\nContent-Type: application/json\r\n"
+                   b"x-CASE: Kept As Sent\r\nContent-Length: 2\r\n\r\n")
+
+
+def test_chunked_request_keeps_its_transfer_coding():
+    head, err = analyse([(b"Host", b"h"), (b"Transfer-Encoding", b"chunked")])
+    assert err is None and head.framing == 2
+    assert b"Transfer-Encoding: chunked\r\n" in _http._request_head_for_tests(head)
+
+
+@pytest.mark.parametrize("headers, reason", [
+    ([(b"Host", b"h"), (b"Content-Length", b"3"), (b"Transfer-Encoding", b"chunked")], "both"),
+    ([(b"Host", b"h"), (b"Content-Length", b"3"), (b"Content-Length", b"4")], "conflicting"),
+    ([(b"Host", b"h"), (b"Content-Length", b"3x")], "invalid"),
+    ([(b"Host", b"h"), (b"Transfer-Encoding", b"gzip")], "chunked"),
+    ([(b"Host", b"a"), (b"Host", b"b")], "Host"),
+    ([(b"X", b"y")], "Host"),
+])
+def test_ambiguous_framing_is_an_error(headers, reason):
+    _head, err = analyse(headers)
+    assert err is not None and err.status == 400
+    assert reason in err.reason
+
+
+def test_identical_repeated_content_length_is_accepted():
+    head, err = analyse([(b"Host", b"h"), (b"Content-Length", b"3"), (b"Content-Length", b"3")])
+    assert err is None and head.content_length == 3
+
+
+def test_http10_request_without_host_is_accepted():
+    _head, err = analyse([], method=b"GET", version_minor=0)
+    assert err is None
+
+
+def test_expect_and_accept_encoding_are_noted():
+    head, _ = analyse([(b"Host", b"h"), (b"Expect", b"100-Continue"), (b"Accept-Encoding", b"GZIP, br")])
+    assert head.expect_continue and head.has_gzip_accept
+
+
+@pytest.mark.parametrize("status, method, framing", [
+    (204, b"GET", 0), (304, b"GET", 0), (200, b"HEAD", 0), (100, b"GET", 0),
+])
+def test_responses_that_never_have_a_body(status, method, framing):
+    head, err, _out = _http._response_head_for_tests(status, b"X", [(b"Content-Length", b"10")], method)
+    assert err is None and head.framing == framing
+
+
+def test_close_delimited_response_is_rechunked_for_a_keep_alive_client():
+    head, err, out = _http._response_head_for_tests(200, b"OK", [(b"Server", b"up")])
+    assert head.framing == 3
+    assert out == b"HTTP/1.1 200 OK\r\nServer: up\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_response_head_keeps_reason_and_length_and_can_announce_close():
+    _head, _err, out = _http._response_head_for_tests(
+        404, b"Not Here", [(b"Content-Length", b"5"), (b"Connection", b"keep-alive")], close=True)
+    assert out == b"HTTP/1.1 404 Not Here\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+
+
+def test_response_with_other_transfer_codings_keeps_them():
+    _head, _err, out = _http._response_head_for_tests(
+        200, b"OK", [(b"Transfer-Encoding", b"gzip, chunked")])
+    assert b"Transfer-Encoding: gzip, chunked\r\n" in out

@@ -1,0 +1,64 @@
+import pytest
+
+from selproxy import Route
+from selproxy._routes import RouteTable
+
+
+async def _h(request, upstream):  # pragma: no cover - never called
+    raise AssertionError
+
+
+TABLE = RouteTable([
+    Route(("GET", "POST"), "/_search", _h, "search-all"),
+    Route(("GET", "POST"), "/{index}/_search", _h, "search"),
+    Route(("GET",), "/_selproxy/status", _h, "status"),
+    Route(("POST",), "/solr/{core}/select", _h, "solr"),
+])
+
+
+@pytest.mark.parametrize("method, target, name, params", [
+    ("GET", "/_search", "search-all", {}),
+    ("POST", "/_search?q=x", "search-all", {}),
+    ("GET", "/books/_search", "search", {"index": "books"}),
+    ("GET", "/books/_search/", "search", {"index": "books"}),
+    ("POST", "/a,b*/_search?size=3", "search", {"index": "a,b*"}),
+    ("GET", "/my%2Dindex/_search", "search", {"index": "my-index"}),
+    ("GET", "/_selproxy/status", "status", {}),
+    ("POST", "/solr/core1/select", "solr", {"core": "core1"}),
+])
+def test_matching_routes(method, target, name, params):
+    match = TABLE.match(method, target)
+    assert match is not None
+    assert match.route.name == name
+    assert match.params == params
+
+
+@pytest.mark.parametrize("method, target", [
+    ("PUT", "/books/_search"),           # method not claimed
+    ("DELETE", "/_search"),
+    ("GET", "/books/_doc/1"),            # other path
+    ("GET", "/books/_searchx"),
+    ("GET", "/a/b/_search"),             # segment count differs
+    ("GET", "/"),
+    ("GET", "/_selproxy/status/x"),
+    ("GET", "/solr/core1/select"),       # GET not in that route
+    ("POST", "/books/_search_shards"),
+    ("GET", "//_search"),                # an empty index is not an index
+])
+def test_non_matching_requests_pass_through(method, target):
+    assert TABLE.match(method, target) is None
+
+
+def test_bad_patterns_are_refused_when_compiled():
+    with pytest.raises(ValueError):
+        RouteTable([Route(("GET",), "no-slash", _h)])
+    with pytest.raises(ValueError):
+        RouteTable([Route(("GET",), "/a//b", _h)])
+    with pytest.raises(ValueError):
+        RouteTable([Route(("GET",), "/{not an id}/x", _h)])
+
+
+def test_first_matching_route_wins():
+    table = RouteTable([Route(("GET",), "/x/{name}", _h, "one"), Route(("GET",), "/x/y", _h, "two")])
+    assert table.match("GET", "/x/y").route.name == "one"
+    assert len(table) == 2
