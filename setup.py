@@ -35,6 +35,8 @@ def extensions():
         "linetrace": DEBUG,
         "profile": DEBUG,
         "embedsignature": True,
+        # Connections and heads are not picklable things.
+        "auto_pickle": False,
     }
     return cythonize(exts, compiler_directives=directives, annotate=DEBUG,
                      force=DEBUG or "--force" in sys.argv)

@@ -41,6 +41,8 @@ from selproxy.errors import (
 )
 from selproxy.handler import Request as _Request, Response as _Response
 
+__all__ = ("ProxyCore", "Counters", "CoreUpstream", "UpstreamPool")
+
 cdef object Request = _Request
 cdef object Response = _Response
 cdef object deque = collections.deque
@@ -109,6 +111,7 @@ cdef str error_kind(object exc):
     return type(exc).__name__
 
 
+@cython.internal
 cdef class ResponseSink:
     cdef void upstream_ready(self, UpstreamProtocol conn):
         pass
@@ -264,6 +267,7 @@ cdef void _serve_waiter(UpstreamPool pool):
 
 
 @cython.final
+@cython.internal
 cdef class UpstreamProtocol:
     def __cinit__(self, ProxyCore core, UpstreamPool pool):
         self.core = core
@@ -517,11 +521,13 @@ cdef class UpstreamProtocol:
 
 @cython.final
 @cython.freelist(64)
+@cython.internal
 cdef class Exchange:
     def __cinit__(self):
         self.keep_alive = True
 
 
+@cython.internal
 cdef class Collector(ResponseSink):
     """Collects one whole upstream response for a handler's upstream call."""
     cdef object future
@@ -640,6 +646,7 @@ cdef class CoreUpstream:
 cdef object STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
+@cython.internal
 cdef class _HandlerDone:
     cdef ClientProtocol client
     cdef Exchange ex
@@ -674,6 +681,7 @@ cdef class _HandlerDone:
 
 
 @cython.final
+@cython.internal
 cdef class ClientProtocol(ResponseSink):
     def __cinit__(self, ProxyCore core):
         self.core = core
@@ -1346,7 +1354,7 @@ cdef class ProxyCore:
     """One worker's proxy: its configuration in C fields, its routes, its
     upstream pool, its counters and its open client connections."""
 
-    def __cinit__(self, config, loop, routes=(), handler_runner=None, logger=None):
+    def __init__(self, config, loop, routes=(), handler_runner=None, logger=None):
         scheme, host, port = config.upstream_address
         self.config = config
         self.loop = loop

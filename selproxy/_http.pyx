@@ -9,6 +9,8 @@ Everything else in the head goes out byte for byte, in its original order.
 """
 from selproxy.errors import BadRequest, UpstreamProtocolError
 
+__all__ = ("MessageHead",)
+
 cdef bytes CRLF = b"\r\n"
 cdef bytes COLON_SP = b": "
 cdef bytes HTTP11 = b"HTTP/1.1"

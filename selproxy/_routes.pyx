@@ -9,6 +9,8 @@ count before any comparison.
 """
 from urllib.parse import unquote_to_bytes
 
+__all__ = ("RouteTable", "RouteMatch")
+
 
 cdef class RouteMatch:
     def __cinit__(self, route, dict params):

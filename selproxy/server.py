@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import uvloop
 
@@ -65,7 +65,7 @@ class Proxy:
         self.status: Optional[StatusPage] = None
         self._server: Optional[asyncio.AbstractServer] = None
         self._stopping: Optional[asyncio.Event] = None
-        self._address: Optional[tuple] = None
+        self._address: Optional[Tuple[Any, ...]] = None
         self._upstream: Any = None
         self.status_sections: Dict[str, Any] = {}
         self.search_service: Any = None
@@ -90,7 +90,7 @@ class Proxy:
     # -- addresses ---------------------------------------------------------
 
     @property
-    def address(self) -> tuple:
+    def address(self) -> Tuple[Any, ...]:
         """The (host, port) the proxy listens on, once started."""
         if self._address is None:
             raise RuntimeError("the proxy is not started")

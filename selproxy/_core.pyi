@@ -1,0 +1,79 @@
+"""Stubs for the compiled proxy core (``selproxy/_core.pyx``)."""
+import asyncio
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, final
+from typing_extensions import disjoint_base
+
+from .config import Config
+from .handler import Request, Response, Route
+
+__all__ = ('Counters', 'UpstreamPool', 'CoreUpstream', 'ProxyCore')
+
+@disjoint_base
+class Counters:
+    """Per-worker counters; the status endpoint shows :meth:`snapshot`."""
+
+    @property
+    def requests_passed(self) -> int: ...
+    @property
+    def requests_claimed(self) -> int: ...
+    @property
+    def client_connections_total(self) -> int: ...
+    @property
+    def client_connections(self) -> int: ...
+    @property
+    def upstream_connections(self) -> int: ...
+    @property
+    def upstream_idle(self) -> int: ...
+    @property
+    def upstream_connects(self) -> int: ...
+    @property
+    def errors(self) -> Dict[str, int]: ...
+    def snapshot(self) -> Dict[str, Any]:
+        """The counters as a JSON-ready dict."""
+
+@final
+class UpstreamPool:
+    """A worker's pooled upstream connections."""
+
+    def close_idle(self) -> None:
+        """Close every idle connection."""
+
+@disjoint_base
+class CoreUpstream:
+    """The engine as handlers see it."""
+
+    async def request(self, method: str, target: str, headers: List[Tuple[str, str]],
+                      body: bytes = b"", *, timeout: Optional[float] = None) -> Response:
+        """Send one request over a pooled connection; return the whole response."""
+
+@disjoint_base
+class ProxyCore:
+    """One worker's proxy: configuration in C fields, routes, pool, counters."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
+                 routes: Sequence[Route] = (),
+                 handler_runner: Optional[Callable[[Route, Request], Awaitable[Response]]] = None,
+                 logger: Any = None) -> None: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def pool(self) -> UpstreamPool: ...
+    def protocol_factory(self) -> asyncio.BaseProtocol:
+        """A new client connection's protocol (for ``loop.create_server``)."""
+    def add_listen_authority(self, host: str, port: int) -> None:
+        """Accept absolute-form targets that name this proxy's own address."""
+    def upstream(self) -> CoreUpstream:
+        """The object handlers receive to call the upstream."""
+    def start(self) -> None:
+        """Start the worker's deadline sweeper."""
+    def drain(self) -> None:
+        """Close idle connections now and busy ones after their exchange."""
+    def open_clients(self) -> int: ...
+    def abort_all(self) -> None:
+        """Cut every client and upstream connection."""
+    def stop(self) -> None:
+        """Stop the sweeper."""

@@ -1,0 +1,110 @@
+"""Errors the engine answers with, in Elasticsearch's shape and status.
+
+Each class carries the HTTP status and the Elasticsearch error ``type``; extra
+metadata (``index``, ``resource.id``…) is rendered beside ``type`` and
+``reason`` exactly as Elasticsearch does::
+
+    {"error": {"root_cause": [{...}], "type": ..., "reason": ..., ...}, "status": N}
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+__all__ = (
+    "EngineError", "IndexNotFound", "ParsingError", "IllegalArgument",
+    "ResourceAlreadyExists", "VersionConflict", "DocumentMissing",
+    "DocumentParsingError", "MapperParsingError", "InvalidIndexName",
+    "ActionRequestValidation", "QueryShardError", "ResourceNotFound", "UnsupportedFeature",
+)
+
+
+class EngineError(Exception):
+    """Base class: an error the engine answers with an HTTP status."""
+
+    status: int = 500
+    es_type: str = "exception"
+
+    def __init__(self, reason: str, **meta: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.meta: Dict[str, Any] = meta
+
+    def cause(self) -> Dict[str, Any]:
+        """The ``{"type", "reason", ...}`` object used in bodies and bulk items."""
+        out: Dict[str, Any] = {"type": self.es_type, "reason": self.reason}
+        out.update(self.meta)
+        return out
+
+    def body(self) -> Dict[str, Any]:
+        cause = self.cause()
+        return {"error": {"root_cause": [cause], **cause}, "status": self.status}
+
+
+class IndexNotFound(EngineError):
+    status = 404
+    es_type = "index_not_found_exception"
+
+    def __init__(self, index: str) -> None:
+        meta = {"resource.type": "index_or_alias", "resource.id": index, "index_uuid": "_na_", "index": index}
+        super().__init__(f"no such index [{index}]", **meta)
+
+
+class ParsingError(EngineError):
+    status = 400
+    es_type = "parsing_exception"
+
+
+class IllegalArgument(EngineError):
+    status = 400
+    es_type = "illegal_argument_exception"
+
+
+class ResourceAlreadyExists(EngineError):
+    status = 400
+    es_type = "resource_already_exists_exception"
+
+
+class VersionConflict(EngineError):
+    status = 409
+    es_type = "version_conflict_engine_exception"
+
+
+class DocumentMissing(EngineError):
+    status = 404
+    es_type = "document_missing_exception"
+
+
+class DocumentParsingError(EngineError):
+    status = 400
+    es_type = "document_parsing_exception"
+
+
+class MapperParsingError(EngineError):
+    status = 400
+    es_type = "mapper_parsing_exception"
+
+
+class InvalidIndexName(EngineError):
+    status = 400
+    es_type = "invalid_index_name_exception"
+
+
+class ActionRequestValidation(EngineError):
+    status = 400
+    es_type = "action_request_validation_exception"
+
+
+class QueryShardError(EngineError):
+    status = 400
+    es_type = "query_shard_exception"
+
+
+class ResourceNotFound(EngineError):
+    status = 404
+    es_type = "resource_not_found_exception"
+
+
+class UnsupportedFeature(EngineError):
+    """A valid Elasticsearch request that this small engine does not implement."""
+    status = 400
+    es_type = "illegal_argument_exception"
