@@ -23,7 +23,7 @@ def extensions():
     else:
         cflags = ["-O2"]
     exts = [
-        Extension(f"selproxy.{name}", [f"selproxy/{name}.pyx"],
+        Extension(f"selproxy.{name}", [f"selproxy/{name}.pyx"], include_dirs=["selproxy"],
                   define_macros=macros, extra_compile_args=cflags)
         for name in MODULES
     ]

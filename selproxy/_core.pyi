@@ -6,7 +6,11 @@ from typing_extensions import disjoint_base
 from .config import Config
 from .handler import Request, Response, Route
 
-__all__ = ('Counters', 'UpstreamPool', 'CoreUpstream', 'ProxyCore')
+__all__ = ('Counters', 'UpstreamPool', 'CoreUpstream', 'ProxyCore', 'debug_counts')
+
+def debug_counts() -> Optional[Dict[str, int]]:
+    """Live clients, upstream connections and exchanges in a debug build
+    (None in a release build); tests assert they return to zero."""
 
 @disjoint_base
 class Counters:

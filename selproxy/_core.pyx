@@ -22,6 +22,7 @@ from selproxy._http cimport (
     analyse_response, request_head_bytes, response_head_bytes, chunk_size_line,
 )
 from selproxy._routes cimport RouteTable, RouteMatch
+from selproxy._debug cimport SELPROXY_DEBUG
 
 import asyncio
 import collections
@@ -41,7 +42,7 @@ from selproxy.errors import (
 )
 from selproxy.handler import Request as _Request, Response as _Response
 
-__all__ = ("ProxyCore", "Counters", "CoreUpstream", "UpstreamPool")
+__all__ = ("ProxyCore", "Counters", "CoreUpstream", "UpstreamPool", "debug_counts")
 
 cdef object Request = _Request
 cdef object Response = _Response
@@ -62,6 +63,21 @@ cdef Py_ssize_t BACKLOG_LOW = 64 * 1024
 cdef Py_ssize_t WRITE_HIGH = 256 * 1024
 cdef Py_ssize_t WRITE_LOW = 64 * 1024
 cdef Py_ssize_t READ_BUFFER_SIZE = 256 * 1024
+
+# Live objects, counted in debug builds only: tests assert they return to
+# zero once a proxy has stopped (a leaked connection or exchange shows here).
+cdef long live_clients = 0
+cdef long live_upstreams = 0
+cdef long live_exchanges = 0
+
+
+def debug_counts():
+    """Live core objects (debug builds), or None in a release build."""
+    if not SELPROXY_DEBUG:
+        return None
+    return {"clients": live_clients, "upstreams": live_upstreams,
+            "exchanges": live_exchanges}
+
 
 cdef object log = logging.getLogger("selproxy")
 cdef object access_log = logging.getLogger("selproxy.access")
@@ -270,10 +286,18 @@ cdef void _serve_waiter(UpstreamPool pool):
 @cython.internal
 cdef class UpstreamProtocol:
     def __cinit__(self, ProxyCore core, UpstreamPool pool):
+        global live_upstreams
         self.core = core
         self.pool = pool
         self.state = UP_CONNECTING
         self._new_parser()
+        if SELPROXY_DEBUG:
+            live_upstreams += 1
+
+    def __dealloc__(self):
+        global live_upstreams
+        if SELPROXY_DEBUG:
+            live_upstreams -= 1
 
     cdef void _new_parser(self):
         self.parser = HttpResponseParser(self)
@@ -524,7 +548,15 @@ cdef class UpstreamProtocol:
 @cython.internal
 cdef class Exchange:
     def __cinit__(self):
+        global live_exchanges
         self.keep_alive = True
+        if SELPROXY_DEBUG:
+            live_exchanges += 1
+
+    def __dealloc__(self):
+        global live_exchanges
+        if SELPROXY_DEBUG:
+            live_exchanges -= 1
 
 
 @cython.internal
@@ -684,10 +716,18 @@ cdef class _HandlerDone:
 @cython.internal
 cdef class ClientProtocol(ResponseSink):
     def __cinit__(self, ProxyCore core):
+        global live_clients
         self.core = core
         self.state = CLIENT_OPEN
         self.exchanges = deque()
         self.parser = HttpRequestParser(self)
+        if SELPROXY_DEBUG:
+            live_clients += 1
+
+    def __dealloc__(self):
+        global live_clients
+        if SELPROXY_DEBUG:
+            live_clients -= 1
 
     # asyncio protocol interface ------------------------------------------
 

@@ -1,7 +1,24 @@
+import gc
 import os
 import sys
+
+import pytest
 
 # Tests import their helpers as ``support.*``; the package under test is the
 # installed one (pytest runs with --import-mode=importlib, so the source tree
 # is not put on sys.path).
 sys.path.insert(0, os.path.dirname(__file__))
+
+from selproxy import _core  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_core_objects():
+    """In a debug build, every client connection, upstream connection and
+    exchange a test created must be gone once it is over (uvloop's tearDown
+    checks its handles the same way)."""
+    yield
+    if _core.debug_counts() is None:
+        return
+    gc.collect()
+    assert _core.debug_counts() == {"clients": 0, "upstreams": 0, "exchanges": 0}

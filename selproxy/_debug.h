@@ -1,0 +1,3 @@
+#ifndef SELPROXY_DEBUG
+#define SELPROXY_DEBUG 0
+#endif
