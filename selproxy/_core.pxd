@@ -159,6 +159,8 @@ cdef class ClientProtocol(ResponseSink):
     cdef Py_ssize_t url_size
     cdef bint in_head
     cdef list tunnel_pending
+    cdef Exchange upgrading
+    cdef Py_ssize_t upgrade_body_left
     cdef object handler_task
     cdef bint corked
     cdef list corked_out
@@ -170,6 +172,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _resume(self, int reason)
     cdef void _feed(self, object data)
     cdef void _stop_parsing(self, object exc)
+    cdef void _upgrade_bytes(self, bytes data)
     cdef object _check_target(self, MessageHead head)
     cdef void _queue(self, Exchange ex)
     cdef void _start(self, Exchange ex)

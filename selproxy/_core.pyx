@@ -385,10 +385,15 @@ cdef class UpstreamProtocol:
             cause = self._last_error
             self._last_error = None
             if isinstance(cause, _HeadResponseEnd):
-                # A response to HEAD ends with its head.  The parser is spent
-                # and any bytes after the head are unaccounted for, so this
-                # connection is not reused.
-                self._finish_response(False)
+                # A response to HEAD ends with its head, and the parser that
+                # was told otherwise is spent.  httptools gives no offset, so
+                # the connection is reused only if this read ends where the
+                # head does: bytes after it (a body a broken server sent)
+                # would otherwise be taken for the next response.
+                keep_alive = self.parser.should_keep_alive()
+                tail = self.core.read_view[nbytes - 4:nbytes] if nbytes >= 4 else b""
+                self._new_parser()
+                self._finish_response(keep_alive and tail == b"\r\n\r\n")
             else:
                 self._fail(cause if isinstance(cause, ProxyError)
                            else UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
@@ -814,10 +819,7 @@ cdef class ClientProtocol(ResponseSink):
             if self.upstream is not None:
                 self.upstream.write(bytes(self.core.read_view[:nbytes]))
         elif state == CLIENT_UPGRADING:
-            self.tunnel_pending.append(bytes(self.core.read_view[:nbytes]))
-            self.backlog_size += nbytes
-            if self.backlog_size > BACKLOG_HIGH:
-                self._pause(PAUSE_BACKLOG)
+            self._upgrade_bytes(bytes(self.core.read_view[:nbytes]))
 
     cdef void _feed(self, object data):
         try:
@@ -826,8 +828,9 @@ cdef class ClientProtocol(ResponseSink):
             offset = exc.args[0]
             if self.state == CLIENT_OPEN:
                 self.state = CLIENT_UPGRADING
-                self.tunnel_pending = [bytes(data[offset:])]
-                self.backlog_size += len(data) - offset
+                if self.tunnel_pending is None:
+                    self.tunnel_pending = []
+                self._upgrade_bytes(bytes(data[offset:]))
         except HttpParserCallbackError as exc:
             cause = self._last_error
             self._last_error = None
@@ -836,6 +839,28 @@ cdef class ClientProtocol(ResponseSink):
                                    else BadRequest(f"invalid request: {exc}"))
         except HttpParserError as exc:
             self._stop_parsing(BadRequest(f"invalid request: {exc}"))
+
+    cdef void _upgrade_bytes(self, bytes data):
+        """Bytes after an upgrade request's head: first its own body (llhttp
+        skips it, as httptools reports every upgrade at once), which goes
+        upstream now; the rest is held until the upstream's 101, so nothing
+        unparsed reaches the upstream unless it agreed to a tunnel."""
+        cdef Exchange ex = self.upgrading
+        cdef Py_ssize_t take
+        if ex is not None and self.upgrade_body_left > 0 and data:
+            take = min(self.upgrade_body_left, PyBytes_GET_SIZE(data))
+            self.upgrade_body_left -= take
+            self._body_piece(ex, data[:take])
+            data = data[take:]
+            if self.upgrade_body_left == 0:
+                ex.request_complete = True
+                if self.exchanges and self.exchanges[0] is ex and self.upstream is not None:
+                    self.upstream.request_sent()
+        if data:
+            self.tunnel_pending.append(data)
+            self.backlog_size += PyBytes_GET_SIZE(data)
+            if self.backlog_size > BACKLOG_HIGH:
+                self._pause(PAUSE_BACKLOG)
 
     cdef void _stop_parsing(self, object exc):
         """Answer ``exc`` after what is already queued, then close."""
@@ -957,6 +982,14 @@ cdef class ClientProtocol(ResponseSink):
             self._last_error = StopParsing()
             raise self._last_error
         self.receiving = ex
+        if ex.upgrade:
+            if head.framing == BODY_CHUNKED:
+                self.receiving = None
+                self._stop_parsing(BadRequest("a chunked body on an upgrade request"))
+                self._last_error = StopParsing()
+                raise self._last_error
+            self.upgrading = ex
+            self.upgrade_body_left = head.content_length if head.framing == BODY_LENGTH else 0
         if head.framing == BODY_NONE:
             ex.request_complete = not ex.upgrade
         else:
@@ -1008,6 +1041,9 @@ cdef class ClientProtocol(ResponseSink):
         self.receiving = None
         if self.deadline_kind == DEADLINE_BODY:
             self.deadline_kind = DEADLINE_NONE
+        if ex.upgrade and self.upgrade_body_left > 0:
+            # llhttp skipped this body: it arrives through _upgrade_bytes.
+            return
         if ex.claim is not None:
             # A request without a body was complete at its head, and
             # _start has run its handler already if it was due.
@@ -1091,16 +1127,20 @@ cdef class ClientProtocol(ResponseSink):
             extra.append((b"Host", core.upstream_authority))
         if core.forwarded_headers and self.peer:
             addr = str(self.peer[0]).encode()
-            prior = None
-            for name, value in head.end_to_end:
-                if name.lower() == b"x-forwarded-for":
-                    prior = value
-            if prior is not None:
+            # RFC 9110 section 5.3: several lines are one list; keep every hop.
+            prior = [v for n, v in head.end_to_end if n.lower() == b"x-forwarded-for"]
+            if prior:
                 head.end_to_end = [(n, v) for n, v in head.end_to_end
                                    if n.lower() != b"x-forwarded-for"]
-                addr = prior + b", " + addr
+                addr = b", ".join(prior) + b", " + addr
             extra.append((b"X-Forwarded-For", addr))
             extra.append((b"X-Forwarded-Proto", b"http"))
+            # RFC 7239: a second Forwarded line appends to any the client
+            # sent; an IPv6 node is quoted and bracketed.
+            node = str(self.peer[0])
+            if ":" in node:
+                node = f'"[{node}]"'
+            extra.append((b"Forwarded", f"for={node};proto=http".encode()))
         conn.send(self, request_head_bytes(head, extra))
         if self.writing_paused:
             conn.set_reading(False)
@@ -1223,6 +1263,11 @@ cdef class ClientProtocol(ResponseSink):
         if head_seen or self.state == CLIENT_TUNNEL:
             # RFC 9112 section 9.6 / nginx: a response cut short must not
             # look complete, so the client connection is cut as well.
+            if self.core.logger is not None and self.exchanges:
+                ex = <Exchange>self.exchanges[0]
+                self.core.logger.warning("%s %s -> cut mid-response: %s",
+                                         ex.head.method.decode("latin-1"),
+                                         ex.head.target.decode("latin-1"), exc.reason)
             self.abort()
             return
         ex = <Exchange>self.exchanges[0]
