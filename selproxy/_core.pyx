@@ -123,6 +123,18 @@ cdef class Counters:
         }
 
 
+cdef void _tune_transport(object transport):
+    transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            # Heads and small bodies go out at once (uvloop sets it too for
+            # plain TCP, not always through TLS).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+
 cdef str error_kind(object exc):
     return type(exc).__name__
 
@@ -306,13 +318,7 @@ cdef class UpstreamProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        _tune_transport(transport)
         self.pool.connections.add(self)
         self.core.counters.upstream_connections += 1
 
@@ -738,13 +744,7 @@ cdef class ClientProtocol(ResponseSink):
 
     def connection_made(self, transport):
         self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        _tune_transport(transport)
         self.peer = transport.get_extra_info("peername")
         self.core.clients.add(self)
         self.core.counters.client_connections += 1
