@@ -1,0 +1,70 @@
+"""Relevance metrics over ranked lists of document ids, and latency percentiles.
+
+Conventions follow trec_eval, so numbers are comparable with published ones:
+
+* graded judgements use linear gain (``rel``, not ``2**rel - 1``) and the
+  ``log2(rank + 1)`` discount, as trec_eval's ``ndcg_cut`` does;
+* a judgement of 0 or below means "not relevant";
+* documents without a judgement count as not relevant.
+
+Queries without any relevant judgement are the caller's business: the mean
+helpers in :mod:`selproxy.evaluation.run` leave them out and say how many.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+__all__ = ("ndcg_at", "mrr_at", "recall_at", "percentile")
+
+Judgements = Mapping[str, int]
+
+
+def ndcg_at(ranking: Sequence[str], judged: Judgements, k: int) -> float:
+    """Normalised discounted cumulative gain of the first ``k`` of ``ranking``.
+
+    Returns 0.0 when the query has no relevant document, since no ordering can
+    be better than another then.
+    """
+    ideal = sorted((rel for rel in judged.values() if rel > 0), reverse=True)[:k]
+    if not ideal:
+        return 0.0
+    ideal_dcg = sum(rel / math.log2(rank + 2) for rank, rel in enumerate(ideal))
+    dcg = 0.0
+    for rank, doc_id in enumerate(ranking[:k]):
+        rel = judged.get(doc_id, 0)
+        if rel > 0:
+            dcg += rel / math.log2(rank + 2)
+    return dcg / ideal_dcg
+
+
+def mrr_at(ranking: Sequence[str], judged: Judgements, k: int) -> float:
+    """Reciprocal rank of the first relevant document within the first ``k``, else 0."""
+    for rank, doc_id in enumerate(ranking[:k], start=1):
+        if judged.get(doc_id, 0) > 0:
+            return 1.0 / rank
+    return 0.0
+
+
+def recall_at(ranking: Sequence[str], judged: Judgements, k: int) -> float:
+    """Share of the relevant documents found within the first ``k``; 0 if none are relevant."""
+    relevant = {doc_id for doc_id, rel in judged.items() if rel > 0}
+    if not relevant:
+        return 0.0
+    # A ranking that repeats an id must not count it twice.
+    found = relevant.intersection(ranking[:k])
+    return len(found) / len(relevant)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between the
+    closest ranks, which is numpy's default method; NaN for no values."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, not {q!r}")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
