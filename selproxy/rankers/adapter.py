@@ -8,7 +8,8 @@
   (``_msearch``); otherwise the searches are ranked one after another in the
   same call;
 * a ``keys`` parameter on either method means the ranker wants one stable key
-  per document, and gets it.
+  per document, and gets it; an ``engine_scores`` parameter means it wants the
+  engine's score of each document (for score fusion), and gets that.
 
 Every call has a deadline covering queueing and ranking.  A call that misses
 it, raises, or returns the wrong number of scores (or a non-finite one) raises
@@ -27,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter")
 
@@ -36,11 +37,13 @@ log = logging.getLogger("selproxy.rankers")
 
 @dataclasses.dataclass(frozen=True)
 class RankJob:
-    """One search to rank: the query, the window's texts, and their keys."""
+    """One search to rank: the query, the window's texts, their keys and the
+    engine's scores."""
 
     query: str
     docs: Sequence[str]
     keys: Optional[Sequence[Any]] = None
+    engine_scores: Optional[Sequence[float]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +63,18 @@ class RankFailed(Exception):
         self.reason = reason
 
 
-def _accepts_keys(method: Callable[..., Any]) -> bool:
+#: Keyword arguments a ranker may declare to receive more than the texts.
+OPTIONAL_ARGUMENTS = ("keys", "engine_scores")
+
+
+def _accepted(method: Optional[Callable[..., Any]]) -> Tuple[str, ...]:
+    if method is None:
+        return ()
     try:
         params = inspect.signature(method).parameters
     except (TypeError, ValueError):
-        return False
-    return "keys" in params
+        return ()
+    return tuple(name for name in OPTIONAL_ARGUMENTS if name in params)
 
 
 def _is_async(method: Callable[..., Any]) -> bool:
@@ -90,11 +99,11 @@ class RankerAdapter:
             raise TypeError(f"{ranker!r} has no rank(query, docs) method")
         self.ranker = ranker
         self._rank_async = _is_async(ranker.rank)
-        self._rank_keys = _accepts_keys(ranker.rank)
+        self._rank_extras = _accepted(ranker.rank)
         batch = getattr(ranker, "batch_rank", None)
         self._batch: Optional[Callable[..., Any]] = batch if callable(batch) else None
         self._batch_async = self._batch is not None and _is_async(self._batch)
-        self._batch_keys = self._batch is not None and _accepts_keys(self._batch)
+        self._batch_extras = _accepted(self._batch)
         self._threads = threads
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._max_pending = max_pending
@@ -104,7 +113,18 @@ class RankerAdapter:
     @property
     def wants_keys(self) -> bool:
         """Whether the ranker takes per-document keys (worth computing)."""
-        return self._rank_keys or self._batch_keys
+        return "keys" in self._rank_extras or "keys" in self._batch_extras
+
+    @property
+    def wants_engine_scores(self) -> bool:
+        """Whether the ranker takes the engine's scores."""
+        return "engine_scores" in self._rank_extras or "engine_scores" in self._batch_extras
+
+    def _rank_kwargs(self, job: RankJob) -> Dict[str, Any]:
+        return {name: getattr(job, name) for name in self._rank_extras}
+
+    def _batch_kwargs(self, jobs: Sequence[RankJob]) -> Dict[str, Any]:
+        return {name: [getattr(job, name) for job in jobs] for name in self._batch_extras}
 
     @property
     def pending(self) -> int:
@@ -175,25 +195,14 @@ class RankerAdapter:
         if use_batch:
             assert self._batch is not None
             pairs = [(job.query, job.docs) for job in jobs]
-            if self._batch_keys:
-                return list(await self._batch(pairs, keys=[job.keys for job in jobs]))
-            return list(await self._batch(pairs))
-        results = []
-        for job in jobs:
-            if self._rank_keys:
-                results.append(await self.ranker.rank(job.query, job.docs, keys=job.keys))
-            else:
-                results.append(await self.ranker.rank(job.query, job.docs))
-        return results
+            return list(await self._batch(pairs, **self._batch_kwargs(jobs)))
+        return [await self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job))
+                for job in jobs]
 
     def _call_sync(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float]) -> List[Any]:
         started.append(time.perf_counter())
         if use_batch:
             assert self._batch is not None
             pairs = [(job.query, job.docs) for job in jobs]
-            if self._batch_keys:
-                return list(self._batch(pairs, keys=[job.keys for job in jobs]))
-            return list(self._batch(pairs))
-        if self._rank_keys:
-            return [self.ranker.rank(job.query, job.docs, keys=job.keys) for job in jobs]
-        return [self.ranker.rank(job.query, job.docs) for job in jobs]
+            return list(self._batch(pairs, **self._batch_kwargs(jobs)))
+        return [self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job)) for job in jobs]

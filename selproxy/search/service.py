@@ -90,6 +90,13 @@ class SearchStats:
         }
 
 
+def _engine_score(hit: Any) -> float:
+    """The engine's score of a hit (``_score`` in Elasticsearch, ``score``
+    in Solr); 0.0 where it has none (a sorted or unscored hit)."""
+    score = hit.get("_score", hit.get("score")) if isinstance(hit, dict) else None
+    return float(score) if isinstance(score, (int, float)) else 0.0
+
+
 def _path_params(pattern: str, path: str) -> Dict[str, str]:
     """Captured ``{name}`` segments, for a request the core did not annotate."""
     params: Dict[str, str] = {}
@@ -238,7 +245,10 @@ class SearchService:
         if self.adapter.wants_keys:
             keys = [(h.get("_index"), h.get("_id", h.get("id")), hashlib.sha1(t.encode()).hexdigest())
                     for h, t in zip(hits, texts)]
-        return RankJob(plan.query, texts, keys)
+        engine_scores = None
+        if self.adapter.wants_engine_scores:
+            engine_scores = [_engine_score(h) for h in hits]
+        return RankJob(plan.query, texts, keys, engine_scores)
 
     async def _rank(self, route: SearchRoute, jobs: Sequence[RankJob]
                     ) -> Tuple[Optional[List[List[float]]], Outcome, RankTiming]:

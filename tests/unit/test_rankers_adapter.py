@@ -153,3 +153,24 @@ def test_not_a_ranker():
     with pytest.raises(TypeError):
         RankerAdapter(object())
     assert run(RankerAdapter(SyncRanker()).rank([], 1.0))[0] == []
+
+
+def test_a_ranker_that_asks_for_engine_scores_gets_them():
+    from selproxy.rankers.adapter import RankerAdapter, RankJob
+    from support.aio import run
+
+    seen = {}
+
+    class Fusing:
+        def rank(self, query, docs, *, engine_scores=None):
+            seen["scores"] = list(engine_scores)
+            return [-s for s in engine_scores]
+
+    adapter = RankerAdapter(Fusing())
+    assert adapter.wants_engine_scores and not adapter.wants_keys
+    try:
+        scores, _timing = run(adapter.rank([RankJob("q", ["a", "b"], None, [2.0, 1.0])], deadline=5.0))
+    finally:
+        adapter.close()
+    assert seen["scores"] == [2.0, 1.0]
+    assert scores == [[-2.0, -1.0]]
