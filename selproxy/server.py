@@ -69,6 +69,7 @@ class Proxy:
         self._upstream: Any = None
         self.status_sections: Dict[str, Any] = {}
         self.search_service: Any = None
+        self._warmup: Optional["asyncio.Future[Any]"] = None
         if ranker is not None or search is not None:
             self._enable_search(ranker, ranker_options, search)
 
@@ -127,8 +128,35 @@ class Proxy:
         self._address = server.sockets[0].getsockname()
         core.add_listen_authority(self._address[0], self._address[1])
         core.start()
+        self._start_warmup(status)
         log.info("selproxy listening on %s, upstream %s (pid %d)",
                  self.url, self.config.upstream, os.getpid())
+
+    def _start_warmup(self, status: StatusPage) -> None:
+        """Warm the ranker up off the loop (a model loads and runs once); the
+        status page says ``"ready": false`` until it is done."""
+        ranker = self.search_service.adapter.ranker if self.search_service else None
+        warmup = getattr(ranker, "warmup", None)
+        if not callable(warmup):
+            return
+        done = asyncio.get_running_loop().run_in_executor(None, warmup)
+        self._warmup = done
+        status.ready = done.done
+
+        def report(future: "asyncio.Future[Any]") -> None:
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                log.error("ranker warm-up failed: %r", future.exception())
+            else:
+                log.info("ranker %s warmed up", type(ranker).__name__)
+
+        done.add_done_callback(report)
+
+    async def ready(self) -> None:
+        """Wait until the ranker has warmed up (at once if it needs none)."""
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
 
     async def stop(self, grace: Optional[float] = None) -> None:
         """Stop accepting, let exchanges in flight finish within ``grace``

@@ -118,3 +118,37 @@ def test_official_client_sync_and_async():
             await stopped(engine, service, proxy)
 
     run(scenario(), 60)
+
+
+def test_status_reports_ready_only_after_the_ranker_warmed_up():
+    import threading
+
+    from support.aio import run as run_on_loop
+    from support.proxy import in_process
+    from support.rawhttp import RawClient
+    from support.upstream import RecordingUpstream
+
+    release = threading.Event()
+
+    class SlowToWarm:
+        warmed = False
+
+        def warmup(self):
+            release.wait(10)
+            self.warmed = True
+
+        def rank(self, query, docs):
+            return [0.0] * len(docs)
+
+    async def main():
+        async with RecordingUpstream() as up:
+            async with in_process(up.url, ranker=SlowToWarm()) as proxy:
+                client = await RawClient.connect(proxy.url)
+                before = (await client.request("GET", "/_selproxy/status")).json()["ready"]
+                release.set()
+                await proxy.ready()
+                after = (await client.request("GET", "/_selproxy/status")).json()["ready"]
+                client.close()
+                return before, after
+
+    assert run_on_loop(main()) == (False, True)
