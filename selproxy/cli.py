@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "claims nothing but /_selproxy/status")
     search.add_argument("--ranker-option", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the ranker (repeatable)")
+    search.add_argument("--model-dir", metavar="PATH",
+                        help="for --ranker cross-encoder: a local Hugging Face-format model")
+    search.add_argument("--url", metavar="URL",
+                        help="for --ranker remote: a /rerank endpoint (Cohere, Jina, TEI, Infinity)")
     search.add_argument("--topn", type=int, default=50, metavar="N",
                         help="hits asked of the engine and reranked (default %(default)s)")
     search.add_argument("--max-topn", type=int, default=500, metavar="N",
@@ -143,6 +147,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = parse_ranker_options(args.ranker_option)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.model_dir:
+        options["model_dir"] = args.model_dir
+    if args.url:
+        options["url"] = args.url
     if options and not args.ranker:
         parser.error("--ranker-option needs --ranker")
     Proxy(config=config, ranker=args.ranker, ranker_options=options or None,

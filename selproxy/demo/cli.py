@@ -3,7 +3,6 @@ with the default neural ranker in front, show searches side by side, keep servin
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from typing import Any, AsyncIterator, List, Optional, Sequence
@@ -26,6 +25,10 @@ def build_parser(prog: str = "selproxy demo") -> argparse.ArgumentParser:
     parser.add_argument("--ranker", default=DEFAULT_RANKER, help="ranker name (default %(default)s)")
     parser.add_argument("--query", action="append", dest="queries", metavar="TEXT",
                         help="a search to show side by side; repeatable (default: a few examples)")
+    parser.add_argument("--rank-deadline", type=float, default=30.0, metavar="S",
+                        help="how long a search may wait for the model (default %(default)s: "
+                             "a cold window of 50 passages takes a second or more on 2 cores, "
+                             "and the demo is there to show the reranked order)")
     parser.add_argument("--once", action="store_true", help="exit after showing the searches")
     return parser
 
@@ -38,28 +41,18 @@ def _engine(listen: str) -> Any:
     return Engine(data=":memory:", host=host or "127.0.0.1", port=int(port))
 
 
-# Short names not registered as entry points in a source checkout.
-_RANKER_PATHS = {"minilm": "selproxy.rankers.minilm:MiniLMRanker"}
-
-
 @contextlib.asynccontextmanager
-async def _proxy(upstream: str, listen: str, ranker_name: str) -> AsyncIterator[Any]:
-    # Wiring point: selproxy with the chosen ranker in front of ``upstream``.
-    from ..rankers.registry import available_rankers, resolve_ranker
-    from ..search.service import SearchService
+async def _proxy(upstream: str, listen: str, ranker_name: str,
+                 rank_deadline: float) -> AsyncIterator[Any]:
+    # selproxy with the chosen ranker in front of ``upstream``; it is shown
+    # once the ranker has warmed up, as the status page's "ready" says.
+    from ..search import SearchConfig
     from ..server import Proxy
 
-    spec = ranker_name if ranker_name in available_rankers() else _RANKER_PATHS.get(ranker_name, ranker_name)
-    ranker = resolve_ranker(spec)
-    warmup = getattr(ranker, "warmup", None)
-    if callable(warmup):  # before the proxy reports ready, as `selproxy` itself does
-        await asyncio.get_running_loop().run_in_executor(None, warmup)
-    service = SearchService(ranker)
-    try:
-        async with Proxy(upstream=upstream, listen=listen, routes=service.routes()) as proxy:
-            yield proxy
-    finally:
-        service.close()
+    async with Proxy(upstream=upstream, listen=listen, ranker=ranker_name,
+                     search=SearchConfig(rank_deadline=rank_deadline)) as proxy:
+        await proxy.ready()
+        yield proxy
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -67,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     queries: List[str] = args.queries or list(app.EXAMPLE_QUERIES)
     demo = app.run_demo(
         _engine(args.engine_listen),
-        lambda upstream: _proxy(upstream, args.listen, args.ranker),
+        lambda upstream: _proxy(upstream, args.listen, args.ranker, args.rank_deadline),
         queries=queries,
         serve_forever=not args.once,
     )

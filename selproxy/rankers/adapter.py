@@ -9,7 +9,10 @@
   same call;
 * a ``keys`` parameter on either method means the ranker wants one stable key
   per document, and gets it; an ``engine_scores`` parameter means it wants the
-  engine's score of each document (for score fusion), and gets that.
+  engine's score of each document (for score fusion), and gets that; a
+  ``timeout`` parameter gets the seconds left of the deadline, so a ranker
+  that queues (:class:`~selproxy.rankers.batching.MicroBatcher`) can refuse
+  work it cannot finish in time.
 
 Every call has a deadline covering queueing and ranking.  A call that misses
 it, raises, or returns the wrong number of scores (or a non-finite one) raises
@@ -64,7 +67,7 @@ class RankFailed(Exception):
 
 
 #: Keyword arguments a ranker may declare to receive more than the texts.
-OPTIONAL_ARGUMENTS = ("keys", "engine_scores")
+OPTIONAL_ARGUMENTS = ("keys", "engine_scores", "timeout")
 
 
 def _accepted(method: Optional[Callable[..., Any]]) -> Tuple[str, ...]:
@@ -120,11 +123,13 @@ class RankerAdapter:
         """Whether the ranker takes the engine's scores."""
         return "engine_scores" in self._rank_extras or "engine_scores" in self._batch_extras
 
-    def _rank_kwargs(self, job: RankJob) -> Dict[str, Any]:
-        return {name: getattr(job, name) for name in self._rank_extras}
+    def _rank_kwargs(self, job: RankJob, timeout: float) -> Dict[str, Any]:
+        return {name: timeout if name == "timeout" else getattr(job, name)
+                for name in self._rank_extras}
 
-    def _batch_kwargs(self, jobs: Sequence[RankJob]) -> Dict[str, Any]:
-        return {name: [getattr(job, name) for job in jobs] for name in self._batch_extras}
+    def _batch_kwargs(self, jobs: Sequence[RankJob], timeout: float) -> Dict[str, Any]:
+        return {name: timeout if name == "timeout" else [getattr(job, name) for job in jobs]
+                for name in self._batch_extras}
 
     @property
     def pending(self) -> int:
@@ -159,12 +164,12 @@ class RankerAdapter:
             if is_async:
                 started.append(submitted)
                 try:
-                    raw = await asyncio.wait_for(self._call_async(jobs, use_batch), deadline)
+                    raw = await asyncio.wait_for(self._call_async(jobs, use_batch, deadline), deadline)
                 finally:
                     self._release()
             else:
                 try:
-                    future = self._submit(jobs, use_batch, started)
+                    future = self._submit(jobs, use_batch, started, deadline)
                 except BaseException:
                     self._release()
                     raise
@@ -177,6 +182,8 @@ class RankerAdapter:
             scores = [_checked(s, len(job.docs)) for s, job in zip(raw, jobs)]
         except asyncio.TimeoutError:
             raise RankFailed("deadline", f"no scores within {deadline:.3f}s") from None
+        except RankFailed:
+            raise  # the ranker's own refusal (overloaded, deadline) keeps its reason
         except Exception as exc:
             log.warning("ranker %s failed: %r", type(self.ranker).__name__, exc)
             raise RankFailed("error", repr(exc)) from exc
@@ -184,25 +191,26 @@ class RankerAdapter:
         start = started[0] if started else submitted
         return scores, RankTiming(queue=start - submitted, rank=finished - start)
 
-    def _submit(self, jobs: Sequence[RankJob], use_batch: bool,
-                started: List[float]) -> "concurrent.futures.Future[List[Any]]":
+    def _submit(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
+                timeout: float) -> "concurrent.futures.Future[List[Any]]":
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self._threads, thread_name_prefix="selproxy-ranker")
-        return self._executor.submit(self._call_sync, jobs, use_batch, started)
+        return self._executor.submit(self._call_sync, jobs, use_batch, started, timeout)
 
-    async def _call_async(self, jobs: Sequence[RankJob], use_batch: bool) -> List[Any]:
+    async def _call_async(self, jobs: Sequence[RankJob], use_batch: bool, timeout: float) -> List[Any]:
         if use_batch:
             assert self._batch is not None
             pairs = [(job.query, job.docs) for job in jobs]
-            return list(await self._batch(pairs, **self._batch_kwargs(jobs)))
-        return [await self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job))
+            return list(await self._batch(pairs, **self._batch_kwargs(jobs, timeout)))
+        return [await self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job, timeout))
                 for job in jobs]
 
-    def _call_sync(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float]) -> List[Any]:
+    def _call_sync(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
+                   timeout: float) -> List[Any]:
         started.append(time.perf_counter())
         if use_batch:
             assert self._batch is not None
             pairs = [(job.query, job.docs) for job in jobs]
-            return list(self._batch(pairs, **self._batch_kwargs(jobs)))
-        return [self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job)) for job in jobs]
+            return list(self._batch(pairs, **self._batch_kwargs(jobs, timeout)))
+        return [self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job, timeout)) for job in jobs]

@@ -26,7 +26,14 @@ ENTRY_POINT_GROUP = "selproxy.rankers"
 BUILTIN_RANKERS: Mapping[str, str] = {
     "identity": "selproxy.rankers.identity:IdentityRanker",
     "bm25": "selproxy.rankers.bm25:BM25Ranker",
+    "minilm": "selproxy.rankers.minilm:MiniLMRanker",
+    "cross-encoder": "selproxy.rankers.cross_encoder:CrossEncoderRanker",
+    "remote": "selproxy.rankers.remote:RemoteRanker",
 }
+
+#: Options that configure the micro-batcher, not the ranker itself.
+BATCH_OPTIONS = {"batch_max_pairs": "max_pairs", "batch_max_wait_ms": "max_wait_ms",
+                 "batch_queue": "max_queue_pairs"}
 
 
 def parse_ranker_options(items: Optional[Iterable[str]]) -> Dict[str, Any]:
@@ -79,9 +86,22 @@ def load_ranker_class(spec: str) -> Any:
 
 
 def resolve_ranker(spec: str, options: Optional[Mapping[str, Any]] = None) -> Any:
-    """Build the ranker ``spec`` names, with ``options`` as keyword arguments."""
+    """Build the ranker ``spec`` names, with ``options`` as keyword arguments.
+
+    A ranker class that sets ``micro_batching = True`` (the local models)
+    comes wrapped in a :class:`~selproxy.rankers.batching.MicroBatcher`, so
+    concurrent searches share model calls; ``batching=false`` turns that off
+    and the ``batch_*`` options tune it."""
+    options = dict(options or {})
+    batching = options.pop("batching", True)
+    batch_options = {BATCH_OPTIONS[k]: options.pop(k) for k in list(options) if k in BATCH_OPTIONS}
     factory = load_ranker_class(spec)
-    ranker = factory(**dict(options or {}))
+    ranker = factory(**options)
     if not callable(getattr(ranker, "rank", None)):
         raise TypeError(f"{spec!r} built {ranker!r}, which has no rank(query, docs) method")
+    if batching and getattr(ranker, "micro_batching", False):
+        from .batching import MicroBatcher
+        ranker = MicroBatcher(ranker, **batch_options)
+    elif batch_options:
+        raise ValueError(f"{spec!r} is not micro-batched: {', '.join(BATCH_OPTIONS)} do not apply")
     return ranker

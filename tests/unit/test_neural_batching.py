@@ -1,0 +1,265 @@
+"""MicroBatcher: shared batches, bounded admission, deadlines, failures.
+
+A scripted ranker stands in for the model: it records each batch, sleeps or
+blocks on an event when told to, and scores a document by its length.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, List, Optional, Sequence, Tuple
+
+import pytest
+
+from support.aio import run
+
+from selproxy.rankers.adapter import RankFailed
+from selproxy.rankers.batching import DeadlineExceeded, MicroBatcher, Overloaded
+
+
+class ScriptedRanker:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.batches: List[List[Tuple[str, int]]] = []
+        self.keys_seen: List[Any] = []
+        self.gate: Optional[threading.Event] = None
+        self.fail: Optional[Exception] = None
+
+    def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]], *,
+                   keys: Optional[Sequence[Any]] = None) -> List[List[float]]:
+        self.batches.append([(q, len(d)) for q, d in requests])
+        self.keys_seen.append(keys)
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return [[float(len(doc)) for doc in docs] for _q, docs in requests]
+
+
+def docs(n: int) -> List[str]:
+    return ["x" * (i + 1) for i in range(n)]
+
+
+def test_concurrent_searches_share_batches() -> None:
+    model = ScriptedRanker(delay=0.02)
+    batcher = MicroBatcher(model, max_pairs=64, max_wait_ms=5)
+
+    async def main() -> List[List[float]]:
+        try:
+            return await asyncio.gather(*(batcher.rank(f"q{i}", docs(4)) for i in range(16)))
+        finally:
+            await batcher.aclose()
+
+    results = run(main(), 10)
+    assert results == [[1.0, 2.0, 3.0, 4.0]] * 16
+    assert len(model.batches) < 16
+    assert all(sum(n for _q, n in batch) <= 64 for batch in model.batches)
+    assert batcher.stats()["searches"] == 16
+
+
+def test_a_batch_closes_at_max_pairs() -> None:
+    model = ScriptedRanker()
+    batcher = MicroBatcher(model, max_pairs=10, max_wait_ms=300)
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(batcher.rank("q", docs(5)) for _ in range(6)))
+        finally:
+            await batcher.aclose()
+
+    started = time.perf_counter()
+    run(main(), 10)
+    assert [sum(n for _q, n in b) for b in model.batches] == [10, 10, 10]
+    # Full batches do not wait out max_wait_ms (three waits would be 0.9 s).
+    assert time.perf_counter() - started < 0.6
+
+
+def test_keys_reach_the_model_per_search() -> None:
+    model = ScriptedRanker()
+    batcher = MicroBatcher(model, max_wait_ms=5)
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(batcher.rank("a", ["d1"], keys=[("i", "1", "h")]),
+                                 batcher.rank("b", ["d2", "d3"]))
+        finally:
+            await batcher.aclose()
+
+    run(main(), 10)
+    assert model.keys_seen == [[[("i", "1", "h")], None]]
+
+
+def test_full_queue_refuses_at_once() -> None:
+    model = ScriptedRanker()
+    model.gate = threading.Event()
+    batcher = MicroBatcher(model, max_pairs=4, max_wait_ms=0, max_queue_pairs=8)
+
+    async def main() -> None:
+        running = asyncio.ensure_future(batcher.rank("running", docs(4)))
+        await asyncio.sleep(0.05)  # the first batch is now in the model
+        queued = [asyncio.ensure_future(batcher.rank("queued", docs(4))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.rank("one too many", docs(4))
+        assert isinstance(refused.value, RankFailed) and refused.value.reason == "overloaded"
+        model.gate.set()
+        assert len(await running) == 4
+        assert [len(r) for r in await asyncio.gather(*queued)] == [4, 4]
+        await batcher.aclose()
+
+    run(main(), 10)
+    assert batcher.counters["overloaded"] == 1
+
+
+def test_work_ahead_beyond_the_deadline_is_refused() -> None:
+    model = ScriptedRanker(delay=0.05)
+    batcher = MicroBatcher(model, max_pairs=4, max_wait_ms=0)
+
+    async def main() -> None:
+        await batcher.rank("measure", docs(4))  # about 12 ms per pair
+        assert batcher.cost_per_pair > 0.005
+        ahead = [asyncio.ensure_future(batcher.rank("ahead", docs(4))) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(DeadlineExceeded) as refused:
+            await batcher.rank("late", docs(4), timeout=0.02)
+        assert refused.value.reason == "deadline"
+        await asyncio.gather(*ahead)
+        # Idle again: the same deadline is admitted and met.
+        model.delay = 0.0
+        assert len(await batcher.rank("now", docs(4), timeout=0.5)) == 4
+        await batcher.aclose()
+
+    run(main(), 10)
+
+
+def test_a_missed_deadline_raises_and_the_work_is_skipped() -> None:
+    model = ScriptedRanker()
+    model.gate = threading.Event()
+    batcher = MicroBatcher(model, max_pairs=4, max_wait_ms=0, timeout=0.05)
+
+    async def main() -> None:
+        blocked = asyncio.ensure_future(batcher.rank("blocked", docs(4), timeout=5))
+        await asyncio.sleep(0.02)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.rank("waits too long", docs(4))
+        model.gate.set()
+        await blocked
+        assert len(await batcher.rank("after", docs(2))) == 2
+        await batcher.aclose()
+
+    run(main(), 10)
+    assert [q for batch in model.batches for q, _n in batch] == ["blocked", "after"]
+
+
+def test_model_errors_reach_every_caller_and_the_worker_survives() -> None:
+    model = ScriptedRanker()
+    model.fail = RuntimeError("model exploded")
+    batcher = MicroBatcher(model, max_wait_ms=5)
+
+    async def main() -> None:
+        outcomes = await asyncio.gather(batcher.rank("a", docs(2)), batcher.rank("b", docs(2)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+        model.fail = None
+        assert await batcher.rank("c", docs(2)) == [1.0, 2.0]
+        await batcher.aclose()
+
+    run(main(), 10)
+
+
+def test_async_batch_rank_is_awaited_on_the_loop() -> None:
+    class AsyncModel:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
+            self.calls += 1
+            await asyncio.sleep(0.01)
+            return [[0.5] * len(d) for _q, d in requests]
+
+    model = AsyncModel()
+    batcher = MicroBatcher(model, max_wait_ms=5)
+
+    async def main() -> List[List[float]]:
+        try:
+            return await batcher.batch_rank([("a", docs(2)), ("b", docs(1))])
+        finally:
+            await batcher.aclose()
+
+    assert run(main(), 10) == [[0.5, 0.5], [0.5]]
+    assert model.calls == 1
+
+
+def test_empty_windows_and_bad_arguments() -> None:
+    batcher = MicroBatcher(ScriptedRanker())
+
+    async def main() -> None:
+        assert await batcher.rank("q", []) == []
+        with pytest.raises(ValueError):
+            await batcher.rank("q", ["a", "b"], keys=["only one"])
+        await batcher.aclose()
+
+    run(main(), 10)
+    with pytest.raises(TypeError):
+        MicroBatcher(object())
+    with pytest.raises(ValueError):
+        MicroBatcher(ScriptedRanker(), max_pairs=0)
+
+
+def test_a_new_loop_gets_a_fresh_worker() -> None:
+    model = ScriptedRanker()
+    batcher = MicroBatcher(model, max_wait_ms=1)
+    assert run(batcher.rank("first loop", docs(1)), 10) == [1.0]
+    assert run(batcher.rank("second loop", docs(2)), 10) == [1.0, 2.0]
+
+    async def close() -> None:
+        await batcher.aclose()
+
+    run(close(), 10)
+
+
+def test_batches_count_model_inputs_when_the_ranker_says() -> None:
+    class CachingModel(ScriptedRanker):
+        def model_inputs(self, query: str, docs: Sequence[str], keys: Any = None) -> int:
+            return 0 if query.startswith("cached") else len(docs) + 1
+
+    model = CachingModel()
+    batcher = MicroBatcher(model, max_pairs=12, max_wait_ms=20)
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(batcher.rank(f"cached {i}", docs(50)) for i in range(10)),
+                                 *(batcher.rank(f"new {i}", docs(5)) for i in range(2)))
+        finally:
+            await batcher.aclose()
+
+    run(main(), 10)
+    # Ten cached windows count one each (500 pairs, but 10 inputs); the new
+    # ones six each, so the first of them no longer fits under 12.
+    assert [len(b) for b in model.batches] == [10, 2]
+
+
+def test_a_lone_search_does_not_wait_and_the_loop_stays_free() -> None:
+    model = ScriptedRanker(delay=0.3)
+    batcher = MicroBatcher(model, max_wait_ms=500)
+
+    async def ticker() -> float:
+        started = time.perf_counter()
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        return time.perf_counter() - started
+
+    async def main() -> Tuple[float, float]:
+        started = time.perf_counter()
+        ranking = asyncio.ensure_future(batcher.rank("alone", docs(3)))
+        ticked = await ticker()  # runs while the model sleeps in its thread
+        await ranking
+        await batcher.aclose()
+        return ticked, time.perf_counter() - started
+
+    ticked, total = run(main(), 10)
+    assert ticked < 0.25
+    assert total < 0.3 + 0.4  # the model's 0.3 s, and no 0.5 s batch wait
