@@ -1,6 +1,7 @@
 import gc
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -8,6 +9,12 @@ import pytest
 # installed one (pytest runs with --import-mode=importlib, so the source tree
 # is not put on sys.path).
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Subprocesses the tests start (``python -m selproxy``...) put their working
+# directory first on sys.path: outside the source tree, they too import the
+# installed package, whose compiled modules a fresh checkout does not have.
+_workdir = tempfile.mkdtemp(prefix="selproxy-tests-")
+os.chdir(_workdir)
 
 from selproxy import _core  # noqa: E402
 

@@ -9,8 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+def _run(*argv: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -28,6 +28,7 @@ def test_mypy_strict():
 
 def test_stubs_match_the_compiled_modules():
     pytest.importorskip("mypy")
-    result = _run("mypy.stubtest", "--mypy-config-file", "pyproject.toml",
-                  "selproxy._core", "selproxy._http", "selproxy._routes")
+    # From outside the tree, so the compiled modules are the installed ones.
+    result = _run("mypy.stubtest", "--mypy-config-file", os.path.join(ROOT, "pyproject.toml"),
+                  "selproxy._core", "selproxy._http", "selproxy._routes", cwd=os.getcwd())
     assert result.returncode == 0, result.stdout + result.stderr
