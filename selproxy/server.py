@@ -23,6 +23,8 @@ __all__ = ("Proxy", "serve")
 
 log = logging.getLogger("selproxy")
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 class Proxy:
     """A selproxy instance: one upstream, a listening address, routes.
@@ -195,6 +197,10 @@ class Proxy:
                 installed.append(signum)
             except (RuntimeError, ValueError, NotImplementedError):
                 pass  # not the main thread: the caller handles signals
+        if installed:
+            # run() blocked these until now: one that came while starting is
+            # delivered here, as a graceful stop rather than a kill.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, installed)
         try:
             await self._stopping.wait()
         finally:
@@ -215,6 +221,9 @@ class Proxy:
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT, with ``config.workers`` processes."""
+        # Until serve() has its handlers in place, a stop signal waits
+        # instead of killing a half-started process (or worker).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         if self.config.workers == 1:
             uvloop.run(self.serve())
             return
@@ -275,6 +284,7 @@ def _run_workers(proxy: Proxy) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     failed = False
     for child in children:
         while True:

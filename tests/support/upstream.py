@@ -70,6 +70,7 @@ class _Conn(asyncio.Protocol):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: Optional[asyncio.Task] = None
         self.closed = False
+        self.continue_sent = False
         self.tunnel: Optional[Callable[[bytes], bytes]] = None
         self.tunnel_received = 0
 
@@ -111,6 +112,11 @@ class _Conn(asyncio.Protocol):
         method, target, version = lines[0].split(" ", 2)
         headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
         pos = end + 4
+        if (self.server.send_continue and not self.continue_sent
+                and any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers)):
+            # As a real server does: invite the body once the head is in.
+            self.continue_sent = True
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         te = [v for k, v in headers if k.lower() == "transfer-encoding"]
         cl = [v for k, v in headers if k.lower() == "content-length"]
         if te and te[-1].lower().endswith("chunked"):
@@ -146,6 +152,7 @@ class _Conn(asyncio.Protocol):
             pos += length
         raw = bytes(self.buf[:pos])
         del self.buf[:pos]
+        self.continue_sent = False
         req = RecordedRequest(method, target, version, headers, body_bytes, raw, self.number)
         self.server.requests.append(req)
         return req
@@ -190,8 +197,13 @@ class _Conn(asyncio.Protocol):
 class RecordingUpstream:
     """``async with RecordingUpstream(respond) as up: up.url``"""
 
-    def __init__(self, respond: Callable[[RecordedRequest], Any] = echo) -> None:
+    def __init__(self, respond: Callable[[RecordedRequest], Any] = echo, *,
+                 send_continue: bool = False, ssl: Any = None) -> None:
         self.respond = respond
+        #: An ``ssl.SSLContext``: serve HTTPS.
+        self.ssl = ssl
+        #: Answer ``Expect: 100-continue`` with a 100 as soon as the head is in.
+        self.send_continue = send_continue
         self.requests: List[RecordedRequest] = []
         self.connections: List[_Conn] = []
         self.open_connections = 0
@@ -201,12 +213,12 @@ class RecordingUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> "RecordingUpstream":
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: _Conn(self, len(self.connections)), "127.0.0.1", 0)
+            lambda: _Conn(self, len(self.connections)), "127.0.0.1", 0, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
