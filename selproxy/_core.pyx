@@ -627,7 +627,7 @@ cdef class Collector(ResponseSink):
         if self.future.done():
             return
         if (conn is not None and conn.reused and not conn.any_response_bytes
-                and not self.retried):
+                and not self.retried and isinstance(exc, UpstreamUnavailable)):
             # A pooled connection the upstream had closed while it was idle:
             # the request never reached it, so it is safe to send again.
             self.retried = True
@@ -756,7 +756,6 @@ cdef class ClientProtocol(ResponseSink):
 
     def connection_lost(self, exc):
         cdef UpstreamProtocol up = self.upstream
-        cdef Exchange ex
         self.state = CLIENT_CLOSED
         self.core.clients.discard(self)
         self.core.counters.client_connections -= 1
@@ -1237,6 +1236,7 @@ cdef class ClientProtocol(ResponseSink):
             last.append(CRLF)
             self._write(b"".join(last))
         self.upstream = None
+        self._resume(PAUSE_UPSTREAM_FULL)
         if up is not None:
             self.core.pool.release(up, ex.request_complete and up.reusable)
         self._finish(ex)
@@ -1271,9 +1271,10 @@ cdef class ClientProtocol(ResponseSink):
             self.abort()
             return
         ex = <Exchange>self.exchanges[0]
+        self._resume(PAUSE_UPSTREAM_FULL)
         if (up is not None and up.reused and not up.any_response_bytes
                 and not ex.retried and ex.request_complete
-                and ex.head.framing == BODY_NONE):
+                and ex.head.framing == BODY_NONE and isinstance(exc, UpstreamUnavailable)):
             # A pooled connection the upstream closed while idle.
             ex.retried = True
             self.core.pool.acquire(self)
@@ -1411,7 +1412,10 @@ cdef class ClientProtocol(ResponseSink):
                     status=408))
 
     cdef void drain(self):
-        """Shutdown: close when idle, else after the exchange in flight."""
+        """Shutdown: close when idle, else after the exchange in flight.  A
+        tunnel has no exchanges to wait for: it lasts until the grace ends."""
+        if self.state == CLIENT_TUNNEL:
+            return
         if not self.exchanges and not self.in_head:
             self.close()
         elif self.state == CLIENT_OPEN:
