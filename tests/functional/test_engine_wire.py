@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -152,11 +151,9 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from selproxy.engine.cli import main; "
-                             "sys.exit(main(sys.argv[1:]))", "--listen", f"127.0.0.1:{port}",
-                             "--data", str(tmp_path / "cli.sqlite3"), "--log-level", "warning"], env=env)
+    # The real command line, from the installed package.
+    proc = subprocess.Popen([sys.executable, "-m", "selproxy", "engine", "--listen", f"127.0.0.1:{port}",
+                             "--data", str(tmp_path / "cli.sqlite3"), "--log-level", "warning"])
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
