@@ -10,13 +10,22 @@ import pytest
 # is not put on sys.path).
 sys.path.insert(0, os.path.dirname(__file__))
 
-# Subprocesses the tests start (``python -m selproxy``...) put their working
-# directory first on sys.path: outside the source tree, they too import the
-# installed package, whose compiled modules a fresh checkout does not have.
-_workdir = tempfile.mkdtemp(prefix="selproxy-tests-")
-os.chdir(_workdir)
-
 from selproxy import _core  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def outside_the_source_tree():
+    """Subprocesses the tests start (``python -m selproxy``...) put their
+    working directory first on sys.path: run them outside the source tree, so
+    that they too import the installed package, whose compiled modules a
+    fresh checkout does not have."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="selproxy-tests-") as workdir:
+        os.chdir(workdir)
+        try:
+            yield workdir
+        finally:
+            os.chdir(previous)
 
 
 @pytest.fixture(autouse=True)
