@@ -72,8 +72,11 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def measure(port: int, request: bytes, count: int, connections: int, warmup: int) -> List[float]:
+async def measure(port: int, request: bytes, count: int, connections: int,
+                  warmup: int) -> Tuple[List[float], float]:
+    """Latency samples, and the wall time the measured requests took."""
     samples: List[float] = []
+    measuring: List[float] = []
 
     async def one_connection(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -82,6 +85,8 @@ async def measure(port: int, request: bytes, count: int, connections: int, warmu
                 started = time.perf_counter()
                 writer.write(request)
                 await read_response(reader)
+                if i == warmup and not measuring:
+                    measuring.append(started)
                 if i >= warmup:
                     samples.append(time.perf_counter() - started)
         finally:
@@ -89,12 +94,13 @@ async def measure(port: int, request: bytes, count: int, connections: int, warmu
 
     per = max(1, count // connections)
     await asyncio.gather(*(one_connection(per) for _ in range(connections)))
-    return samples
+    return samples, time.perf_counter() - (measuring[0] if measuring else time.perf_counter())
 
 
-def summary(samples: List[float]) -> Dict[str, float]:
+def summary(measured: Tuple[List[float], float]) -> Dict[str, float]:
+    # req/s is over all connections together: requests per second of wall time.
+    samples, elapsed = measured
     ordered = sorted(samples)
-    elapsed = sum(samples)
 
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
