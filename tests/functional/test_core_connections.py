@@ -59,6 +59,16 @@ def request_bytes(method: str, target: str, body: bytes = b"", headers=()) -> by
 
 # -- keep-alive and pipelining -------------------------------------------------
 
+async def send_after_continue(client: RawClient, target: str, body: bytes):
+    """POST with ``Expect: 100-continue``: the body goes only after the 100."""
+    client.send(f"POST {target} HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode())
+    interim = await asyncio.wait_for(client.read_response(), 3)
+    assert interim.status == 100
+    client.send(body)
+    return await client.read_response()
+
+
 def test_keep_alive_client_reuses_one_upstream_connection():
     async def scenario():
         async with proxied() as (up, proxy):
@@ -402,12 +412,7 @@ def test_expect_100_continue_passthrough():
     async def scenario():
         async with proxied(send_continue=True) as (up, proxy):
             client = await RawClient.connect(proxy.url)
-            client.send(f"POST /upload HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n".encode())
-            interim = await asyncio.wait_for(client.read_response(), 3)
-            assert interim.status == 100
-            client.send(body)
-            res = await client.read_response()
+            res = await send_after_continue(client, "/upload", body)
             assert res.status == 200 and res.body == body
             assert up.requests[0].body == body
             # The connection is still in step.
@@ -428,12 +433,7 @@ def test_expect_100_continue_on_a_claimed_route():
         routes = [Route(("POST",), "/_reverse", reverse, "reverse")]
         async with proxied(routes=routes) as (up, proxy):
             client = await RawClient.connect(proxy.url)
-            client.send(f"POST /_reverse HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n".encode())
-            interim = await asyncio.wait_for(client.read_response(), 3)
-            assert interim.status == 100
-            client.send(body)
-            res = await client.read_response()
+            res = await send_after_continue(client, "/_reverse", body)
             assert res.status == 200 and res.body == body[::-1]
             assert (await client.request("GET", "/next")).header("X-Target") == "/next"
             client.close()

@@ -25,6 +25,18 @@ def _es_error(res, status, es_type):
     assert doc["error"]["reason"]
 
 
+def _one_request(respond, target="/", **options):
+    """One GET through a proxy in front of an upstream answering ``respond``."""
+    async def main():
+        async with RecordingUpstream(respond) as up:
+            async with in_process(up.url, **options) as proxy:
+                client = await RawClient.connect(proxy.url)
+                res = await client.request("GET", target)
+                client.close()
+                return res
+    return run(main())
+
+
 def test_refused_upstream_gives_502_and_the_connection_stays_usable():
     async def main():
         port = _free_port()
@@ -82,15 +94,8 @@ def test_unreachable_upstream_times_out_connecting_with_504():
 
 
 def test_upstream_that_never_answers_gives_504():
-    async def main():
-        async with RecordingUpstream(lambda req: ["stall"]) as up:
-            async with in_process(up.url, response_timeout=0.3) as proxy:
-                client = await RawClient.connect(proxy.url)
-                res = await client.request("GET", "/slow")
-                client.close()
-                return res
-
-    _es_error(run(main()), 504, "gateway_timeout_exception")
+    res = _one_request(lambda req: ["stall"], "/slow", response_timeout=0.3)
+    _es_error(res, 504, "gateway_timeout_exception")
 
 
 def test_upstream_that_stalls_mid_body_cuts_the_client():
@@ -130,15 +135,7 @@ def test_upstream_dying_mid_response_closes_the_client():
 
 
 def test_upstream_reset_before_answering_gives_502():
-    async def main():
-        async with RecordingUpstream(lambda req: ["reset"]) as up:
-            async with in_process(up.url) as proxy:
-                client = await RawClient.connect(proxy.url)
-                res = await client.request("GET", "/")
-                client.close()
-                return res
-
-    _es_error(run(main()), 502, "bad_gateway_exception")
+    _es_error(_one_request(lambda req: ["reset"]), 502, "bad_gateway_exception")
 
 
 def test_chunked_response_cut_short_is_not_made_complete():
@@ -159,15 +156,8 @@ def test_chunked_response_cut_short_is_not_made_complete():
 
 
 def test_invalid_upstream_response_gives_502():
-    async def main():
-        async with RecordingUpstream(lambda req: [b"HTTP/1.1 abc nonsense\r\n\r\n"]) as up:
-            async with in_process(up.url) as proxy:
-                client = await RawClient.connect(proxy.url)
-                res = await client.request("GET", "/")
-                client.close()
-                return res
-
-    _es_error(run(main()), 502, "bad_gateway_exception")
+    res = _one_request(lambda req: [b"HTTP/1.1 abc nonsense\r\n\r\n"])
+    _es_error(res, 502, "bad_gateway_exception")
 
 
 def test_pooled_connection_closed_by_upstream_while_idle_is_retried():
