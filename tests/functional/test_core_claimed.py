@@ -213,3 +213,21 @@ def test_head_on_a_claimed_route_has_length_but_no_body(method):
     res, after = run(main())
     assert res.header("content-length") == "10" and res.body == b""
     assert after.header("x-target") == "/next"
+
+
+def test_one_log_line_per_claimed_request_and_an_optional_access_log(caplog):
+    import logging
+
+    async def body(proxy, up):
+        client = await RawClient.connect(proxy.url)
+        await client.request("GET", "/passthrough")
+        await client.request("GET", "/books/_echo")
+        client.close()
+
+    with caplog.at_level(logging.INFO, logger="selproxy"):
+        _with_proxy(body, access_log=True)
+    claimed = [r.getMessage() for r in caplog.records if r.name == "selproxy" and "_echo" in r.getMessage()]
+    access = [r.getMessage() for r in caplog.records if r.name == "selproxy.access"]
+    assert len(claimed) == 1 and "-> 200" in claimed[0]
+    assert len(access) == 2
+    assert "GET /passthrough" in access[0] and "GET /books/_echo" in access[1]
