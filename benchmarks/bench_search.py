@@ -126,7 +126,7 @@ async def main(args: argparse.Namespace) -> Dict[str, Any]:
     finally:
         await proxy.stop(grace=1.0)
         server.close()
-        service.close()
+        await service.aclose()
     results["overhead_p50_ms"] = results["selproxy"]["p50_ms"] - results["direct"]["p50_ms"]
     results["overhead_p99_ms"] = results["selproxy"]["p99_ms"] - results["direct"]["p99_ms"]
     return results

@@ -88,7 +88,7 @@ async def proxy_in_process(upstream: str, ranker: List[str], window: int, deadli
         async with Proxy(upstream=upstream, listen="127.0.0.1:0", routes=service.routes()) as proxy:
             yield proxy.url
     finally:
-        service.close()
+        await service.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -179,7 +179,7 @@ class Proxy:
         core.abort_all()
         core.stop()
         if self.search_service is not None:
-            self.search_service.close()
+            await self.search_service.aclose()
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()

@@ -174,6 +174,14 @@ class SearchService:
     def close(self) -> None:
         self.adapter.close()
 
+    async def aclose(self) -> None:
+        """Close the ranker too, where it has work of its own on the loop (a
+        micro-batcher's worker), then the adapter's threads."""
+        aclose = getattr(self.adapter.ranker, "aclose", None)
+        if callable(aclose):
+            await aclose()
+        self.close()
+
     # -- handlers -------------------------------------------------------
 
     def _handler(self, route: SearchRoute) -> Any:
