@@ -15,7 +15,10 @@ SUBCOMMANDS = ("engine", "eval", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .search import SearchConfig
+    # Defaults come from the dataclasses, so the flags cannot drift from them.
     defaults = Config(upstream="http://127.0.0.1:9200")
+    sdefaults = SearchConfig()
     p = argparse.ArgumentParser(
         prog="selproxy",
         description="A URL-selective reverse proxy that reranks search results. "
@@ -68,16 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for --ranker cross-encoder: a local Hugging Face-format model")
     search.add_argument("--url", metavar="URL",
                         help="for --ranker remote: a /rerank endpoint (Cohere, Jina, TEI, Infinity)")
-    search.add_argument("--topn", type=int, default=50, metavar="N",
+    search.add_argument("--topn", type=int, default=sdefaults.topn, metavar="N",
                         help="hits asked of the engine and reranked (default %(default)s)")
-    search.add_argument("--max-topn", type=int, default=500, metavar="N",
+    search.add_argument("--max-topn", type=int, default=sdefaults.max_topn, metavar="N",
                         help="cap on a per-request topn override (default %(default)s)")
-    search.add_argument("--rank-deadline", type=float, default=2.0, metavar="S",
+    search.add_argument("--rank-deadline", type=float, default=sdefaults.rank_deadline, metavar="S",
                         help="past it the engine's order is returned (default %(default)s)")
     search.add_argument("--text-field", action="append", default=[], metavar="SPEC",
                         help="document text from this field instead of all of _source "
                              "(repeatable; see the README)")
-    search.add_argument("--max-field-chars", type=int, default=2000, metavar="N",
+    search.add_argument("--max-field-chars", type=int, default=sdefaults.max_field_chars, metavar="N",
                         help="truncate each field to N characters (default %(default)s)")
     search.add_argument("--include-index", action="append", default=[], metavar="PATTERN",
                         help="rerank only these indices (repeatable; default all)")
@@ -85,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never rerank these indices (repeatable; default .*)")
     search.add_argument("--solr", action="store_true",
                         help="also claim Solr's /solr/<core>/select")
-    search.add_argument("--ranker-threads", type=int, default=1, metavar="N",
+    search.add_argument("--ranker-threads", type=int, default=sdefaults.ranker_threads, metavar="N",
                         help="threads for synchronous rankers (default %(default)s)")
-    search.add_argument("--max-pending-ranks", type=int, default=64, metavar="N",
+    search.add_argument("--max-pending-ranks", type=int, default=sdefaults.max_pending_ranks, metavar="N",
                         help="past it searches fall back at once (default %(default)s)")
 
     p.add_argument("--forwarded-headers", action="store_true",
