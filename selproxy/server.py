@@ -72,23 +72,32 @@ class Proxy:
         self.status_sections: Dict[str, Any] = {}
         self.search_service: Any = None
         self._warmup: Optional["asyncio.Future[Any]"] = None
+        self._search: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
         if ranker is not None or search is not None:
-            self._enable_search(ranker, ranker_options, search)
+            if isinstance(ranker, str):
+                from .rankers.registry import load_ranker_class
+                load_ranker_class(ranker)  # an unknown name fails here, not at start
+            elif ranker_options:
+                raise TypeError("ranker_options go with a ranker given by name")
+            self._search = (ranker, ranker_options, search)
 
-    def _enable_search(self, ranker: Any, ranker_options: Optional[Dict[str, Any]],
-                       search: Any) -> None:
-        from .rankers.identity import IdentityRanker
-        from .rankers.registry import resolve_ranker
-        from .search import SearchConfig, SearchService
-        if isinstance(ranker, str):
-            ranker = resolve_ranker(ranker, ranker_options)
-        elif ranker_options:
-            raise TypeError("ranker_options go with a ranker given by name")
-        service = SearchService(ranker if ranker is not None else IdentityRanker(),
-                                search if search is not None else SearchConfig())
-        self.search_service = service
-        self.routes.extend(service.routes())
-        self.status_sections["search"] = service.status
+    def _start_search(self) -> Any:
+        """The search service, built in the process that serves: a model
+        named by the ranker loads after a worker forks, never before (an
+        onnxruntime session's threads do not survive a fork)."""
+        if self._search is None:
+            return None
+        if self.search_service is None:
+            from .rankers.identity import IdentityRanker
+            from .rankers.registry import resolve_ranker
+            from .search import SearchConfig, SearchService
+            ranker, ranker_options, search = self._search
+            if isinstance(ranker, str):
+                ranker = resolve_ranker(ranker, ranker_options)
+            self.search_service = SearchService(
+                ranker if ranker is not None else IdentityRanker(),
+                search if search is not None else SearchConfig())
+        return self.search_service
 
     # -- addresses ---------------------------------------------------------
 
@@ -114,7 +123,12 @@ class Proxy:
         loop = asyncio.get_running_loop()
         status = StatusPage(None, self.config)
         status.sections.update(self.status_sections)
-        routes = [*self.routes, Route(("GET",), "/_selproxy/status", status.handle, "status")]
+        routes = list(self.routes)
+        service = self._start_search()
+        if service is not None:
+            routes += service.routes()
+            status.sections["search"] = service.status
+        routes.append(Route(("GET",), "/_selproxy/status", status.handle, "status"))
         core = _core.ProxyCore(self.config, loop, routes, self._run_route, log)
         status.core = core
         self.core, self.status = core, status
@@ -180,6 +194,7 @@ class Proxy:
         core.stop()
         if self.search_service is not None:
             await self.search_service.aclose()
+            self.search_service = None
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()

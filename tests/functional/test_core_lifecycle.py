@@ -52,18 +52,6 @@ async def wait_for_exit(proc: ProxyProcess, timeout: float) -> int:
     return code
 
 
-def wait_for_listening(proc: ProxyProcess, workers: int, timeout: float = 10.0) -> None:
-    """Read the log until every worker has said it listens (the first one
-    already has when ``ProxyProcess`` returns)."""
-    assert proc.proc is not None and proc.proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while sum("selproxy listening on" in line for line in proc.lines) < workers:
-        assert time.monotonic() < deadline, "".join(proc.lines)
-        line = proc.proc.stderr.readline()
-        assert line, "selproxy exited:\n" + "".join(proc.lines)
-        proc.lines.append(line)
-
-
 # -- command line -------------------------------------------------------------------
 
 def test_help_lists_the_documented_flags():
@@ -163,7 +151,7 @@ def test_signal_lets_the_request_in_flight_finish(signum, workers):
         async with RecordingUpstream(respond) as up:
             with ProxyProcess(["--upstream", up.url, "--shutdown-grace", "8",
                                "--workers", str(workers)]) as proc:
-                wait_for_listening(proc, workers)
+                proc.wait_for_workers(workers)
                 idle = await RawClient.connect(proc.url)
                 assert (await idle.request("GET", "/quick")).body == b"quick"
                 busy = await RawClient.connect(proc.url)

@@ -52,6 +52,17 @@ class ProxyProcess:
         self.stop()
         raise RuntimeError("selproxy did not start:\n" + "".join(self.lines))
 
+    def wait_for_workers(self, workers: int, timeout: float = 10.0) -> None:
+        """Read the log until every worker has said it listens (the first
+        one already has when the ``with`` block starts)."""
+        assert self.proc is not None and self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while sum("selproxy listening on" in line for line in self.lines) < workers:
+            assert time.monotonic() < deadline, "".join(self.lines)
+            line = self.proc.stderr.readline()
+            assert line, "selproxy exited:\n" + "".join(self.lines)
+            self.lines.append(line)
+
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
