@@ -7,6 +7,7 @@ collects the head into a :class:`MessageHead`, and this module writes it again
 with the hop-by-hop headers removed and the framing headers set by the proxy.
 Everything else in the head goes out byte for byte, in its original order.
 """
+cimport cython
 from cpython.bytes cimport (
     PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
 )
@@ -86,6 +87,35 @@ cdef FieldName field_name(bytes name) noexcept:
     return F_OTHER
 
 
+cdef enum ConnectionOption:
+    OPT_EMPTY
+    OPT_CLOSE
+    OPT_KEEP_ALIVE
+    OPT_UPGRADE
+    OPT_FIELD       # anything else: the name of a field to drop
+
+
+cdef ConnectionOption connection_option(bytes token) noexcept:
+    """What one comma-separated Connection option asks for, with optional
+    whitespace around it (RFC 9110 section 5.6.1) and in any case."""
+    cdef const char* p = PyBytes_AS_STRING(token)
+    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(token)
+    while start < end and (p[start] == 32 or p[start] == 9):
+        start += 1
+    while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
+        end -= 1
+    if end == start:
+        return OPT_EMPTY
+    if end - start == 5 and _name_is(p + start, b"close", 5):
+        return OPT_CLOSE
+    if end - start == 10 and _name_is(p + start, b"keep-alive", 10):
+        return OPT_KEEP_ALIVE
+    if end - start == 7 and _name_is(p + start, b"upgrade", 7):
+        return OPT_UPGRADE
+    return OPT_FIELD
+
+
+@cython.freelist(64)
 cdef class MessageHead:
     def __cinit__(self):
         self.headers = []
@@ -97,8 +127,9 @@ cdef class MessageHead:
         """One pass over the headers: framing, connection options and the
         end-to-end list.  Raises ValueError on framing that is ambiguous."""
         cdef list end_to_end = []
-        cdef list connection_tokens = None
+        cdef set listed = None
         cdef bytes name, value, token
+        cdef ConnectionOption option
         cdef long long length
         cdef bint saw_length = False
         cdef FieldName kind
@@ -122,10 +153,19 @@ cdef class MessageHead:
                 else:
                     self.transfer_encoding += b", " + value
             elif kind == F_CONNECTION:
-                if connection_tokens is None:
-                    connection_tokens = []
-                for token in value.split(b","):
-                    connection_tokens.append(token.strip().lower())
+                for token in value.split(b",") if b"," in value else (value,):
+                    option = connection_option(token)
+                    if option == OPT_CLOSE:
+                        self.conn_close = True
+                    elif option == OPT_KEEP_ALIVE:
+                        self.conn_keep_alive = True
+                    elif option == OPT_UPGRADE:
+                        self.conn_upgrade = True
+                    elif option == OPT_FIELD:
+                        # A field named in Connection is hop-by-hop too.
+                        if listed is None:
+                            listed = set()
+                        listed.add(token.strip().lower())
             elif kind == F_UPGRADE:
                 self.upgrade = value
             elif kind == F_HOST:
@@ -143,14 +183,8 @@ cdef class MessageHead:
                     self.has_gzip_accept = True
                 end_to_end.append((name, value))
             # Any other kind is hop-by-hop: dropped.
-        if connection_tokens:
-            self.conn_close = b"close" in connection_tokens
-            self.conn_keep_alive = b"keep-alive" in connection_tokens
-            self.conn_upgrade = b"upgrade" in connection_tokens
-            listed = frozenset(connection_tokens)
-            listed = listed - {b"close", b"keep-alive", b"upgrade", b""}
-            if listed:
-                end_to_end = [(n, v) for n, v in end_to_end if n.lower() not in listed]
+        if listed is not None:
+            end_to_end = [(n, v) for n, v in end_to_end if n.lower() not in listed]
         self.end_to_end = end_to_end
         return 0
 

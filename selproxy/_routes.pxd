@@ -9,6 +9,7 @@ cdef class RouteTable:
     cdef list _entries              # [(methods frozenset, segments tuple, route)]
     cdef frozenset _methods         # every method any route accepts
     cdef frozenset _lengths         # every segment count any route has
+    cdef unsigned long long _length_mask    # the same, as bits (counts under 64)
     cdef readonly tuple routes
 
     cdef RouteMatch lookup(self, bytes method, bytes target)

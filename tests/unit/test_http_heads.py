@@ -129,3 +129,11 @@ def test_large_content_length_survives_serialization():
     _head, err, out = _http._response_head_for_tests(200, b"OK", [(b"Content-Length", str(length).encode())])
     assert err is None
     assert out == b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+
+
+def test_connection_options_in_any_case_with_whitespace_and_empty_members():
+    head, err = analyse([(b"Host", b"h"), (b"Connection", b" ,\tClose ,, X-Drop"), (b"Connection", b"UPGRADE"),
+                         (b"x-drop", b"1"), (b"X-Keep", b"2")], method=b"GET")
+    assert err is None
+    assert head.conn_close and head.conn_upgrade and not head.conn_keep_alive
+    assert head.end_to_end == [(b"Host", b"h"), (b"X-Keep", b"2")]
