@@ -138,6 +138,7 @@ cdef class Exchange:
     cdef bint response_chunked
     cdef bint response_started
     cdef bint retried
+    cdef bint answered             # its response is out; the rest of its body is dropped
     cdef double started_at
 
 
@@ -182,6 +183,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _answer_error(self, Exchange ex, object exc)
     cdef void _finish(self, Exchange ex)
     cdef bint _last_one(self)
+    cdef bint _can_drain(self, Exchange ex)
     cdef void _write(self, bytes data)
     cdef void _writelines(self, list data)
     cdef void close(self)

@@ -66,6 +66,11 @@ cdef Py_ssize_t READ_BUFFER_SIZE = 256 * 1024
 # What one read of a response produces goes out joined up to this size, and
 # as separate buffers (one writev, no copy) past it.
 cdef Py_ssize_t JOIN_MAX = 16 * 1024
+# An upstream may answer before a request's body is all sent (an auth error,
+# a 413).  Up to this much of the rest is read and dropped so the client
+# connection stays open, as nginx does; past it, or with a chunked body of
+# unknown size, the proxy answers with Connection: close.
+cdef long long DRAIN_MAX = 1024 * 1024
 
 # Live objects, counted in debug builds only: tests assert they return to
 # zero once a proxy has stopped (a leaked connection or exchange shows here).
@@ -441,9 +446,9 @@ cdef class UpstreamProtocol:
         cdef MessageHead head = self.head
         cdef ResponseSink sink = self.sink
         try:
+            # The response's own version matters nowhere: the client's
+            # does, and should_keep_alive() covers an HTTP/1.0 upstream.
             head.status = self.parser.get_status_code()
-            if self.parser.get_http_version() == "1.0":
-                head.version_minor = 0
             err = analyse_response(head, sink.request_method)
             if err is not None:
                 raise err
@@ -890,6 +895,9 @@ cdef class ClientProtocol(ResponseSink):
             ex.keep_alive = False
             ex.request_complete = True
             self._queue(ex)
+        elif ex.answered:
+            # Broken while its dropped rest was read: nothing is left to say.
+            self.close()
         else:
             # The request being read is broken mid-body: if it is active,
             # its upstream exchange is abandoned; else it is answered in turn.
@@ -1041,6 +1049,9 @@ cdef class ClientProtocol(ResponseSink):
                 raise self._last_error
             ex.body_parts.append(data)
             return
+        ex.body_size += PyBytes_GET_SIZE(data)
+        if ex.answered:
+            return   # the response is out: this is the rest, read and dropped
         self._body_piece(ex, data)
 
     def on_message_complete(self):
@@ -1063,6 +1074,12 @@ cdef class ClientProtocol(ResponseSink):
                     self.run_handler(ex)
             return
         ex.request_complete = True
+        if ex.answered:
+            # The dropped rest is all read: the connection goes on.
+            if not self.exchanges and self.state == CLIENT_OPEN:
+                self.deadline_kind = DEADLINE_IDLE
+                self.deadline = monotonic() + self.core.idle_timeout
+            return
         if ex.head.framing == BODY_CHUNKED:
             last = [LAST_CHUNK]
             if ex.trailers:
@@ -1196,9 +1213,9 @@ cdef class ClientProtocol(ResponseSink):
         cdef bint chunked = False
         cdef bint close = (not ex.keep_alive or ex.close_after
                            or self.state == CLIENT_UPGRADING or self._last_one())
-        if not ex.request_complete and head.status != 101:
-            # Answered before the request body was all read: the rest of
-            # that body cannot be told from a next request, so close after.
+        if not ex.request_complete and head.status != 101 and not self._can_drain(ex):
+            # Answered before the request body was all read, and the rest
+            # cannot be read and dropped: close after.
             close = True
         ex.response_started = True
         if head.status == 101:
@@ -1214,6 +1231,14 @@ cdef class ClientProtocol(ResponseSink):
         ex.response_chunked = chunked
         ex.close_after = close
         self._write(response_head_bytes(head, close, chunked))
+
+    cdef bint _can_drain(self, Exchange ex):
+        """Can the rest of ``ex``'s body be read and dropped after its
+        response?  Only with a known, small remainder, and not when the
+        client waits for 100 Continue (it may never send the body)."""
+        cdef MessageHead head = ex.head
+        return (head.framing == BODY_LENGTH and not ex.upgrade and not head.expect_continue
+                and head.content_length - ex.body_size <= DRAIN_MAX)
 
     cdef void response_body(self, bytes data):
         cdef Exchange ex
@@ -1352,6 +1377,7 @@ cdef class ClientProtocol(ResponseSink):
                             ex.head.method.decode("latin-1") if ex.head.method else "-",
                             ex.head.target.decode("latin-1"),
                             (monotonic() - ex.started_at) * 1000.0)
+        ex.answered = True
         if self.exchanges and self.exchanges[0] is ex:
             self.exchanges.popleft()
         if ex.close_after or self.state == CLIENT_CLOSING or self.core.draining:
@@ -1363,7 +1389,7 @@ cdef class ClientProtocol(ResponseSink):
         if self.exchanges:
             nxt = <Exchange>self.exchanges[0]
             self._start(nxt)
-        elif self.state == CLIENT_OPEN and not self.in_head:
+        elif self.state == CLIENT_OPEN and not self.in_head and self.receiving is None:
             self.deadline_kind = DEADLINE_IDLE
             self.deadline = monotonic() + self.core.idle_timeout
 
@@ -1414,7 +1440,10 @@ cdef class ClientProtocol(ResponseSink):
             self.close()
         elif kind == DEADLINE_BODY:
             self.core.counters.count_error("body_timeout")
-            self.abort()
+            if self.receiving is not None and self.receiving.answered:
+                self.close()   # the answer is out; let it reach the client
+            else:
+                self.abort()
         elif kind == DEADLINE_HEAD:
             self.core.counters.count_error("header_timeout")
             if self.exchanges:
