@@ -638,8 +638,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="selproxy --workers")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of wrk per setup and "
                         "response before measuring (0: none)")
-    parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="do not pin the proxy to core 1 and wrk + upstream to core 0")
+    parser.add_argument("--pin", choices=("split", "same", "none"), default="split",
+                        help="split: the proxy on core 1, wrk and the upstream on core 0 (the "
+                        "default; throughput); same: all on core 0, so no request crosses cores "
+                        "(the proxy's own added latency); none: no pinning")
+    parser.add_argument("--no-pin", dest="pin", action="store_const", const="none",
+                        help="the same as --pin none")
     parser.add_argument("--quiet-threshold", type=float, default=20.0, metavar="PCT",
                         help="background load (%% of a core) under which the machine is quiet")
     parser.add_argument("--quiet-wait", type=float, default=15.0, metavar="S",
@@ -664,8 +668,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             parser.error(f"unknown setup {name!r}")
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be at least 1")
-    args.cpu_load = 0 if args.pin else None
-    args.cpu_proxy = 1 if args.pin else None
+    args.cpu_load = None if args.pin == "none" else 0
+    args.cpu_proxy = {"split": 1, "same": 0, "none": None}[args.pin]
+    args.pin = args.pin != "none"
     return args
 
 

@@ -107,9 +107,12 @@ cdef class UpstreamProtocol:
     cdef double deadline
     cdef double idle_since
     cdef object _last_error
+    cdef list corked_out           # writes held while a client read is parsed
 
     cdef void send(self, ResponseSink sink, bytes data)
     cdef void write(self, bytes data)
+    cdef list _held(self)
+    cdef void flush(self)
     cdef void writelines(self, list data)
     cdef void request_sent(self)
     cdef void set_reading(self, bint on)
@@ -172,6 +175,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _pause(self, int reason)
     cdef void _resume(self, int reason)
     cdef void _feed(self, object data)
+    cdef void _feed_corked(self, Py_ssize_t nbytes)
     cdef void _stop_parsing(self, object exc)
     cdef void _upgrade_bytes(self, bytes data)
     cdef object _check_target(self, MessageHead head)
@@ -212,6 +216,8 @@ cdef class ProxyCore:
     cdef object read_view
     cdef object sweeper
     cdef bint draining
+    cdef bint cork_upstreams       # a client read is being parsed
+    cdef list corked_upstreams     # the upstream connections it wrote to
 
     cdef Py_ssize_t max_request_line
     cdef Py_ssize_t max_header_bytes
