@@ -83,8 +83,9 @@ class Proxy:
 
     def _start_search(self) -> Any:
         """The search service, built in the process that serves: a model
-        named by the ranker loads after a worker forks, never before (an
-        onnxruntime session's threads do not survive a fork)."""
+        named by the ranker loads after a worker forks, never before.  The
+        master, which never searches, then holds no model, and no thread
+        pool (onnxruntime's, the service's executor) is inherited by a fork."""
         if self._search is None:
             return None
         if self.search_service is None:
