@@ -142,6 +142,7 @@ cdef class Exchange:
     cdef bint response_started
     cdef bint retried
     cdef bint answered             # its response is out; the rest of its body is dropped
+    cdef Py_ssize_t dropped        # bytes of that rest read so far
     cdef double started_at
 
 

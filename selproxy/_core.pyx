@@ -68,8 +68,9 @@ cdef Py_ssize_t READ_BUFFER_SIZE = 256 * 1024
 cdef Py_ssize_t JOIN_MAX = 16 * 1024
 # An upstream may answer before a request's body is all sent (an auth error,
 # a 413).  Up to this much of the rest is read and dropped so the client
-# connection stays open, as nginx does; past it, or with a chunked body of
-# unknown size, the proxy answers with Connection: close.
+# connection stays open, as nginx does.  A longer Content-Length remainder
+# gets Connection: close with the answer; a chunked one, of unknown size,
+# is cut once this much has been dropped.
 cdef long long DRAIN_MAX = 1024 * 1024
 
 # Live objects, counted in debug builds only: tests assert they return to
@@ -1098,7 +1099,15 @@ cdef class ClientProtocol(ResponseSink):
             return
         ex.body_size += PyBytes_GET_SIZE(data)
         if ex.answered:
-            return   # the response is out: this is the rest, read and dropped
+            # The response is out: this is the rest, read and dropped, up to
+            # a bound (a chunked body may be endless); past it, close.
+            ex.dropped += PyBytes_GET_SIZE(data)
+            if ex.dropped > DRAIN_MAX:
+                self.receiving = None
+                self.close()
+                self._last_error = StopParsing()
+                raise self._last_error
+            return
         self._body_piece(ex, data)
 
     def on_message_complete(self):
@@ -1281,11 +1290,14 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef bint _can_drain(self, Exchange ex):
         """Can the rest of ``ex``'s body be read and dropped after its
-        response?  Only with a known, small remainder, and not when the
-        client waits for 100 Continue (it may never send the body)."""
+        response?  Not when the client waits for 100 Continue (it may never
+        send the body), nor when a known remainder is over DRAIN_MAX."""
         cdef MessageHead head = ex.head
-        return (head.framing == BODY_LENGTH and not ex.upgrade and not head.expect_continue
-                and head.content_length - ex.body_size <= DRAIN_MAX)
+        if ex.upgrade or head.expect_continue:
+            return False
+        if head.framing == BODY_CHUNKED:
+            return True
+        return head.framing == BODY_LENGTH and head.content_length - ex.body_size <= DRAIN_MAX
 
     cdef void response_body(self, bytes data):
         cdef Exchange ex
