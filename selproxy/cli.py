@@ -144,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         search = search_from_args(args) if args.ranker else None
     except ValueError as exc:
         parser.error(str(exc))
-    from .rankers.registry import parse_ranker_options
+    from .rankers.registry import RankerUnavailable, parse_ranker_options
     from .server import Proxy
     try:
         options = parse_ranker_options(args.ranker_option)
@@ -156,8 +156,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         options["url"] = args.url
     if options and not args.ranker:
         parser.error("--ranker-option needs --ranker")
-    Proxy(config=config, ranker=args.ranker, ranker_options=options or None,
-          search=search).run()
+    proxy = Proxy(config=config, ranker=args.ranker, ranker_options=options or None, search=search)
+    try:
+        proxy.run()
+    except RankerUnavailable as exc:
+        # The model loads as the proxy starts (in each worker, after the fork).
+        parser.exit(2, f"selproxy: error: {exc}\n")
     return 0
 
 

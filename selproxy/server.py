@@ -17,6 +17,7 @@ from . import _core
 from .config import Config
 from .errors import ProxyError
 from .handler import Request, Response, Route
+from .rankers.registry import RankerUnavailable
 from .status import StatusPage
 
 __all__ = ("Proxy", "serve")
@@ -94,7 +95,10 @@ class Proxy:
             from .search import SearchConfig, SearchService
             ranker, ranker_options, search = self._search
             if isinstance(ranker, str):
-                ranker = resolve_ranker(ranker, ranker_options)
+                try:
+                    ranker = resolve_ranker(ranker, ranker_options)
+                except Exception as exc:
+                    raise RankerUnavailable(f"cannot build the ranker {ranker!r}: {exc}") from exc
             self.search_service = SearchService(
                 ranker if ranker is not None else IdentityRanker(),
                 search if search is not None else SearchConfig())
@@ -283,6 +287,9 @@ def _run_workers(proxy: Proxy) -> None:
             code = 0
             try:
                 uvloop.run(_worker(proxy))
+            except RankerUnavailable as exc:
+                log.error("worker %d: %s", os.getpid(), exc)
+                code = 1
             except BaseException:
                 log.exception("worker failed")
                 code = 1

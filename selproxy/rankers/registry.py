@@ -17,10 +17,16 @@ import json
 from importlib import metadata
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-__all__ = ("ENTRY_POINT_GROUP", "BUILTIN_RANKERS", "parse_ranker_options", "load_ranker_class",
-           "resolve_ranker", "available_rankers")
+__all__ = ("ENTRY_POINT_GROUP", "BUILTIN_RANKERS", "RankerUnavailable", "parse_ranker_options",
+           "load_ranker_class", "resolve_ranker", "available_rankers")
 
 ENTRY_POINT_GROUP = "selproxy.rankers"
+
+
+class RankerUnavailable(RuntimeError):
+    """A ranker named by the configuration could not be built (a missing
+    model, a bad option): the proxy cannot start its search service."""
+
 
 #: Used when the package's entry points are not installed (a source checkout).
 BUILTIN_RANKERS: Mapping[str, str] = {

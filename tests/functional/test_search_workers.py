@@ -3,6 +3,8 @@ an onnxruntime session's threads would not survive one, and the master never
 serves.  Runs ``python -m selproxy --workers 2`` against the embedded engine."""
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -44,3 +46,15 @@ def test_a_named_ranker_is_built_in_each_worker_not_in_the_master(tmp_path, monk
 def test_an_unknown_ranker_name_fails_when_the_proxy_is_built():
     with pytest.raises(ValueError, match="unknown ranker"):
         selproxy.Proxy(upstream="http://127.0.0.1:9", ranker="no-such-ranker")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_ranker_that_cannot_be_built_stops_the_proxy_with_one_clear_line(tmp_path, workers):
+    missing = tmp_path / "no-model-here"
+    done = subprocess.run([sys.executable, "-m", "selproxy", "--listen", "127.0.0.1:0", "--upstream",
+                           "http://127.0.0.1:9", "--workers", workers, "--ranker", "cross-encoder",
+                           "--model-dir", str(missing)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot build the ranker 'cross-encoder': no model directory at {missing}" in done.stderr
