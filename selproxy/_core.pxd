@@ -90,7 +90,9 @@ cdef class UpstreamProtocol:
     cdef ProxyCore core
     cdef UpstreamPool pool
     cdef object transport
+    cdef object transport_write    # transport.write, bound once
     cdef object parser
+    cdef object feed_data          # parser.feed_data, bound once
     cdef UpstreamState state
     cdef ResponseSink sink
     cdef MessageHead head
@@ -149,7 +151,9 @@ cdef class Exchange:
 cdef class ClientProtocol(ResponseSink):
     cdef ProxyCore core
     cdef object transport
+    cdef object transport_write    # transport.write, bound once
     cdef object parser
+    cdef object feed_data          # parser.feed_data, bound once
     cdef object peer
     cdef ClientState state
     cdef object exchanges          # deque of Exchange, the active one first
@@ -179,6 +183,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _feed_corked(self, Py_ssize_t nbytes)
     cdef void _stop_parsing(self, object exc)
     cdef void _upgrade_bytes(self, bytes data)
+    cdef bint _may_ask_keep_alive(self, MessageHead head)
     cdef object _check_target(self, MessageHead head)
     cdef void _queue(self, Exchange ex)
     cdef void _start(self, Exchange ex)

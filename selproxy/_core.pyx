@@ -13,7 +13,7 @@ methods below, and they write to the other side's transport.  Only a request
 that matches a route crosses into Python, whole, through ``run_handler``.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from selproxy._http cimport (
@@ -132,19 +132,20 @@ cdef class Counters:
         }
 
 
-cdef void _write_all(object transport, list pieces):
-    """Held writes, in one go."""
+cdef void _write_all(object transport, object write, list pieces):
+    """Held writes, in one go.  ``write`` is ``transport.write``, bound once
+    per connection."""
     cdef Py_ssize_t size = 0
     cdef bytes piece
     if len(pieces) == 1:
-        transport.write(pieces[0])
+        write(pieces[0])
         return
     for piece in pieces:
         size += PyBytes_GET_SIZE(piece)
     if size <= JOIN_MAX:
         # PERF(selproxy): for small pieces one copy costs less than uvloop's
         # writelines bookkeeping per piece.
-        transport.write(b"".join(pieces))
+        write(b"".join(pieces))
     else:
         transport.writelines(pieces)
 
@@ -339,11 +340,13 @@ cdef class UpstreamProtocol:
 
     cdef void _new_parser(self):
         self.parser = HttpResponseParser(self)
+        self.feed_data = self.parser.feed_data
 
     # asyncio protocol interface ------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
+        self.transport_write = transport.write
         _tune_transport(transport)
         self.pool.connections.add(self)
         self.core.counters.upstream_connections += 1
@@ -354,6 +357,7 @@ cdef class UpstreamProtocol:
         self.state = UP_CLOSED
         self.pool.forget(self)
         self.transport = None
+        self.transport_write = None
         if sink is not None:
             self.sink = None
             if was_tunnel:
@@ -407,7 +411,7 @@ cdef class UpstreamProtocol:
 
     cdef void _feed(self, ResponseSink sink, Py_ssize_t nbytes):
         try:
-            self.parser.feed_data(self.core.read_view[:nbytes])
+            self.feed_data(self.core.read_view[:nbytes])
         except HttpParserUpgrade as exc:
             offset = exc.args[0]
             self.state = UP_TUNNEL
@@ -529,7 +533,7 @@ cdef class UpstreamProtocol:
         cdef list out = self.corked_out
         self.corked_out = None
         if out and self.transport is not None and self.state != UP_CLOSED:
-            _write_all(self.transport, out)
+            _write_all(self.transport, self.transport_write, out)
 
     cdef void request_sent(self):
         """The whole request is written: the response clock starts."""
@@ -711,7 +715,7 @@ cdef class CoreUpstream:
         head.headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
         head.collect()
         if head.host is None:
-            head.end_to_end.append((b"Host", self.host_header))
+            head.end_to_end = head.end_to_end + [(b"Host", self.host_header)]
         head.transfer_encoding = None
         head.framing = BODY_LENGTH if body else BODY_NONE
         if body or head.method in (b"POST", b"PUT", b"PATCH"):
@@ -781,6 +785,7 @@ cdef class ClientProtocol(ResponseSink):
         self.state = CLIENT_OPEN
         self.exchanges = deque()
         self.parser = HttpRequestParser(self)
+        self.feed_data = self.parser.feed_data
         if SELPROXY_DEBUG:
             live_clients += 1
 
@@ -793,6 +798,7 @@ cdef class ClientProtocol(ResponseSink):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.transport_write = transport.write
         _tune_transport(transport)
         self.peer = transport.get_extra_info("peername")
         self.core.clients.add(self)
@@ -809,6 +815,7 @@ cdef class ClientProtocol(ResponseSink):
         self.core.clients.discard(self)
         self.core.counters.client_connections -= 1
         self.transport = None
+        self.transport_write = None
         self.deadline_kind = DEADLINE_NONE
         if up is not None:
             # The client is gone: so is this exchange, and the upstream
@@ -821,6 +828,7 @@ cdef class ClientProtocol(ResponseSink):
             self.handler_task.cancel()
             self.handler_task = None
         self.parser = None
+        self.feed_data = None
 
     def eof_received(self):
         cdef Exchange ex
@@ -886,7 +894,7 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void _feed(self, object data):
         try:
-            self.parser.feed_data(data)
+            self.feed_data(data)
         except HttpParserUpgrade as exc:
             offset = exc.args[0]
             if self.state == CLIENT_OPEN:
@@ -1022,9 +1030,13 @@ cdef class ClientProtocol(ResponseSink):
         ex.head = head
         ex.started_at = monotonic()
         head.method = self.parser.get_method()
-        if self.parser.get_http_version() == "1.0":
-            head.version_minor = 0
         ex.keep_alive = self.parser.should_keep_alive()
+        if not ex.keep_alive or self._may_ask_keep_alive(head):
+            # PERF(selproxy): get_http_version() formats a str per call.  An
+            # HTTP/1.0 request keeps its connection only when it asks with
+            # "Connection: keep-alive", so a kept one without it is 1.1.
+            if self.parser.get_http_version() == "1.0":
+                head.version_minor = 0
         ex.upgrade = self.parser.should_upgrade()
         if head.method == b"CONNECT":
             err = MethodNotAllowed("CONNECT is not allowed: this is a reverse proxy")
@@ -1063,9 +1075,21 @@ cdef class ClientProtocol(ResponseSink):
             self.deadline = monotonic() + core.body_timeout
         self._queue(ex)
 
+    cdef bint _may_ask_keep_alive(self, MessageHead head):
+        """Whether ``head`` has a field llhttp reads keep-alive from:
+        Connection, or Proxy-Connection, which llhttp treats alike."""
+        cdef bytes name
+        cdef Py_ssize_t size
+        for name, _value in head.headers:
+            size = PyBytes_GET_SIZE(name)
+            if size == 10 or size == 16:
+                if name.lower() in (b"connection", b"proxy-connection"):
+                    return True
+        return False
+
     cdef object _check_target(self, MessageHead head):
         cdef bytes target = head.target
-        if target[:1] == b"/":
+        if PyBytes_GET_SIZE(target) and PyBytes_AS_STRING(target)[0] == 47:   # '/'
             return None
         if target == b"*" and head.method == b"OPTIONS":
             return None
@@ -1481,7 +1505,7 @@ cdef class ClientProtocol(ResponseSink):
         self.corked = False
         self.corked_out = None
         if out and self.transport is not None:
-            _write_all(self.transport, out)
+            _write_all(self.transport, self.transport_write, out)
 
     cdef void check_deadline(self, double now):
         cdef Deadline kind = self.deadline_kind

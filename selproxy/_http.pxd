@@ -27,7 +27,9 @@ cdef class MessageHead:
     cdef public bint expect_continue
     cdef public bytes upgrade
     cdef public bytes host
-    cdef public list end_to_end     # headers minus hop-by-hop and framing
+    cdef public list end_to_end     # headers minus hop-by-hop and framing: the headers
+                                    # list itself when nothing was dropped, so never
+                                    # change it in place
     cdef public bint has_gzip_accept
 
     cdef int collect(self) except -1

@@ -386,15 +386,17 @@ def test_interim_responses_are_not_sent_to_an_http10_client():
     run(scenario(), 20)
 
 
-def test_http10_keep_alive_client_gets_a_delimited_body():
+@pytest.mark.parametrize("field", [b"Connection", b"Proxy-Connection"])
+def test_http10_keep_alive_client_gets_a_delimited_body(field):
     """An HTTP/1.0 client cannot read chunks: a chunked answer reaches it
-    either with a length or ended by a close, never as an open connection."""
+    either with a length or ended by a close, never as an open connection.
+    llhttp reads keep-alive from Proxy-Connection too."""
     body = os.urandom(50_000)
 
     async def scenario():
         async with proxied(lambda req: chunked([body[:7], body[7:]])) as (_up, proxy):
             client = await RawClient.connect(proxy.url)
-            client.send(b"GET /x HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+            client.send(b"GET /x HTTP/1.0\r\nHost: t\r\n" + field + b": keep-alive\r\n\r\n")
             res = await asyncio.wait_for(client.read_response(), 3)
             assert res.status == 200 and not res.chunked and res.body == body
             if res.header("Content-Length") is None:

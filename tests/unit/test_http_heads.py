@@ -137,3 +137,32 @@ def test_connection_options_in_any_case_with_whitespace_and_empty_members():
     assert err is None
     assert head.conn_close and head.conn_upgrade and not head.conn_keep_alive
     assert head.end_to_end == [(b"Host", b"h"), (b"X-Keep", b"2")]
+
+
+def _reference_length(value):
+    value = value.strip()
+    if not value or not value.isdigit() or len(value) > 18:
+        raise ValueError("invalid Content-Length")
+    return int(value)
+
+
+@pytest.mark.parametrize("value", [
+    b"0", b"7", b"000", b"0012", b" 42 ", b"\t42\t", b"1" * 18, b"9" * 18, b"1" * 19, b"", b"  ",
+    b"-1", b"+1", b"1 2", b"0x10", b"12a", b"\xd9\xa1", b"\x0b5\x0c", b"1_000", b"\xff",
+])
+def test_content_length_values_parse_as_a_plain_reference_does(value):
+    try:
+        expected = _reference_length(value)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _http._parse_length_for_tests(value)
+    else:
+        assert _http._parse_length_for_tests(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, 1, 9, 10, 99, 100, 200, 404, 999, 1000, 12345, -1, -200,
+                                   2 ** 31, 2 ** 63 - 1, -2 ** 63])
+def test_decimal_lines_match_printf(value):
+    assert _http._decimal_line_for_tests(b"Content-Length: ", value, b"\r\n") == \
+        b"Content-Length: %d\r\n" % value
+    assert _http._decimal_line_for_tests(b"", value, b"") == b"%d" % value
