@@ -110,6 +110,14 @@ cdef class UpstreamProtocol:
     cdef double idle_since
     cdef object _last_error
     cdef list corked_out           # writes held while a client read is parsed
+    # A response head is read raw from the read buffer (see _read_head).
+    cdef Py_ssize_t read_size      # bytes in the read being parsed
+    cdef Py_ssize_t head_start     # where the next head starts in it; -1: none may
+    cdef Py_ssize_t head_end       # where the last head read ended in it
+    cdef bint in_head
+    cdef bytearray head_carry      # a head's bytes from earlier reads
+    cdef bint parser_spent         # the parser stopped mid-stream: make a new one
+    cdef bint keep_alive           # what the head said, for a chunked body's end
 
     cdef void send(self, ResponseSink sink, bytes data)
     cdef void write(self, bytes data)
@@ -124,7 +132,9 @@ cdef class UpstreamProtocol:
     cdef void _fail(self, object exc)
     cdef void check_deadline(self, double now)
     cdef void _new_parser(self)
-    cdef void _feed(self, ResponseSink sink, Py_ssize_t nbytes)
+    cdef void _feed(self, ResponseSink sink, Py_ssize_t start, Py_ssize_t nbytes)
+    cdef object _read_head(self, MessageHead head, bytes method)
+    cdef void _read_chunked_body(self, ResponseSink sink, Py_ssize_t nbytes)
 
 
 cdef class Exchange:

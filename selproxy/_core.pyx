@@ -13,16 +13,22 @@ methods below, and they write to the other side's transport.  Only a request
 that matches a route crosses into Python, whole, through ``run_handler``.
 """
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from selproxy._http cimport (
     MessageHead, BodyFraming, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
     BODY_UNTIL_CLOSE, new_request_head, new_response_head, analyse_request,
-    analyse_response, request_head_bytes, response_head_bytes, chunk_size_line,
+    analyse_raw_response, request_head_bytes, response_head_bytes, chunk_size_line,
 )
 from selproxy._routes cimport RouteTable, RouteMatch
 from selproxy._debug cimport SELPROXY_DEBUG
+
+
+cdef extern from "string.h" nogil:
+    # GNU and BSD libc both have it; Python.h asks for _GNU_SOURCE.
+    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
 
 import asyncio
 import collections
@@ -106,7 +112,17 @@ class _StopParsing(Exception):
     """Raised from a request callback: the head is answered by the proxy."""
 
 
+class _ChunkedBody(Exception):
+    """Raised from on_headers_complete: a chunked body follows, and is read
+    by a parser that reports trailers (see _read_chunked_body)."""
+
+
 cdef object HeadResponseEnd = _HeadResponseEnd
+cdef object ChunkedBody = _ChunkedBody
+cdef bytes CHUNKED_PRELUDE = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+# A response head longer than this is refused with 502, as nginx refuses one
+# longer than its proxy_buffer_size (a few KiB by default).
+cdef Py_ssize_t RESPONSE_HEAD_MAX = 1024 * 1024
 cdef object StopParsing = _StopParsing
 
 
@@ -341,6 +357,7 @@ cdef class UpstreamProtocol:
     cdef void _new_parser(self):
         self.parser = HttpResponseParser(self)
         self.feed_data = self.parser.feed_data
+        self.parser_spent = False
 
     # asyncio protocol interface ------------------------------------------
 
@@ -405,15 +422,19 @@ cdef class UpstreamProtocol:
         # leaves for the client in one writev, not one send per piece.
         sink.cork()
         try:
-            self._feed(sink, nbytes)
+            self.read_size = nbytes
+            if self.head_start > 0:
+                self.head_start = 0
+            self._feed(sink, 0, nbytes)
         finally:
             sink.uncork()
 
-    cdef void _feed(self, ResponseSink sink, Py_ssize_t nbytes):
+    cdef void _feed(self, ResponseSink sink, Py_ssize_t start, Py_ssize_t nbytes):
+        cdef bytearray carry
         try:
-            self.feed_data(self.core.read_view[:nbytes])
+            self.feed_data(self.core.read_view[start:nbytes])
         except HttpParserUpgrade as exc:
-            offset = exc.args[0]
+            offset = start + exc.args[0]
             self.state = UP_TUNNEL
             self.deadline_kind = DEADLINE_NONE
             sink.response_upgrade(bytes(self.core.read_view[offset:nbytes]))
@@ -422,48 +443,104 @@ cdef class UpstreamProtocol:
             self._last_error = None
             if isinstance(cause, _HeadResponseEnd):
                 # A response to HEAD ends with its head, and the parser that
-                # was told otherwise is spent.  httptools gives no offset, so
-                # the connection is reused only if this read ends where the
-                # head does: bytes after it (a body a broken server sent)
-                # would otherwise be taken for the next response.
+                # was told otherwise is spent.  Bytes after the head (a body
+                # a broken server sent) would be taken for the next
+                # response, so then the connection is not reused.
                 keep_alive = self.parser.should_keep_alive()
-                tail = self.core.read_view[nbytes - 4:nbytes] if nbytes >= 4 else b""
                 self._new_parser()
-                self._finish_response(keep_alive and tail == b"\r\n\r\n")
+                self._finish_response(keep_alive and self.head_end == nbytes)
+            elif isinstance(cause, _ChunkedBody):
+                self._read_chunked_body(sink, nbytes)
             else:
                 self._fail(cause if isinstance(cause, ProxyError)
                            else UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
         except HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
+        else:
+            if self.in_head and self.state == UP_BUSY:
+                # A head cut by the end of a read: keep its start for later.
+                carry = self.head_carry
+                if carry is None:
+                    carry = self.head_carry = bytearray()
+                carry += self.core.read_view[self.head_start:nbytes]
+                if len(carry) > RESPONSE_HEAD_MAX:
+                    self._fail(UpstreamProtocolError(
+                        f"the upstream's response head is larger than {RESPONSE_HEAD_MAX} bytes"))
+
+    cdef void _read_chunked_body(self, ResponseSink sink, Py_ssize_t nbytes):
+        """Go on with a chunked body in a parser that reports fields, for
+        the trailers: the head's parser does not (see _read_head).  llhttp
+        cannot start mid-message, so the new parser is first given a head
+        that says only "chunked"."""
+        self.parser = HttpResponseParser(_ChunkedBodyReader(self))
+        self.feed_data = self.parser.feed_data
+        self.parser_spent = True
+        self.feed_data(CHUNKED_PRELUDE)
+        if self.head_end < nbytes:
+            self._feed(sink, self.head_end, nbytes)
+
+    cdef object _read_head(self, MessageHead head, bytes method):
+        """Read the head llhttp has just accepted from the read buffer.
+
+        PERF(selproxy): httptools calls back once per field, with two new
+        ``bytes``, and a response head is most of the fields the proxy
+        handles; the head's parser has no on_header, and the head is read in
+        place by analyse_raw_response instead.  httptools gives no offsets,
+        so the head's end is found here: the first blank line, which in a
+        head llhttp accepted (CRLF line ends only, no leniency) is its end.
+        """
+        cdef const char* buf = PyByteArray_AS_STRING(self.core.read_buffer)
+        cdef Py_ssize_t start = self.head_start, size = self.read_size, end
+        cdef const char* found
+        cdef bytearray carry = self.head_carry
+        cdef bytes joined
+        if carry is None:
+            found = <const char*>memmem(buf + start, size - start, b"\r\n\r\n", 4)
+            if found == NULL:
+                return UpstreamProtocolError("invalid response from the upstream: no end to its head")
+            end = found - buf + 4
+            self.head_end = end
+            if end - start > RESPONSE_HEAD_MAX:
+                return UpstreamProtocolError(
+                    f"the upstream's response head is larger than {RESPONSE_HEAD_MAX} bytes")
+            return analyse_raw_response(head, buf + start, end - start, method)
+        # A head over several reads: join its pieces first.
+        self.head_carry = None
+        joined = bytes(carry) + bytes(self.core.read_view[:size])
+        found = <const char*>memmem(PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined),
+                                    b"\r\n\r\n", 4)
+        if found == NULL:
+            return UpstreamProtocolError("invalid response from the upstream: no end to its head")
+        end = found - PyBytes_AS_STRING(joined) + 4
+        self.head_end = end - len(carry)
+        if end > RESPONSE_HEAD_MAX:
+            return UpstreamProtocolError(
+                f"the upstream's response head is larger than {RESPONSE_HEAD_MAX} bytes")
+        return analyse_raw_response(head, PyBytes_AS_STRING(joined), end, method)
 
     # httptools callbacks ---------------------------------------------------
 
     def on_message_begin(self):
-        self.head = new_response_head(0, EMPTY)
+        if self.head_start < 0:
+            # Only one response is asked for at a time: more bytes after it
+            # in the same read are not an answer to anything.
+            self._last_error = UpstreamProtocolError(
+                "invalid response from the upstream: bytes after the end of a response")
+            raise self._last_error
+        self.head = new_response_head(0, None)
         self.trailers = None
-
-    def on_status(self, bytes reason):
-        if self.head.reason:
-            self.head.reason += reason
-        else:
-            self.head.reason = reason
-
-    def on_header(self, bytes name, bytes value):
-        if self.head_seen:
-            if self.trailers is None:
-                self.trailers = []
-            self.trailers.append((name, value))
-        else:
-            self.head.headers.append((name, value))
+        self.in_head = True
 
     def on_headers_complete(self):
         cdef MessageHead head = self.head
         cdef ResponseSink sink = self.sink
         try:
+            self.in_head = False
             # The response's own version matters nowhere: the client's
             # does, and should_keep_alive() covers an HTTP/1.0 upstream.
             head.status = self.parser.get_status_code()
-            err = analyse_response(head, sink.request_method)
+            err = self._read_head(head, sink.request_method)
+            self.head_start = self.head_end
             if err is not None:
                 raise err
             if head.status < 200 and head.status != 101:
@@ -475,6 +552,9 @@ cdef class UpstreamProtocol:
             sink.response_head(head)
             if sink.request_method == b"HEAD":
                 raise HeadResponseEnd()
+            if head.framing == BODY_CHUNKED:
+                self.keep_alive = self.parser.should_keep_alive()
+                raise ChunkedBody()
         except BaseException as exc:
             self._last_error = exc
             raise
@@ -487,6 +567,7 @@ cdef class UpstreamProtocol:
     def on_message_complete(self):
         if self.head.status < 200:
             return
+        self.head_start = -1
         self._finish_response(self.parser.should_keep_alive())
 
     # core interface --------------------------------------------------------
@@ -500,6 +581,11 @@ cdef class UpstreamProtocol:
         self.request_complete = False
         self.head = None
         self.deadline_kind = DEADLINE_NONE
+        self.head_start = 0
+        self.in_head = False
+        self.head_carry = None
+        if self.parser_spent:
+            self._new_parser()
         if self.reading_paused:
             self.set_reading(True)
         self.write(data)
@@ -603,6 +689,45 @@ cdef class UpstreamProtocol:
             self.transport.abort()
 
 
+@cython.final
+@cython.internal
+cdef class _ChunkedBodyReader:
+    """httptools callbacks for a chunked response body after its head (see
+    UpstreamProtocol._read_chunked_body): body pieces, then trailers."""
+    cdef UpstreamProtocol up
+    cdef bint prelude_read
+    cdef bint done
+
+    def __cinit__(self, UpstreamProtocol up):
+        self.up = up
+
+    def on_message_begin(self):
+        if self.done:
+            self.up._last_error = UpstreamProtocolError(
+                "invalid response from the upstream: bytes after the end of a response")
+            raise self.up._last_error
+
+    def on_headers_complete(self):
+        self.prelude_read = True
+
+    def on_header(self, bytes name, bytes value):
+        cdef UpstreamProtocol up = self.up
+        if self.prelude_read:
+            if up.trailers is None:
+                up.trailers = []
+            up.trailers.append((name, value))
+
+    def on_body(self, bytes data):
+        cdef ResponseSink sink = self.up.sink
+        if sink is not None:
+            sink.response_body(data)
+
+    def on_message_complete(self):
+        self.done = True
+        self.up.head_start = -1
+        self.up._finish_response(self.up.keep_alive)
+
+
 # ---------------------------------------------------------------------------
 # The client side
 
@@ -671,7 +796,7 @@ cdef class Collector(ResponseSink):
         self.conn = None
         if self.future.done() or head is None:
             return
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.end_to_end]
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.pairs()]
         self.future.set_result(Response(head.status, headers, b"".join(self.parts)))
 
     cdef void response_failed(self, object exc, bint head_seen):

@@ -31,6 +31,10 @@ cdef class MessageHead:
                                     # list itself when nothing was dropped, so never
                                     # change it in place
     cdef public bint has_gzip_accept
+    cdef public bytes kept          # a response read raw: its end-to-end field lines,
+                                    # as they came; end_to_end is None then
+
+    cdef list pairs(self)
 
     cdef int collect(self) except -1
 
@@ -39,6 +43,8 @@ cdef MessageHead new_request_head(bytes method, bytes target)
 cdef MessageHead new_response_head(int status, bytes reason)
 cdef object analyse_request(MessageHead head)
 cdef object analyse_response(MessageHead head, bytes request_method)
+cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t size,
+                                 bytes request_method)
 
 cdef bytes request_head_bytes(MessageHead head, list extra)
 cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked)

@@ -24,5 +24,8 @@ class MessageHead:
     expect_continue: bool
     upgrade: Optional[bytes]
     host: Optional[bytes]
-    end_to_end: List[Tuple[bytes, bytes]]
+    end_to_end: Optional[List[Tuple[bytes, bytes]]]
     has_gzip_accept: bool
+    #: A response head read raw: its end-to-end field lines as they came
+    #: (``end_to_end`` is None then).
+    kept: Optional[bytes]

@@ -11,7 +11,7 @@ cimport cython
 from cpython.bytes cimport (
     PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
 )
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 from selproxy.errors import BadRequest, UpstreamProtocolError
 
@@ -19,6 +19,7 @@ __all__ = ("MessageHead",)
 
 cdef bytes CRLF = b"\r\n"
 cdef bytes COLON_SP = b": "
+cdef list NO_FIELDS = []
 
 # RFC 9110 section 7.6.1: hop-by-hop fields, plus the ones named in
 # Connection.  Content-Length and Transfer-Encoding are framing, which the
@@ -53,12 +54,14 @@ cdef inline bint _name_is(const char* name, const char* lower, Py_ssize_t size) 
     return True
 
 
-cdef FieldName field_name(bytes name) noexcept:
-    """Which of the fields the proxy acts on ``name`` is.  PERF(selproxy):
-    runs for every header of every message, so it dispatches on the size
-    and allocates nothing."""
-    cdef const char* p = PyBytes_AS_STRING(name)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(name)
+cdef inline FieldName field_name(bytes name) noexcept:
+    return field_name_at(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+
+cdef FieldName field_name_at(const char* p, Py_ssize_t size) noexcept:
+    """Which of the fields the proxy acts on the name ``p[:size]`` is.
+    PERF(selproxy): runs for every header of every message, so it
+    dispatches on the size and allocates nothing."""
     if size == 4:
         return F_HOST if _name_is(p, b"host", 4) else F_OTHER
     if size == 10:
@@ -94,11 +97,14 @@ cdef enum ConnectionOption:
     OPT_FIELD       # anything else: the name of a field to drop
 
 
-cdef ConnectionOption connection_option(bytes token) noexcept:
-    """What one comma-separated Connection option asks for, with optional
-    whitespace around it (RFC 9110 section 5.6.1) and in any case."""
-    cdef const char* p = PyBytes_AS_STRING(token)
-    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(token)
+cdef inline ConnectionOption connection_option(bytes token) noexcept:
+    return connection_option_at(PyBytes_AS_STRING(token), 0, PyBytes_GET_SIZE(token))
+
+
+cdef ConnectionOption connection_option_at(const char* p, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """What one comma-separated Connection option, ``p[start:end]``, asks
+    for, with optional whitespace around it (RFC 9110 section 5.6.1) and in
+    any case."""
     while start < end and (p[start] == 32 or p[start] == 9):
         start += 1
     while end > start and (p[end - 1] == 32 or p[end - 1] == 9):
@@ -208,6 +214,31 @@ cdef class MessageHead:
         self.end_to_end = end_to_end
         return 0
 
+    cdef list pairs(self):
+        """The end-to-end fields as (name, value) pairs, whichever way the
+        head was read."""
+        cdef const char* p
+        cdef Py_ssize_t size, pos = 0, end, colon, vstart, vend
+        cdef list pairs
+        if self.kept is None:
+            return self.end_to_end
+        pairs = []
+        p = PyBytes_AS_STRING(self.kept)
+        size = PyBytes_GET_SIZE(self.kept)
+        while pos < size:
+            end = _line_end(p, pos, size)
+            colon = <const char*>memchr(p + pos, 58, end - pos) - p
+            vstart = colon + 1
+            vend = end
+            while vstart < vend and _is_ows(p[vstart]):
+                vstart += 1
+            while vend > vstart and _is_ows(p[vend - 1]):
+                vend -= 1
+            pairs.append((PyBytes_FromStringAndSize(p + pos, colon - pos),
+                          PyBytes_FromStringAndSize(p + vstart, vend - vstart)))
+            pos = end + 2
+        return pairs
+
     def __repr__(self):
         if self.method is not None:
             return f"<MessageHead {self.method!r} {self.target!r}>"
@@ -219,12 +250,15 @@ cdef inline bint _is_space(unsigned char c) noexcept:
     return c == 32 or 9 <= c <= 13
 
 
-cdef long long _parse_length(bytes value) except -2:
+cdef inline long long _parse_length(bytes value) except -2:
+    return _parse_length_at(<const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+
+
+cdef long long _parse_length_at(const unsigned char* p, Py_ssize_t size) except -2:
     """A Content-Length value: ASCII digits, with whitespace around them.
     PERF(selproxy): read in place; ``int()`` on a stripped copy showed in
     profiles of small responses."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
-    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(value), i
+    cdef Py_ssize_t start = 0, end = size, i
     cdef long long length = 0
     while start < end and _is_space(p[start]):
         start += 1
@@ -280,11 +314,145 @@ cdef object analyse_request(MessageHead head):
 
 cdef object analyse_response(MessageHead head, bytes request_method):
     """Set the framing of a response head; return an error, or None."""
-    cdef int status = head.status
     try:
         head.collect()
     except ValueError as exc:
         return UpstreamProtocolError(str(exc))
+    return _response_framing(head, request_method)
+
+
+cdef inline Py_ssize_t _line_end(const char* p, Py_ssize_t pos, Py_ssize_t size) noexcept:
+    """Where the line at ``pos`` ends: the index of its CR, or -1 when no
+    CRLF ends it."""
+    cdef const char* lf = <const char*>memchr(p + pos, 10, size - pos)
+    if lf == NULL or lf == p + pos or lf[-1] != 13:
+        return -1
+    return lf - p - 1
+
+
+cdef inline bint _is_ows(char c) noexcept:
+    return c == 32 or c == 9
+
+
+cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t size,
+                                 bytes request_method):
+    """Set the reason, the framing and the kept field lines of a response
+    head from its raw bytes ``p[:size]``, status line through blank line,
+    which llhttp has already accepted.  Return an error, or None.
+
+    PERF(selproxy): a response head is the bulk of the fields the proxy
+    handles, and collecting it as callbacks cost a call, two ``bytes`` and a
+    tuple per field.  Here the fields are read in place, and the ones that
+    go on (all but hop-by-hop and framing) are copied as they came, byte for
+    byte, into ``head.kept``."""
+    cdef Py_ssize_t pos, end, colon, vstart, vend, kept_size = 0, t0, t1
+    cdef const char* found
+    cdef FieldName kind
+    cdef ConnectionOption option
+    cdef long long length
+    cdef bint saw_length = False
+    cdef set listed = None
+    cdef list kept_lines
+    cdef bytes kept, value
+    cdef char* out
+    # The status line: HTTP/1.x SP 3DIGIT [SP reason].
+    end = _line_end(p, 0, size)
+    found = <const char*>memchr(p, 32, end) if end > 0 else NULL
+    if found == NULL:
+        return UpstreamProtocolError("invalid response from the upstream: malformed status line")
+    pos = found - p + 4
+    if pos < end and p[pos] == 32:
+        pos += 1
+    head.reason = PyBytes_FromStringAndSize(p + pos, end - pos) if pos < end else b""
+    # The fields: one pass for framing and connection options.
+    pos = end + 2
+    while True:
+        end = _line_end(p, pos, size)
+        if end < 0:
+            return UpstreamProtocolError("invalid response from the upstream: malformed head")
+        if end == pos:
+            break
+        if _is_ows(p[pos]):
+            # RFC 9112 section 5.2: a proxy rejects obs-fold or rewrites it.
+            return UpstreamProtocolError("invalid response from the upstream: obsolete line folding")
+        found = <const char*>memchr(p + pos, 58, end - pos)   # ':'
+        if found == NULL:
+            return UpstreamProtocolError("invalid response from the upstream: a field line without a colon")
+        colon = found - p
+        kind = field_name_at(p + pos, colon - pos)
+        if kind < F_CONNECTION:
+            kept_size += end + 2 - pos
+            pos = end + 2
+            continue
+        vstart = colon + 1
+        vend = end
+        while vstart < vend and _is_ows(p[vstart]):
+            vstart += 1
+        while vend > vstart and _is_ows(p[vend - 1]):
+            vend -= 1
+        if kind == F_CONTENT_LENGTH:
+            # RFC 9112 section 6.3, rule 5.
+            try:
+                length = _parse_length_at(<const unsigned char*>p + vstart, vend - vstart)
+            except ValueError as exc:
+                return UpstreamProtocolError(str(exc))
+            if saw_length and length != head.content_length:
+                return UpstreamProtocolError("conflicting Content-Length headers")
+            saw_length = True
+            head.content_length = length
+        elif kind == F_TRANSFER_ENCODING:
+            value = PyBytes_FromStringAndSize(p + vstart, vend - vstart)
+            if head.transfer_encoding is None:
+                head.transfer_encoding = value
+            else:
+                head.transfer_encoding += b", " + value
+        elif kind == F_CONNECTION:
+            t0 = vstart
+            while t0 <= vend:
+                found = <const char*>memchr(p + t0, 44, vend - t0)   # ','
+                t1 = vend if found == NULL else found - p
+                option = connection_option_at(p, t0, t1)
+                if option == OPT_CLOSE:
+                    head.conn_close = True
+                elif option == OPT_KEEP_ALIVE:
+                    head.conn_keep_alive = True
+                elif option == OPT_UPGRADE:
+                    head.conn_upgrade = True
+                elif option == OPT_FIELD:
+                    # A field named in Connection is hop-by-hop too.
+                    if listed is None:
+                        listed = set()
+                    listed.add(PyBytes_FromStringAndSize(p + t0, t1 - t0).strip().lower())
+                t0 = t1 + 1
+        elif kind == F_UPGRADE:
+            head.upgrade = PyBytes_FromStringAndSize(p + vstart, vend - vstart)
+        pos = end + 2
+    # Then the kept lines, copied as they came.
+    if listed is None:
+        kept = PyBytes_FromStringAndSize(NULL, kept_size)
+        out = PyBytes_AS_STRING(kept)
+    else:
+        kept_lines = []
+    pos = _line_end(p, 0, size) + 2
+    while True:
+        end = _line_end(p, pos, size)
+        if end == pos:
+            break
+        found = <const char*>memchr(p + pos, 58, end - pos)
+        if field_name_at(p + pos, found - p - pos) < F_CONNECTION:
+            if listed is None:
+                memcpy(out, p + pos, end + 2 - pos)
+                out += end + 2 - pos
+            elif PyBytes_FromStringAndSize(p + pos, found - p - pos).lower() not in listed:
+                kept_lines.append(PyBytes_FromStringAndSize(p + pos, end + 2 - pos))
+        pos = end + 2
+    head.kept = kept if listed is None else b"".join(kept_lines)
+    head.end_to_end = None
+    return _response_framing(head, request_method)
+
+
+cdef object _response_framing(MessageHead head, bytes request_method):
+    cdef int status = head.status
     # RFC 9112 section 6.3, rules 1 and 2: these never have a body,
     # whatever their framing headers say.
     if (request_method == b"HEAD" or status < 200 or status == 204
@@ -418,8 +586,11 @@ cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked):
         tail.append(_length_line(head.content_length))
     if close and head.status >= 200 and head.status != 101:
         tail.append(b"Connection: close\r\n")
-    return _assemble([_with_decimal(b"HTTP/1.1 ", 9, head.status, b" ", 1), head.reason or b"", CRLF],
-                     head.end_to_end, tail)
+    start = [_with_decimal(b"HTTP/1.1 ", 9, head.status, b" ", 1), head.reason or b"", CRLF]
+    if head.kept is not None:
+        start.append(head.kept)
+        return _assemble(start, NO_FIELDS, tail)
+    return _assemble(start, head.end_to_end, tail)
 
 
 cdef bytes chunk_size_line(Py_ssize_t size):
@@ -453,4 +624,18 @@ def _response_head_for_tests(int status, bytes reason, list headers,
     err = analyse_response(head, request_method)
     chunked = (head.framing == BODY_CHUNKED or
                (head.framing == BODY_UNTIL_CLOSE and not close))
-    return head, err, response_head_bytes(head, close, chunked)
+    return head, err, (response_head_bytes(head, close, chunked) if err is None else None)
+
+
+def _raw_response_head_for_tests(int status, bytes raw, bytes request_method=b"GET",
+                                 bint close=False):
+    """As :func:`_response_head_for_tests`, for a head read raw."""
+    cdef MessageHead head = new_response_head(status, None)
+    err = analyse_raw_response(head, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), request_method)
+    chunked = (head.framing == BODY_CHUNKED or
+               (head.framing == BODY_UNTIL_CLOSE and not close))
+    return head, err, (response_head_bytes(head, close, chunked) if err is None else None)
+
+
+def _pairs_for_tests(MessageHead head):
+    return head.pairs()

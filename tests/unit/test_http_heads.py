@@ -166,3 +166,67 @@ def test_decimal_lines_match_printf(value):
     assert _http._decimal_line_for_tests(b"Content-Length: ", value, b"\r\n") == \
         b"Content-Length: %d\r\n" % value
     assert _http._decimal_line_for_tests(b"", value, b"") == b"%d" % value
+
+
+def _raw_head(status, reason, fields):
+    line = b"HTTP/1.1 %d" % status + (b" " + reason if reason is not None else b"")
+    return line + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+
+
+def test_raw_response_heads_match_the_collected_ones():
+    # A response head read in place must come out as the one collected
+    # field by field does, for every framing and connection option.
+    import random
+    rng = random.Random(11)
+    names = [b"Server", b"Content-Type", b"ETag", b"x" * 200, b"Connection", b"Keep-Alive",
+             b"Transfer-Encoding", b"Content-Length", b"Upgrade", b"X-Drop", b"Proxy-Connection",
+             b"TE", b"Trailer", b"Accept-Ranges", b"Set-Cookie"]
+    values = {b"Connection": [b"close", b"keep-alive", b"X-Drop", b"Upgrade, x-drop", b" ,\tClose ,, X-Drop"],
+              b"Transfer-Encoding": [b"chunked", b"gzip, chunked", b"gzip"],
+              b"Content-Length": [b"0", b"17", b"17", b"123456789012"]}
+    for _ in range(400):
+        fields = []
+        for _ in range(rng.randrange(0, 10)):
+            name = rng.choice(names)
+            choices = values.get(name)
+            value = rng.choice(choices) if choices else bytes(
+                rng.randrange(33, 127) for _ in range(rng.randrange(1, 30)))
+            fields.append((name, value))
+        status = rng.choice([200, 204, 304, 101, 404, 500, 103])
+        reason = rng.choice([b"OK", b"Not Found", b"", None, b"Some Reason Phrase"])
+        method = rng.choice([b"GET", b"HEAD"])
+        close = rng.random() < 0.3
+        head_c, err_c, out_c = _http._response_head_for_tests(status, reason or b"", fields, method, close)
+        head_r, err_r, out_r = _http._raw_response_head_for_tests(
+            status, _raw_head(status, reason, fields), method, close)
+        assert (err_c is None) == (err_r is None), (fields, err_c, err_r)
+        if err_c is not None:
+            assert str(err_c) in str(err_r)
+            continue
+        assert out_r == out_c, fields
+        for attr in ("framing", "content_length", "transfer_encoding", "conn_close",
+                     "conn_keep_alive", "conn_upgrade", "upgrade"):
+            assert getattr(head_r, attr) == getattr(head_c, attr), attr
+        assert _http._pairs_for_tests(head_r) == head_c.end_to_end
+
+
+def test_raw_response_fields_go_on_byte_for_byte():
+    raw = (b"HTTP/1.1 200 OK\r\nX-A:  spaced \t\r\nx-b:tight\r\nContent-Length:  5 \r\n"
+           b"Connection: keep-alive\r\n\r\n")
+    head, err, out = _http._raw_response_head_for_tests(200, raw)
+    assert err is None and head.content_length == 5 and head.reason == b"OK"
+    assert out == b"HTTP/1.1 200 OK\r\nX-A:  spaced \t\r\nx-b:tight\r\nContent-Length: 5\r\n\r\n"
+    assert _http._pairs_for_tests(head) == [(b"X-A", b"spaced"), (b"x-b", b"tight")]
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nX-A: a\r\n folded\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n",
+    b"HTTP/1.1\r\n\r\n",
+])
+def test_raw_response_heads_the_proxy_cannot_read_are_errors(raw):
+    _head, err, _out = _http._raw_response_head_for_tests(200, raw)
+    assert err is not None and err.status == 502
