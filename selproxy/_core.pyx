@@ -25,11 +25,6 @@ from selproxy._http cimport (
 from selproxy._routes cimport RouteTable, RouteMatch
 from selproxy._debug cimport SELPROXY_DEBUG
 
-
-cdef extern from "string.h" nogil:
-    # GNU and BSD libc both have it; Python.h asks for _GNU_SOURCE.
-    void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen)
-
 import asyncio
 import collections
 import http
@@ -486,37 +481,27 @@ cdef class UpstreamProtocol:
         ``bytes``, and a response head is most of the fields the proxy
         handles; the head's parser has no on_header, and the head is read in
         place by analyse_raw_response instead.  httptools gives no offsets,
-        so the head's end is found here: the first blank line, which in a
+        so that also finds the head's end: the first blank line, which in a
         head llhttp accepted (CRLF line ends only, no leniency) is its end.
         """
         cdef const char* buf = PyByteArray_AS_STRING(self.core.read_buffer)
-        cdef Py_ssize_t start = self.head_start, size = self.read_size, end
-        cdef const char* found
+        cdef Py_ssize_t start = self.head_start, size = -1
         cdef bytearray carry = self.head_carry
         cdef bytes joined
         if carry is None:
-            found = <const char*>memmem(buf + start, size - start, b"\r\n\r\n", 4)
-            if found == NULL:
-                return UpstreamProtocolError("invalid response from the upstream: no end to its head")
-            end = found - buf + 4
-            self.head_end = end
-            if end - start > RESPONSE_HEAD_MAX:
-                return UpstreamProtocolError(
-                    f"the upstream's response head is larger than {RESPONSE_HEAD_MAX} bytes")
-            return analyse_raw_response(head, buf + start, end - start, method)
-        # A head over several reads: join its pieces first.
-        self.head_carry = None
-        joined = bytes(carry) + bytes(self.core.read_view[:size])
-        found = <const char*>memmem(PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined),
-                                    b"\r\n\r\n", 4)
-        if found == NULL:
-            return UpstreamProtocolError("invalid response from the upstream: no end to its head")
-        end = found - PyBytes_AS_STRING(joined) + 4
-        self.head_end = end - len(carry)
-        if end > RESPONSE_HEAD_MAX:
-            return UpstreamProtocolError(
+            err = analyse_raw_response(head, buf + start, self.read_size - start, method, &size)
+            self.head_end = start + size
+        else:
+            # A head over several reads: join its pieces first.
+            self.head_carry = None
+            joined = bytes(carry) + bytes(self.core.read_view[:self.read_size])
+            err = analyse_raw_response(head, PyBytes_AS_STRING(joined), PyBytes_GET_SIZE(joined),
+                                       method, &size)
+            self.head_end = size - len(carry)
+        if err is None and size > RESPONSE_HEAD_MAX:
+            err = UpstreamProtocolError(
                 f"the upstream's response head is larger than {RESPONSE_HEAD_MAX} bytes")
-        return analyse_raw_response(head, PyBytes_AS_STRING(joined), end, method)
+        return err
 
     # httptools callbacks ---------------------------------------------------
 

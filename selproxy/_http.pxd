@@ -44,7 +44,7 @@ cdef MessageHead new_response_head(int status, bytes reason)
 cdef object analyse_request(MessageHead head)
 cdef object analyse_response(MessageHead head, bytes request_method)
 cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t size,
-                                 bytes request_method)
+                                 bytes request_method, Py_ssize_t* head_size)
 
 cdef bytes request_head_bytes(MessageHead head, list extra)
 cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked)

@@ -14,7 +14,7 @@ class MessageHead:
     status: int
     reason: Optional[bytes]
     version_minor: int
-    headers: List[Tuple[bytes, bytes]]
+    headers: Optional[List[Tuple[bytes, bytes]]]   # None for a response read raw
     framing: int
     content_length: int
     transfer_encoding: Optional[bytes]

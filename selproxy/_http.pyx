@@ -11,6 +11,7 @@ cimport cython
 from cpython.bytes cimport (
     PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
 )
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcpy
 
 from selproxy.errors import BadRequest, UpstreamProtocolError
@@ -123,7 +124,6 @@ cdef ConnectionOption connection_option_at(const char* p, Py_ssize_t start, Py_s
 @cython.freelist(64)
 cdef class MessageHead:
     def __cinit__(self):
-        self.headers = []
         self.version_minor = 1
         self.content_length = -1
         self.framing = BODY_NONE
@@ -277,6 +277,7 @@ cdef MessageHead new_request_head(bytes method, bytes target):
     cdef MessageHead head = MessageHead.__new__(MessageHead)
     head.method = method
     head.target = target
+    head.headers = []
     return head
 
 
@@ -334,20 +335,46 @@ cdef inline bint _is_ows(char c) noexcept:
     return c == 32 or c == 9
 
 
+cdef enum:
+    LINE_TABLE_SIZE = 32
+
+
+cdef struct FieldLine:
+    Py_ssize_t start    # the name's first byte
+    Py_ssize_t colon
+    Py_ssize_t end      # the CR of the line's CRLF
+    FieldName kind
+
+
 cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t size,
-                                 bytes request_method):
+                                 bytes request_method, Py_ssize_t* head_size):
     """Set the reason, the framing and the kept field lines of a response
-    head from its raw bytes ``p[:size]``, status line through blank line,
-    which llhttp has already accepted.  Return an error, or None.
+    head from its raw bytes: ``p[:size]`` starts with a head llhttp has
+    accepted, and ``head_size`` gets its length, blank line included.
+    Return an error, or None.
 
     PERF(selproxy): a response head is the bulk of the fields the proxy
     handles, and collecting it as callbacks cost a call, two ``bytes`` and a
     tuple per field.  Here the fields are read in place, and the ones that
     go on (all but hop-by-hop and framing) are copied as they came, byte for
     byte, into ``head.kept``."""
-    cdef Py_ssize_t pos, end, colon, vstart, vend, kept_size = 0, t0, t1
+    cdef FieldLine table[LINE_TABLE_SIZE]
+    cdef FieldLine* lines = table
+    cdef Py_ssize_t capacity = LINE_TABLE_SIZE
+    try:
+        return _analyse_raw(head, p, size, request_method, head_size, &lines, &capacity)
+    finally:
+        if lines != table:
+            PyMem_Free(lines)
+
+
+cdef object _analyse_raw(MessageHead head, const char* p, Py_ssize_t size, bytes request_method,
+                         Py_ssize_t* head_size, FieldLine** table, Py_ssize_t* capacity):
+    cdef FieldLine* lines = table[0]
+    cdef FieldLine* grown
+    cdef FieldLine* line
+    cdef Py_ssize_t pos, end, count = 0, i, vstart, vend, kept_size = 0, t0, t1
     cdef const char* found
-    cdef FieldName kind
     cdef ConnectionOption option
     cdef long long length
     cdef bint saw_length = False
@@ -364,7 +391,7 @@ cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t siz
     if pos < end and p[pos] == 32:
         pos += 1
     head.reason = PyBytes_FromStringAndSize(p + pos, end - pos) if pos < end else b""
-    # The fields: one pass for framing and connection options.
+    # The field lines, up to the blank line.
     pos = end + 2
     while True:
         end = _line_end(p, pos, size)
@@ -378,19 +405,38 @@ cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t siz
         found = <const char*>memchr(p + pos, 58, end - pos)   # ':'
         if found == NULL:
             return UpstreamProtocolError("invalid response from the upstream: a field line without a colon")
-        colon = found - p
-        kind = field_name_at(p + pos, colon - pos)
-        if kind < F_CONNECTION:
-            kept_size += end + 2 - pos
-            pos = end + 2
+        if count == capacity[0]:
+            # More lines than the caller's table holds: grow it on the heap
+            # (the caller frees what it finds in ``table`` then).
+            grown = <FieldLine*>PyMem_Malloc(2 * count * sizeof(FieldLine))
+            if grown == NULL:
+                raise MemoryError()
+            memcpy(grown, lines, count * sizeof(FieldLine))
+            if capacity[0] > LINE_TABLE_SIZE:
+                PyMem_Free(lines)
+            lines = table[0] = grown
+            capacity[0] = 2 * count
+        line = &lines[count]
+        line.start = pos
+        line.colon = found - p
+        line.end = end
+        line.kind = field_name_at(p + pos, line.colon - pos)
+        count += 1
+        pos = end + 2
+    head_size[0] = pos + 2
+    # Framing and connection options.
+    for i in range(count):
+        line = &lines[i]
+        if line.kind < F_CONNECTION:
+            kept_size += line.end + 2 - line.start
             continue
-        vstart = colon + 1
-        vend = end
+        vstart = line.colon + 1
+        vend = line.end
         while vstart < vend and _is_ows(p[vstart]):
             vstart += 1
         while vend > vstart and _is_ows(p[vend - 1]):
             vend -= 1
-        if kind == F_CONTENT_LENGTH:
+        if line.kind == F_CONTENT_LENGTH:
             # RFC 9112 section 6.3, rule 5.
             try:
                 length = _parse_length_at(<const unsigned char*>p + vstart, vend - vstart)
@@ -400,13 +446,13 @@ cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t siz
                 return UpstreamProtocolError("conflicting Content-Length headers")
             saw_length = True
             head.content_length = length
-        elif kind == F_TRANSFER_ENCODING:
+        elif line.kind == F_TRANSFER_ENCODING:
             value = PyBytes_FromStringAndSize(p + vstart, vend - vstart)
             if head.transfer_encoding is None:
                 head.transfer_encoding = value
             else:
                 head.transfer_encoding += b", " + value
-        elif kind == F_CONNECTION:
+        elif line.kind == F_CONNECTION:
             t0 = vstart
             while t0 <= vend:
                 found = <const char*>memchr(p + t0, 44, vend - t0)   # ','
@@ -424,29 +470,26 @@ cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t siz
                         listed = set()
                     listed.add(PyBytes_FromStringAndSize(p + t0, t1 - t0).strip().lower())
                 t0 = t1 + 1
-        elif kind == F_UPGRADE:
+        elif line.kind == F_UPGRADE:
             head.upgrade = PyBytes_FromStringAndSize(p + vstart, vend - vstart)
-        pos = end + 2
-    # Then the kept lines, copied as they came.
+    # The kept lines, copied as they came.
     if listed is None:
         kept = PyBytes_FromStringAndSize(NULL, kept_size)
         out = PyBytes_AS_STRING(kept)
+        for i in range(count):
+            line = &lines[i]
+            if line.kind < F_CONNECTION:
+                memcpy(out, p + line.start, line.end + 2 - line.start)
+                out += line.end + 2 - line.start
     else:
         kept_lines = []
-    pos = _line_end(p, 0, size) + 2
-    while True:
-        end = _line_end(p, pos, size)
-        if end == pos:
-            break
-        found = <const char*>memchr(p + pos, 58, end - pos)
-        if field_name_at(p + pos, found - p - pos) < F_CONNECTION:
-            if listed is None:
-                memcpy(out, p + pos, end + 2 - pos)
-                out += end + 2 - pos
-            elif PyBytes_FromStringAndSize(p + pos, found - p - pos).lower() not in listed:
-                kept_lines.append(PyBytes_FromStringAndSize(p + pos, end + 2 - pos))
-        pos = end + 2
-    head.kept = kept if listed is None else b"".join(kept_lines)
+        for i in range(count):
+            line = &lines[i]
+            if (line.kind < F_CONNECTION and PyBytes_FromStringAndSize(
+                    p + line.start, line.colon - line.start).lower() not in listed):
+                kept_lines.append(PyBytes_FromStringAndSize(p + line.start, line.end + 2 - line.start))
+        kept = b"".join(kept_lines)
+    head.kept = kept
     head.end_to_end = None
     return _response_framing(head, request_method)
 
@@ -513,15 +556,11 @@ cdef bytes _assemble(list start, list fields, list tail):
     return out
 
 
-cdef bytes _with_decimal(const char* prefix, Py_ssize_t prefix_size, long long value,
-                         const char* suffix, Py_ssize_t suffix_size):
-    """``prefix``, ``value`` in decimal, ``suffix``: one allocation, and no
-    printf, which showed in profiles of small responses."""
-    cdef char digits[24]
+cdef Py_ssize_t _decimal(char* digits, long long value) noexcept:
+    """Write ``value`` in decimal at the end of ``digits[24]``; return how
+    many characters it took."""
     cdef Py_ssize_t ndigits = 0
     cdef unsigned long long rest = <unsigned long long>value
-    cdef bytes out
-    cdef char* p
     if value < 0:
         rest = 0 - rest     # unsigned: defined even for the most negative value
     while True:
@@ -533,6 +572,17 @@ cdef bytes _with_decimal(const char* prefix, Py_ssize_t prefix_size, long long v
     if value < 0:
         digits[23 - ndigits] = 45   # '-'
         ndigits += 1
+    return ndigits
+
+
+cdef bytes _with_decimal(const char* prefix, Py_ssize_t prefix_size, long long value,
+                         const char* suffix, Py_ssize_t suffix_size):
+    """``prefix``, ``value`` in decimal, ``suffix``: one allocation, and no
+    printf, which showed in profiles of small responses."""
+    cdef char digits[24]
+    cdef Py_ssize_t ndigits = _decimal(digits, value)
+    cdef bytes out
+    cdef char* p
     out = PyBytes_FromStringAndSize(NULL, prefix_size + ndigits + suffix_size)
     p = PyBytes_AS_STRING(out)
     memcpy(p, prefix, prefix_size)
@@ -567,10 +617,53 @@ cdef bytes request_head_bytes(MessageHead head, list extra):
     return _assemble([head.method, b" ", head.target, b" HTTP/1.1\r\n"], head.end_to_end, tail)
 
 
+cdef bytes _raw_response_head_bytes(MessageHead head, bint close):
+    """:func:`response_head_bytes` for a final response read raw and not
+    re-chunked: sized first, then filled in place."""
+    cdef char status[24]
+    cdef char length[24]
+    cdef Py_ssize_t status_size = _decimal(status, head.status), length_size = 0
+    cdef bytes reason = head.reason or b""
+    cdef bytes kept = head.kept
+    cdef bytes out
+    cdef char* p
+    if head.content_length >= 0:
+        length_size = _decimal(length, head.content_length)
+    out = PyBytes_FromStringAndSize(
+        NULL, 9 + status_size + 1 + PyBytes_GET_SIZE(reason) + 2 + PyBytes_GET_SIZE(kept)
+        + (16 + length_size + 2 if head.content_length >= 0 else 0)
+        + (19 if close else 0) + 2)
+    p = PyBytes_AS_STRING(out)
+    memcpy(p, b"HTTP/1.1 ", 9)
+    memcpy(p + 9, status + 24 - status_size, status_size)
+    p += 9 + status_size
+    p[0] = 32
+    p = _put(p + 1, reason)
+    p[0] = 13
+    p[1] = 10
+    p = _put(p + 2, kept)
+    if head.content_length >= 0:
+        memcpy(p, b"Content-Length: ", 16)
+        memcpy(p + 16, length + 24 - length_size, length_size)
+        p += 16 + length_size
+        p[0] = 13
+        p[1] = 10
+        p += 2
+    if close:
+        memcpy(p, b"Connection: close\r\n", 19)
+        p += 19
+    p[0] = 13
+    p[1] = 10
+    return out
+
+
 cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked):
     """The head the proxy sends to a client.  ``chunked`` re-frames a body the
     upstream delimited by closing; ``close`` announces the proxy will close."""
-    cdef list tail = []
+    cdef list tail
+    if head.kept is not None and head.status >= 200 and head.status != 101 and not chunked:
+        return _raw_response_head_bytes(head, close)
+    tail = []
     if head.status == 101:
         tail += (b"Upgrade: ", head.upgrade or b"", CRLF, b"Connection: upgrade\r\n")
     elif chunked:
@@ -631,7 +724,11 @@ def _raw_response_head_for_tests(int status, bytes raw, bytes request_method=b"G
                                  bint close=False):
     """As :func:`_response_head_for_tests`, for a head read raw."""
     cdef MessageHead head = new_response_head(status, None)
-    err = analyse_raw_response(head, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), request_method)
+    cdef Py_ssize_t size = -1
+    err = analyse_raw_response(head, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), request_method,
+                               &size)
+    if err is None and size != raw.find(b"\r\n\r\n") + 4:
+        raise AssertionError(f"head size {size} for {raw!r}")
     chunked = (head.framing == BODY_CHUNKED or
                (head.framing == BODY_UNTIL_CLOSE and not close))
     return head, err, (response_head_bytes(head, close, chunked) if err is None else None)

@@ -230,3 +230,15 @@ def test_raw_response_fields_go_on_byte_for_byte():
 def test_raw_response_heads_the_proxy_cannot_read_are_errors(raw):
     _head, err, _out = _http._raw_response_head_for_tests(200, raw)
     assert err is not None and err.status == 502
+
+
+@pytest.mark.parametrize("count", [31, 32, 33, 64, 65, 1000])
+def test_raw_response_heads_with_many_fields(count):
+    fields = [(b"X-F%d" % i, b"v%d" % i) for i in range(count)]
+    fields[count // 2] = (b"Content-Length", b"3")
+    fields[-1] = (b"Connection", b"keep-alive, X-F1")
+    head_c, err_c, out_c = _http._response_head_for_tests(200, b"OK", fields)
+    head_r, err_r, out_r = _http._raw_response_head_for_tests(200, _raw_head(200, b"OK", fields))
+    assert err_c is None and err_r is None
+    assert out_r == out_c and head_r.content_length == 3
+    assert b"X-F1:" not in out_r and b"X-F2: v2\r\n" in out_r
