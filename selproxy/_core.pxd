@@ -167,6 +167,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef object peer
     cdef ClientState state
     cdef object exchanges          # deque of Exchange, the active one first
+    cdef Exchange first            # exchanges[0], or None: kept in step with it
     cdef Exchange receiving        # the one whose request is being read
     cdef MessageHead parsing
     cdef UpstreamProtocol upstream

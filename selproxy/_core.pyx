@@ -934,6 +934,7 @@ cdef class ClientProtocol(ResponseSink):
             up.sink = None
             up.abort()
         self.exchanges.clear()
+        self.first = None
         if self.handler_task is not None:
             self.handler_task.cancel()
             self.handler_task = None
@@ -944,7 +945,7 @@ cdef class ClientProtocol(ResponseSink):
         cdef Exchange ex
         # A half-close after whole requests: answer them, then close.  A
         # request cut short can never complete, so that is a disconnect.
-        if not self.exchanges or self.in_head or self.receiving is not None:
+        if self.first is None or self.in_head or self.receiving is not None:
             return False
         for ex in self.exchanges:
             if not ex.request_complete:
@@ -1035,7 +1036,7 @@ cdef class ClientProtocol(ResponseSink):
             data = data[take:]
             if self.upgrade_body_left == 0:
                 ex.request_complete = True
-                if self.exchanges and self.exchanges[0] is ex and self.upstream is not None:
+                if self.first is ex and self.upstream is not None:
                     self.upstream.request_sent()
         if data:
             self.tunnel_pending.append(data)
@@ -1071,14 +1072,14 @@ cdef class ClientProtocol(ResponseSink):
             ex.close_after = True
             ex.keep_alive = False
             ex.request_complete = True
-            if self.exchanges and self.exchanges[0] is ex and ex.response_started is False:
+            if self.first is ex and ex.response_started is False:
                 if self.upstream is not None:
                     self.upstream.sink = None
                     self.upstream.abort()
                     self.upstream = None
                 if ex.claim is None or self.handler_task is None:
                     self._answer_error(ex, exc)
-            elif self.exchanges and self.exchanges[0] is ex:
+            elif self.first is ex:
                 self.abort()
         self.receiving = None
 
@@ -1260,13 +1261,13 @@ cdef class ClientProtocol(ResponseSink):
             # _start has run its handler already if it was due.
             if not ex.request_complete:
                 ex.request_complete = True
-                if self.exchanges and self.exchanges[0] is ex:
+                if self.first is ex:
                     self.run_handler(ex)
             return
         ex.request_complete = True
         if ex.answered:
             # The dropped rest is all read: the connection goes on.
-            if not self.exchanges and self.state == CLIENT_OPEN:
+            if self.first is None and self.state == CLIENT_OPEN:
                 self.deadline_kind = DEADLINE_IDLE
                 self.deadline = monotonic() + self.core.idle_timeout
             return
@@ -1277,7 +1278,7 @@ cdef class ClientProtocol(ResponseSink):
                     last += (name, b": ", value, CRLF)
             last.append(CRLF)
             self._body_piece(ex, b"".join(last))
-        if self.exchanges and self.exchanges[0] is ex and self.upstream is not None:
+        if self.first is ex and self.upstream is not None:
             self.upstream.request_sent()
 
     # exchanges -------------------------------------------------------------
@@ -1286,8 +1287,8 @@ cdef class ClientProtocol(ResponseSink):
         """Send a piece of a passthrough request body on, or queue it."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
         cdef bint chunk = ex.head.framing == BODY_CHUNKED and not ex.request_complete
-        if (self.upstream is not None and self.exchanges
-                and self.exchanges[0] is ex and not ex.pending):
+        if (self.upstream is not None and self.first is not None
+                and self.first is ex and not ex.pending):
             if chunk:
                 self.upstream.writelines([chunk_size_line(size), data, CRLF])
             else:
@@ -1306,6 +1307,8 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void _queue(self, Exchange ex):
         self.exchanges.append(ex)
+        if self.first is None:
+            self.first = ex
         if len(self.exchanges) == 1:
             self._start(ex)
         elif len(self.exchanges) > 16:
@@ -1329,10 +1332,10 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void upstream_ready(self, UpstreamProtocol conn):
         cdef Exchange ex
-        if self.state == CLIENT_CLOSED or not self.exchanges:
+        if self.state == CLIENT_CLOSED or self.first is None:
             self.core.pool.release(conn, True)
             return
-        ex = <Exchange>self.exchanges[0]
+        ex = self.first
         self.upstream = conn
         self._send_upstream(conn, ex)
 
@@ -1378,9 +1381,9 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void upstream_failed(self, object exc):
         cdef Exchange ex
-        if self.state == CLIENT_CLOSED or not self.exchanges:
+        if self.state == CLIENT_CLOSED or self.first is None:
             return
-        ex = <Exchange>self.exchanges[0]
+        ex = self.first
         if not ex.request_complete:
             ex.close_after = True
         self._answer_error(ex, exc)
@@ -1394,12 +1397,12 @@ cdef class ClientProtocol(ResponseSink):
     cdef void response_interim(self, MessageHead head):
         # RFC 9110 section 15.2: a proxy forwards 1xx responses, except to
         # an HTTP/1.0 client, which cannot understand them.
-        cdef Exchange ex = <Exchange>self.exchanges[0]
+        cdef Exchange ex = self.first
         if ex.head.version_minor >= 1:
             self._write(response_head_bytes(head, False, False))
 
     cdef void response_head(self, MessageHead head):
-        cdef Exchange ex = <Exchange>self.exchanges[0]
+        cdef Exchange ex = self.first
         cdef bint chunked = False
         cdef bint close = (not ex.keep_alive or ex.close_after
                            or self.state == CLIENT_UPGRADING or self._last_one())
@@ -1440,7 +1443,7 @@ cdef class ClientProtocol(ResponseSink):
         if self.state == CLIENT_TUNNEL:
             self.transport.write(data)
             return
-        ex = <Exchange>self.exchanges[0]
+        ex = self.first
         if ex.response_chunked:
             self._writelines([chunk_size_line(PyBytes_GET_SIZE(data)), data, CRLF])
         else:
@@ -1454,9 +1457,9 @@ cdef class ClientProtocol(ResponseSink):
             self.upstream = None
             self.close()
             return
-        if not self.exchanges:
+        if self.first is None:
             return
-        ex = <Exchange>self.exchanges[0]
+        ex = self.first
         if ex.response_chunked and self.transport is not None:
             last = [LAST_CHUNK]
             if trailers:
@@ -1471,7 +1474,7 @@ cdef class ClientProtocol(ResponseSink):
         self._finish(ex)
 
     cdef void response_upgrade(self, bytes rest):
-        cdef Exchange ex = <Exchange>self.exchanges[0]
+        cdef Exchange ex = self.first
         self.state = CLIENT_TUNNEL
         self.deadline_kind = DEADLINE_NONE
         if rest:
@@ -1481,25 +1484,26 @@ cdef class ClientProtocol(ResponseSink):
         self.tunnel_pending = None
         self.backlog_size = 0
         self.exchanges.clear()
+        self.first = None
         self._resume(PAUSE_BACKLOG | PAUSE_STOPPED)
 
     cdef void response_failed(self, object exc, bint head_seen):
         cdef Exchange ex
         cdef UpstreamProtocol up = self.upstream
         self.upstream = None
-        if self.state == CLIENT_CLOSED or not self.exchanges:
+        if self.state == CLIENT_CLOSED or self.first is None:
             return
         if head_seen or self.state == CLIENT_TUNNEL:
             # RFC 9112 section 9.6 / nginx: a response cut short must not
             # look complete, so the client connection is cut as well.
-            if self.core.logger is not None and self.exchanges:
-                ex = <Exchange>self.exchanges[0]
+            if self.core.logger is not None and self.first is not None:
+                ex = self.first
                 self.core.logger.warning("%s %s -> cut mid-response: %s",
                                          ex.head.method.decode("latin-1"),
                                          ex.head.target.decode("latin-1"), exc.reason)
             self.abort()
             return
-        ex = <Exchange>self.exchanges[0]
+        ex = self.first
         self._resume(PAUSE_UPSTREAM_FULL)
         if (up is not None and up.reused and not up.any_response_bytes
                 and not ex.retried and ex.request_complete
@@ -1564,24 +1568,23 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void _finish(self, Exchange ex):
         """The active exchange's response is written: on to the next."""
-        cdef Exchange nxt
         if self.core.access_log:
             access_log.info("%s %s %s %.1fms", self.peer[0] if self.peer else "-",
                             ex.head.method.decode("latin-1") if ex.head.method else "-",
                             ex.head.target.decode("latin-1"),
                             (monotonic() - ex.started_at) * 1000.0)
         ex.answered = True
-        if self.exchanges and self.exchanges[0] is ex:
+        if self.first is ex:
             self.exchanges.popleft()
+            self.first = self.exchanges[0] if self.exchanges else None
         if ex.close_after or self.state == CLIENT_CLOSING or self.core.draining:
-            if not self.exchanges or ex.close_after:
+            if self.first is None or ex.close_after:
                 self.close()
                 return
         if len(self.exchanges) <= 16:
             self._resume(PAUSE_BACKLOG)
-        if self.exchanges:
-            nxt = <Exchange>self.exchanges[0]
-            self._start(nxt)
+        if self.first is not None:
+            self._start(self.first)
         elif self.state == CLIENT_OPEN and not self.in_head and self.receiving is None:
             self.deadline_kind = DEADLINE_IDLE
             self.deadline = monotonic() + self.core.idle_timeout
@@ -1632,7 +1635,7 @@ cdef class ClientProtocol(ResponseSink):
                 self.abort()
         elif kind == DEADLINE_HEAD:
             self.core.counters.count_error("header_timeout")
-            if self.exchanges:
+            if self.first is not None:
                 self.abort()
             else:
                 # RFC 9110 section 15.5.9: 408 before closing.
@@ -1646,7 +1649,7 @@ cdef class ClientProtocol(ResponseSink):
         tunnel has no exchanges to wait for: it lasts until the grace ends."""
         if self.state == CLIENT_TUNNEL:
             return
-        if not self.exchanges and not self.in_head:
+        if self.first is None and not self.in_head:
             self.close()
         elif self.state == CLIENT_OPEN:
             self.state = CLIENT_CLOSING
