@@ -13,3 +13,5 @@ cdef class RouteTable:
     cdef readonly tuple routes
 
     cdef RouteMatch lookup(self, bytes method, bytes target)
+    cdef RouteMatch _lookup_in_place(self, bytes method, bytes target, Py_ssize_t n)
+    cdef RouteMatch _lookup_split(self, bytes method, bytes target)

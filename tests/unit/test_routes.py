@@ -100,3 +100,16 @@ def test_a_route_of_more_than_64_segments_still_matches():
     table = RouteTable([Route(("GET",), path, _h, "deep")])
     assert table.match("GET", path).route.name == "deep"
     assert table.match("GET", path + "/extra") is None
+
+
+def test_in_place_matching_agrees_with_splitting_on_captures():
+    import random
+    rng = random.Random(5)
+    pieces = ["", "/", "//", "_search", "books", "a%2Cb", "%E2%82%AC", "solr", "core1", "select",
+              "_selproxy", "status", "?", "?q=/x/", "é".encode().decode("latin-1")]
+    for _ in range(3000):
+        target = ("/" + "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 6)))).encode("latin-1")
+        for method in (b"GET", b"POST", b"PUT"):
+            fast = TABLE.match(method, target)
+            plain = TABLE._match_split_for_tests(method, target)
+            assert (fast and (fast.route.name, fast.params)) == (plain and (plain.route.name, plain.params)), target
