@@ -7,6 +7,7 @@ cdef class RouteMatch:
 
 cdef class RouteTable:
     cdef list _entries              # [(methods frozenset, segments tuple, route)]
+    cdef list _by_count             # the same by segment count, for counts under 64
     cdef frozenset _methods         # every method any route accepts
     cdef frozenset _lengths         # every segment count any route has
     cdef unsigned long long _length_mask    # the same, as bits (counts under 64)

@@ -103,6 +103,10 @@ cdef class RouteTable:
         for n in lengths:
             if n < 64:
                 self._length_mask |= 1ULL << n
+        self._by_count = [[] for _ in range(64)]
+        for entry in self._entries:
+            if len(entry[1]) < 64:
+                self._by_count[len(entry[1])].append(entry)
 
     def __len__(self):
         return len(self.routes)
@@ -145,8 +149,8 @@ cdef class RouteTable:
                     ends[count] = i
                     count += 1
                     pos = i + 1
-        for route_methods, segments, route in self._entries:
-            if len(segments) != count or method not in route_methods:
+        for route_methods, segments, route in <list>self._by_count[count]:
+            if method not in route_methods:
                 continue
             for i in range(count):
                 seg = segments[i]
