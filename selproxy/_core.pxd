@@ -73,6 +73,18 @@ cdef class ResponseSink:
     cdef void uncork(self)
 
 
+cdef class TransportWriter:
+    cdef object transport
+    cdef object transport_write    # transport.write, bound once
+    cdef int fd                    # the socket's, or -1: always through the transport
+    cdef bint transport_may_hold   # bytes may wait in the transport
+
+    cdef void stop(self)
+    cdef void write(self, bytes data)
+    cdef void writelines(self, list pieces)
+    cdef void write_all(self, list pieces)
+
+
 cdef class UpstreamPool:
     cdef ProxyCore core
     cdef list idle                 # UpstreamProtocol, most recently used last
@@ -90,7 +102,7 @@ cdef class UpstreamProtocol:
     cdef ProxyCore core
     cdef UpstreamPool pool
     cdef object transport
-    cdef object transport_write    # transport.write, bound once
+    cdef TransportWriter out       # writes to transport
     cdef object parser
     cdef object feed_data          # parser.feed_data, bound once
     cdef UpstreamState state
@@ -161,7 +173,7 @@ cdef class Exchange:
 cdef class ClientProtocol(ResponseSink):
     cdef ProxyCore core
     cdef object transport
-    cdef object transport_write    # transport.write, bound once
+    cdef TransportWriter out       # writes to transport
     cdef object parser
     cdef object feed_data          # parser.feed_data, bound once
     cdef object peer

@@ -1,7 +1,10 @@
 """Response heads, which the core reads in place from its read buffer: heads
 cut anywhere by the ends of reads, several heads in one read, the fields
 going on byte for byte, and the upstreams whose heads it refuses."""
+import asyncio
 import contextlib
+import hashlib
+import random
 
 import pytest
 from support.aio import run
@@ -175,3 +178,29 @@ def test_a_large_response_head_under_the_limit_arrives_whole():
                 assert res.header("X-Big") == value.decode()
 
     run(scenario(), 20)
+
+
+def test_a_slow_client_gets_every_piece_in_order():
+    # The core sends straight to the client's socket while the transport
+    # holds nothing; once the socket is full, the rest and every later piece
+    # must queue behind what the transport holds.
+    rng = random.Random(3)
+    parts = [rng.randbytes(rng.choice([1, 100, 5000, 65536, 200_000])) for _ in range(120)]
+    reply = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    for k, part in enumerate(parts):
+        reply.append(b"%x\r\n" % len(part) + part + b"\r\n")
+        if k % 10 == 0:
+            reply += [("drain",), ("sleep", 0.01)]
+    reply.append(b"0\r\n\r\n")
+    body = b"".join(parts)
+
+    async def scenario():
+        async with proxied(lambda req: reply) as (_up, client):
+            client.send(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            await asyncio.sleep(0.5)   # let the proxy fill the socket first
+            res = await client.read_response()
+            assert res.status == 200 and hashlib.sha256(res.body).digest() == hashlib.sha256(body).digest()
+            res = await client.request("GET", "/again")
+            assert res.status == 200 and len(res.body) == len(body)
+
+    run(scenario(), 30)
