@@ -586,6 +586,14 @@ def judge_targets(rows: List[Dict[str, Any]], idle: Optional[Dict[str, Any]],
     return verdicts
 
 
+def default_selproxy() -> str:
+    """The selproxy script of the interpreter running this benchmark: a
+    bare ``selproxy`` would be whichever PATH finds first, which on a
+    machine with several environments measured an older build here."""
+    beside = Path(sys.executable).parent / "selproxy"
+    return shlex.quote(str(beside)) if beside.exists() else "selproxy"
+
+
 def versions() -> Dict[str, str]:
     found = {"python": platform.python_version()}
     for package in ("selproxy", "Cython", "uvloop", "httptools"):
@@ -633,8 +641,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cases", default="small,big,search", help="responses: small,big,search")
     parser.add_argument("--conns", default="1,64", help="wrk connection counts")
     parser.add_argument("--setups", default=",".join(SETUPS), help="direct,selproxy,nginx")
-    parser.add_argument("--selproxy", default="selproxy", metavar="CMD",
-                        help="the selproxy command (given --listen, --upstream, --workers)")
+    parser.add_argument("--selproxy", default=default_selproxy(), metavar="CMD",
+                        help="the selproxy command (given --listen, --upstream, --workers); by "
+                        "default the one installed beside this Python, not whichever is first on PATH")
     parser.add_argument("--workers", type=int, default=1, help="selproxy --workers")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of wrk per setup and "
                         "response before measuring (0: none)")
@@ -786,7 +795,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     targets = judge_targets(rows, idle, args.idle_conns)
     print(f"## {started:%Y-%m-%d %H:%M} UTC, {meta['nproc']} x {meta['cpu']}, Python {meta['python']}, "
           f"Cython {meta['Cython']}, uvloop {meta['uvloop']}, httptools {meta['httptools']}, "
-          f"{meta['nginx']}, {meta['wrk'].split(' Copyright')[0]}, commit {meta['commit']}\n")
+          f"{meta['nginx']}, {meta['wrk'].split(' Copyright')[0]}, commit {meta['commit']}; "
+          f"selproxy command: {args.selproxy}\n")
     print(f"Median of {args.rounds} rounds of {args.duration} s; proxy pinned to core "
           f"{args.cpu_proxy}, wrk and upstream to core {args.cpu_load}; waited "
           f"{meta['quiet_wait_total_s']} s for quiet.\n")

@@ -44,10 +44,10 @@ import logging
 import socket
 
 from httptools import HttpRequestParser, HttpResponseParser
-from uvloop.loop import TCPTransport as UVTCPTransport
 from httptools.parser.errors import (
     HttpParserError, HttpParserCallbackError, HttpParserUpgrade,
 )
+from uvloop.loop import TCPTransport as UVTCPTransport
 
 from selproxy.errors import (
     ProxyError, BadRequest, RequestLineTooLong, HeadersTooLarge, BodyTooLarge,
