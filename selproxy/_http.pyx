@@ -98,10 +98,6 @@ cdef enum ConnectionOption:
     OPT_FIELD       # anything else: the name of a field to drop
 
 
-cdef inline ConnectionOption connection_option(bytes token) noexcept:
-    return connection_option_at(PyBytes_AS_STRING(token), 0, PyBytes_GET_SIZE(token))
-
-
 cdef ConnectionOption connection_option_at(const char* p, Py_ssize_t start, Py_ssize_t end) noexcept:
     """What one comma-separated Connection option, ``p[start:end]``, asks
     for, with optional whitespace around it (RFC 9110 section 5.6.1) and in
@@ -119,6 +115,33 @@ cdef ConnectionOption connection_option_at(const char* p, Py_ssize_t start, Py_s
     if end - start == 7 and _name_is(p + start, b"upgrade", 7):
         return OPT_UPGRADE
     return OPT_FIELD
+
+
+cdef set _note_connection(MessageHead head, const char* p, Py_ssize_t start, Py_ssize_t end,
+                          set listed):
+    """Note the options of a Connection value, ``p[start:end]``, on ``head``;
+    return ``listed`` with the field names it makes hop-by-hop added (a new
+    set if it was None and there are some)."""
+    cdef const char* comma
+    cdef Py_ssize_t token_end
+    cdef ConnectionOption option
+    while start <= end:
+        comma = <const char*>memchr(p + start, 44, end - start)   # ','
+        token_end = end if comma == NULL else comma - p
+        option = connection_option_at(p, start, token_end)
+        if option == OPT_CLOSE:
+            head.conn_close = True
+        elif option == OPT_KEEP_ALIVE:
+            head.conn_keep_alive = True
+        elif option == OPT_UPGRADE:
+            head.conn_upgrade = True
+        elif option == OPT_FIELD:
+            # A field named in Connection is hop-by-hop too.
+            if listed is None:
+                listed = set()
+            listed.add(PyBytes_FromStringAndSize(p + start, token_end - start).strip().lower())
+        start = token_end + 1
+    return listed
 
 
 @cython.freelist(64)
@@ -139,8 +162,7 @@ cdef class MessageHead:
         cdef list end_to_end = None    # None while it equals headers[:i]
         cdef set listed = None
         cdef tuple pair
-        cdef bytes name, value, token
-        cdef ConnectionOption option
+        cdef bytes name, value
         cdef long long length
         cdef bint saw_length = False
         cdef FieldName kind
@@ -192,19 +214,8 @@ cdef class MessageHead:
                 else:
                     self.transfer_encoding += b", " + value
             elif kind == F_CONNECTION:
-                for token in value.split(b",") if b"," in value else (value,):
-                    option = connection_option(token)
-                    if option == OPT_CLOSE:
-                        self.conn_close = True
-                    elif option == OPT_KEEP_ALIVE:
-                        self.conn_keep_alive = True
-                    elif option == OPT_UPGRADE:
-                        self.conn_upgrade = True
-                    elif option == OPT_FIELD:
-                        # A field named in Connection is hop-by-hop too.
-                        if listed is None:
-                            listed = set()
-                        listed.add(token.strip().lower())
+                listed = _note_connection(self, PyBytes_AS_STRING(value), 0, PyBytes_GET_SIZE(value),
+                                          listed)
             elif kind == F_UPGRADE:
                 self.upgrade = value
         if end_to_end is None:
@@ -373,9 +384,8 @@ cdef object _analyse_raw(MessageHead head, const char* p, Py_ssize_t size, bytes
     cdef FieldLine* lines = table[0]
     cdef FieldLine* grown
     cdef FieldLine* line
-    cdef Py_ssize_t pos, end, count = 0, i, vstart, vend, kept_size = 0, t0, t1
+    cdef Py_ssize_t pos, end, count = 0, i, vstart, vend, kept_size = 0
     cdef const char* found
-    cdef ConnectionOption option
     cdef long long length
     cdef bint saw_length = False
     cdef set listed = None
@@ -453,23 +463,7 @@ cdef object _analyse_raw(MessageHead head, const char* p, Py_ssize_t size, bytes
             else:
                 head.transfer_encoding += b", " + value
         elif line.kind == F_CONNECTION:
-            t0 = vstart
-            while t0 <= vend:
-                found = <const char*>memchr(p + t0, 44, vend - t0)   # ','
-                t1 = vend if found == NULL else found - p
-                option = connection_option_at(p, t0, t1)
-                if option == OPT_CLOSE:
-                    head.conn_close = True
-                elif option == OPT_KEEP_ALIVE:
-                    head.conn_keep_alive = True
-                elif option == OPT_UPGRADE:
-                    head.conn_upgrade = True
-                elif option == OPT_FIELD:
-                    # A field named in Connection is hop-by-hop too.
-                    if listed is None:
-                        listed = set()
-                    listed.add(PyBytes_FromStringAndSize(p + t0, t1 - t0).strip().lower())
-                t0 = t1 + 1
+            listed = _note_connection(head, p, vstart, vend, listed)
         elif line.kind == F_UPGRADE:
             head.upgrade = PyBytes_FromStringAndSize(p + vstart, vend - vstart)
     # The kept lines, copied as they came.
