@@ -15,6 +15,8 @@ that matches a route crosses into Python, whole, through ``run_handler``.
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM
+from libc.string cimport memset
 from libc.errno cimport errno, EINTR
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -26,8 +28,22 @@ from selproxy._http cimport (
 from selproxy._routes cimport RouteTable, RouteMatch
 from selproxy._debug cimport SELPROXY_DEBUG
 
+cdef extern from "sys/uio.h" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
 cdef extern from "sys/socket.h" nogil:
+    struct msghdr:
+        void* msg_name
+        int msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
     ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t sendmsg(int fd, const msghdr* msg, int flags)
 
 cdef extern from *:
     """
@@ -170,6 +186,35 @@ cdef Py_ssize_t _send_now(int fd, const char* data, Py_ssize_t size) noexcept:
     return done
 
 
+cdef enum:
+    # Pieces one sendmsg takes from here; more go through the transport.
+    IOV_MAX_HERE = 16
+
+
+cdef Py_ssize_t _sendmsg_now(int fd, list pieces, Py_ssize_t count) noexcept:
+    """How many bytes of ``pieces`` (``count`` of them) the socket takes at
+    once, as one sendmsg; -1, with nothing sent, if one is not ``bytes``."""
+    cdef iovec iov[IOV_MAX_HERE]
+    cdef msghdr msg
+    cdef Py_ssize_t i, n
+    cdef object piece
+    for i in range(count):
+        piece = <object>PyList_GET_ITEM(pieces, i)
+        if type(piece) is not bytes:
+            return -1
+        iov[i].iov_base = PyBytes_AS_STRING(piece)
+        iov[i].iov_len = PyBytes_GET_SIZE(piece)
+    memset(&msg, 0, sizeof(msg))
+    msg.msg_iov = iov
+    msg.msg_iovlen = count
+    while True:
+        n = sendmsg(fd, &msg, MSG_NOSIGNAL)
+        if n >= 0:
+            return n
+        if errno != EINTR:
+            return 0
+
+
 @cython.final
 @cython.internal
 cdef class TransportWriter:
@@ -212,6 +257,25 @@ cdef class TransportWriter:
         self.transport_write(data)
 
     cdef void writelines(self, list pieces):
+        cdef Py_ssize_t count = len(pieces), sent, i, size
+        cdef bytes piece
+        if self.fd >= 0 and count <= IOV_MAX_HERE:
+            if self.transport_may_hold:
+                self.transport_may_hold = self.transport.get_write_buffer_size() != 0
+            if not self.transport_may_hold:
+                sent = _sendmsg_now(self.fd, pieces, count)
+                if sent >= 0:
+                    # What the socket did not take goes to the transport,
+                    # from the first byte it did not take.
+                    for i in range(count):
+                        piece = <bytes>pieces[i]
+                        size = PyBytes_GET_SIZE(piece)
+                        if sent < size:
+                            pieces = ([piece[sent:]] if sent else [piece]) + pieces[i + 1:]
+                            break
+                        sent -= size
+                    else:
+                        return
         self.transport_may_hold = True
         self.transport.writelines(pieces)
 
@@ -222,11 +286,15 @@ cdef class TransportWriter:
         if len(pieces) == 1:
             self.write(pieces[0])
             return
+        if self.fd >= 0 and not self.transport_may_hold:
+            # One sendmsg: no copy to join them.
+            self.writelines(pieces)
+            return
         for piece in pieces:
             size += PyBytes_GET_SIZE(piece)
         if size <= JOIN_MAX:
-            # PERF(selproxy): for small pieces one copy costs less than a
-            # writev's bookkeeping per piece.
+            # PERF(selproxy): for small pieces one copy costs less than the
+            # transport's writelines bookkeeping per piece.
             self.write(b"".join(pieces))
         else:
             self.writelines(pieces)
