@@ -2,10 +2,12 @@
 """HTTP/1.1 heads: analysis for framing and safety, and serialization.
 
 httptools reports a head as callbacks and gives no byte offsets (it does only
-on upgrade), so the core cannot forward a head's bytes as they came.  It
-collects the head into a :class:`MessageHead`, and this module writes it again
-with the hop-by-hop headers removed and the framing headers set by the proxy.
-Everything else in the head goes out byte for byte, in its original order.
+on upgrade).  A request head is collected field by field into a
+:class:`MessageHead`, and this module writes it again with the hop-by-hop
+headers removed and the framing headers set by the proxy.  A response head is
+read in place once llhttp has accepted it (:func:`analyse_raw_response`), and
+its kept field lines go on exactly as they came.  Either way everything but
+hop-by-hop and framing fields goes out in its original order.
 """
 cimport cython
 from cpython.bytes cimport (
