@@ -146,6 +146,7 @@ cdef class UpstreamProtocol:
     cdef void _new_parser(self)
     cdef void _feed(self, ResponseSink sink, Py_ssize_t start, Py_ssize_t nbytes)
     cdef object _read_head(self, MessageHead head, bytes method)
+    cdef object _refuse_extra_response(self)
     cdef void _read_chunked_body(self, ResponseSink sink, Py_ssize_t nbytes)
 
 

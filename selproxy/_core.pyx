@@ -645,13 +645,16 @@ cdef class UpstreamProtocol:
 
     # httptools callbacks ---------------------------------------------------
 
+    cdef object _refuse_extra_response(self):
+        """Only one response is asked for at a time: bytes after it in the
+        same read answer nothing.  The error to raise from a callback."""
+        self._last_error = UpstreamProtocolError(
+            "invalid response from the upstream: bytes after the end of a response")
+        return self._last_error
+
     def on_message_begin(self):
         if self.head_start < 0:
-            # Only one response is asked for at a time: more bytes after it
-            # in the same read are not an answer to anything.
-            self._last_error = UpstreamProtocolError(
-                "invalid response from the upstream: bytes after the end of a response")
-            raise self._last_error
+            raise self._refuse_extra_response()
         self.head = new_response_head(0, None)
         self.trailers = None
         self.in_head = True
@@ -692,7 +695,6 @@ cdef class UpstreamProtocol:
     def on_message_complete(self):
         if self.head.status < 200:
             return
-        self.head_start = -1
         self._finish_response(self.parser.should_keep_alive())
 
     # core interface --------------------------------------------------------
@@ -766,6 +768,7 @@ cdef class UpstreamProtocol:
     cdef void _finish_response(self, bint reusable):
         cdef ResponseSink sink = self.sink
         cdef unsigned long long uses = self.uses
+        self.head_start = -1    # no head may follow in this read
         self.deadline_kind = DEADLINE_NONE
         self.reusable = reusable and self.request_complete and self.state == UP_BUSY
         if sink is not None:
@@ -830,9 +833,7 @@ cdef class _ChunkedBodyReader:
 
     def on_message_begin(self):
         if self.done:
-            self.up._last_error = UpstreamProtocolError(
-                "invalid response from the upstream: bytes after the end of a response")
-            raise self.up._last_error
+            raise self.up._refuse_extra_response()
 
     def on_headers_complete(self):
         self.prelude_read = True
@@ -851,7 +852,6 @@ cdef class _ChunkedBodyReader:
 
     def on_message_complete(self):
         self.done = True
-        self.up.head_start = -1
         self.up._finish_response(self.up.keep_alive)
 
 
@@ -1430,8 +1430,7 @@ cdef class ClientProtocol(ResponseSink):
         """Send a piece of a passthrough request body on, or queue it."""
         cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
         cdef bint chunk = ex.head.framing == BODY_CHUNKED and not ex.request_complete
-        if (self.upstream is not None and self.first is not None
-                and self.first is ex and not ex.pending):
+        if self.upstream is not None and self.first is ex and not ex.pending:
             if chunk:
                 self.upstream.writelines([chunk_size_line(size), data, CRLF])
             else:

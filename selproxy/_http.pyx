@@ -243,10 +243,7 @@ cdef class MessageHead:
             colon = <const char*>memchr(p + pos, 58, end - pos) - p
             vstart = colon + 1
             vend = end
-            while vstart < vend and _is_ows(p[vstart]):
-                vstart += 1
-            while vend > vstart and _is_ows(p[vend - 1]):
-                vend -= 1
+            _trim_ows(p, &vstart, &vend)
             pairs.append((PyBytes_FromStringAndSize(p + pos, colon - pos),
                           PyBytes_FromStringAndSize(p + vstart, vend - vstart)))
             pos = end + 2
@@ -348,6 +345,14 @@ cdef inline bint _is_ows(char c) noexcept:
     return c == 32 or c == 9
 
 
+cdef inline void _trim_ows(const char* p, Py_ssize_t* start, Py_ssize_t* end) noexcept:
+    """Narrow ``p[start:end]`` to leave out whitespace around a field value."""
+    while start[0] < end[0] and _is_ows(p[start[0]]):
+        start[0] += 1
+    while end[0] > start[0] and _is_ows(p[end[0] - 1]):
+        end[0] -= 1
+
+
 cdef enum:
     LINE_TABLE_SIZE = 32
 
@@ -444,10 +449,7 @@ cdef object _analyse_raw(MessageHead head, const char* p, Py_ssize_t size, bytes
             continue
         vstart = line.colon + 1
         vend = line.end
-        while vstart < vend and _is_ows(p[vstart]):
-            vstart += 1
-        while vend > vstart and _is_ows(p[vend - 1]):
-            vend -= 1
+        _trim_ows(p, &vstart, &vend)
         if line.kind == F_CONTENT_LENGTH:
             # RFC 9112 section 6.3, rule 5.
             try:
