@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .base import Scores
+
 __all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter")
 
 log = logging.getLogger("selproxy.rankers")
@@ -51,10 +53,14 @@ class RankJob:
 
 @dataclasses.dataclass(frozen=True)
 class RankTiming:
-    """Seconds spent waiting for a worker, and ranking."""
+    """Seconds spent waiting for a worker or the model (``queue``), in all
+    (``rank``, the queue included), and, when the ranker says
+    (:class:`~selproxy.rankers.base.Scores`), embedding and scoring."""
 
     queue: float = 0.0
     rank: float = 0.0
+    encode: float = 0.0
+    score: float = 0.0
 
 
 class RankFailed(Exception):
@@ -85,9 +91,13 @@ def _is_async(method: Callable[..., Any]) -> bool:
         getattr(method, "__call__", None))
 
 
-def _checked(scores: Any, expected: int) -> List[float]:
-    result = [float(s) for s in scores]
-    if len(result) != expected:
+def _checked(scores: Any, expected: int, partial: bool) -> List[float]:
+    """The scores as floats, checked; a :class:`Scores` keeps its details.
+    With ``partial`` a ranker may score a prefix of the window only."""
+    result = Scores(float(s) for s in scores)
+    if isinstance(scores, Scores):
+        result.timing, result.encoded, result.fusion = scores.timing, scores.encoded, scores.fusion
+    if len(result) != expected and not (partial and len(result) < expected):
         raise ValueError(f"{len(result)} scores for {expected} documents")
     if not all(math.isfinite(s) for s in result):
         raise ValueError("a score is not finite")
@@ -108,6 +118,7 @@ class RankerAdapter:
         self._batch_async = self._batch is not None and _is_async(self._batch)
         self._batch_extras = _accepted(self._batch)
         self._threads = threads
+        self.partial_results = bool(getattr(ranker, "partial_results", False))
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._max_pending = max_pending
         self._pending = 0
@@ -179,7 +190,7 @@ class RankerAdapter:
                 raw = await asyncio.wait_for(asyncio.wrap_future(future), deadline)
             if len(raw) != len(jobs):
                 raise ValueError(f"{len(raw)} score lists for {len(jobs)} searches")
-            scores = [_checked(s, len(job.docs)) for s, job in zip(raw, jobs)]
+            scores = [_checked(s, len(job.docs), self.partial_results) for s, job in zip(raw, jobs)]
         except asyncio.TimeoutError:
             raise RankFailed("deadline", f"no scores within {deadline:.3f}s") from None
         except RankFailed:
@@ -189,7 +200,14 @@ class RankerAdapter:
             raise RankFailed("error", repr(exc)) from exc
         finished = time.perf_counter()
         start = started[0] if started else submitted
-        return scores, RankTiming(queue=start - submitted, rank=finished - start)
+        steps = [s.timing for s in scores if isinstance(s, Scores) and s.timing]
+        if steps:
+            # The ranker's own account: waiting for the model counts as queue.
+            wait = max(t.get("wait", 0.0) for t in steps)
+            return scores, RankTiming(queue=start - submitted + wait, rank=finished - submitted,
+                                      encode=max(t.get("encode", 0.0) for t in steps),
+                                      score=max(t.get("score", 0.0) for t in steps))
+        return scores, RankTiming(queue=start - submitted, rank=finished - submitted)
 
     def _submit(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
                 timeout: float) -> "concurrent.futures.Future[List[Any]]":

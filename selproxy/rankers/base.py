@@ -46,9 +46,28 @@ through the entry-point group ``selproxy.rankers``::
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, Protocol, Sequence, runtime_checkable
 
-__all__ = ("Ranker",)
+__all__ = ("Ranker", "Scores")
+
+
+class Scores(list):  # type: ignore[type-arg]
+    """A ranker's scores, as a list of floats, with what it cost.
+
+    A ranker with ``partial_results = True`` may return fewer scores than
+    documents: the scores of a prefix of the window (it ran out of time for
+    the rest), which the proxy reranks while leaving the rest in engine
+    order.  ``timing`` holds seconds by step (``wait``, ``lookup``,
+    ``encode``, ``score``), ``encoded`` the documents embedded for this call,
+    and ``fusion`` is ``"on"``, ``"off"`` (fusion configured but no engine
+    scores) or ``""`` (not configured).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.timing: Dict[str, float] = {}
+        self.encoded = 0
+        self.fusion = ""
 
 
 @runtime_checkable

@@ -66,11 +66,12 @@ def _accepts(method: Callable[..., Any], name: str) -> bool:
 
 
 class _Pending:
-    __slots__ = ("query", "docs", "keys", "engine_scores", "future", "pairs")
+    __slots__ = ("query", "docs", "keys", "engine_scores", "future", "pairs", "deadline")
 
     def __init__(self, query: str, docs: Sequence[str], keys: Optional[Sequence[Hashable]],
                  engine_scores: Optional[Sequence[float]], future: "asyncio.Future[List[float]]",
-                 pairs: int) -> None:
+                 pairs: int, deadline: Optional[float]) -> None:
+        self.deadline = deadline
         self.query = query
         self.docs = docs
         self.keys = keys
@@ -104,6 +105,10 @@ class MicroBatcher:
         self._batch_async = inspect.iscoroutinefunction(batch)
         self._batch_keys = _accepts(batch, "keys")
         self._batch_engine = _accepts(batch, "engine_scores")
+        self._batch_deadlines = _accepts(batch, "deadlines")
+        #: The ranker scores what it can by each search's deadline (a prefix
+        #: of the window), so queued work never makes a search miss it.
+        self.partial_results = bool(getattr(ranker, "partial_results", False)) and self._batch_deadlines
         inputs = getattr(ranker, "model_inputs", None)
         self._model_inputs: Optional[Callable[..., int]] = inputs if callable(inputs) else None
         self._cost_alpha = cost_alpha
@@ -143,7 +148,8 @@ class MicroBatcher:
         # At least one: even a fully cached search costs the worker a little.
         inputs = max(1, self._model_inputs(query, docs, keys)) if self._model_inputs else len(docs)
         self._admit(inputs, timeout)
-        pending = _Pending(query, docs, keys, engine_scores, loop.create_future(), inputs)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        pending = _Pending(query, docs, keys, engine_scores, loop.create_future(), inputs, deadline)
         self._queue.append(pending)
         self._queued_pairs += pending.pairs
         assert self._wakeup is not None
@@ -184,6 +190,9 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        close = getattr(self.ranker, "close", None)
+        if callable(close):
+            close()  # its background thread and store
 
     def stats(self) -> Dict[str, Any]:
         stats: Dict[str, Any] = dict(self.counters)
@@ -205,7 +214,7 @@ class MicroBatcher:
         # Only the work queued ahead is counted, not the search's own, whose
         # cost depends on what is cached.  So an idle batcher admits every
         # search and the cost estimate can never stall on a stale value.
-        if timeout is not None and ahead:
+        if timeout is not None and ahead and not self.partial_results:
             expected = ahead * self.cost_per_pair + self.max_wait
             if expected > timeout:
                 self.counters["deadline"] += 1
@@ -284,6 +293,8 @@ class MicroBatcher:
             kwargs["keys"] = [p.keys for p in batch]
         if self._batch_engine and any(p.engine_scores is not None for p in batch):
             kwargs["engine_scores"] = [p.engine_scores for p in batch]
+        if self._batch_deadlines:
+            kwargs["deadlines"] = [p.deadline for p in batch]
         requests = [(p.query, p.docs) for p in batch]
         self._running_pairs = pairs
         started = time.perf_counter()
@@ -321,4 +332,5 @@ class MicroBatcher:
         self._concurrent = len(batch) > 1 or bool(self._queue)
         for pending, scores in zip(batch, results):
             if not pending.future.done():
-                pending.future.set_result(list(scores))
+                # A list (the ranker's Scores, with its timing) passes as it is.
+                pending.future.set_result(scores if isinstance(scores, list) else list(scores))

@@ -1,30 +1,49 @@
 """The default neural ranker: all-MiniLM-L6-v2, a bi-encoder, on onnxruntime.
 
 Query and documents are embedded separately (mean pooling, L2-normalised) and
-scored by cosine similarity.  Because a document's embedding does not depend
-on the query, it is cached under the key the proxy passes for it
-(``(index, _id, sha1-of-text)``); a document seen before costs one dict
-lookup, and a search whose whole window is cached costs one short forward pass
-for the query.
+scored by cosine similarity, optionally fused with the engine's score.
+
+The cost model.  Embedding a passage costs the model tens of milliseconds of
+CPU, fixed by its FLOPs; a query is short and costs a few.  A document's
+embedding does not depend on the query, so it is computed once and kept:
+
+* in memory, in an LRU bounded in entries (:class:`EmbeddingCache`);
+* behind it, in a persistent store shared by every worker and restart
+  (:mod:`selproxy.rankers.store`), filled ahead of time by ``selproxy embed``
+  or by traffic.
+
+A search with a deadline (``deadlines``, from the micro-batcher) never
+computes past it.  It scores the longest prefix of the engine's window whose
+documents are known, or can be embedded in the time left at the measured cost
+per token, and returns scores for that prefix only (the proxy leaves the rest
+in engine order).  The documents it had no time for go on a bounded background
+queue, embedded by one thread while no search is computing, so a corpus that
+is queried converges to fully cached.
 
 The weights and tokenizer come from installed packages (see
 :func:`selproxy.rankers._onnx.default_model_files`); nothing is downloaded.
-Every method here blocks: the proxy runs ``rank`` and ``batch_rank`` in worker
-threads, never on the event loop.
+Every method here blocks: the proxy runs them in worker threads, never on the
+event loop.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._onnx import Encoder, default_model_files
+from .base import Scores
+from .store import DocKey, VectorStore, open_store
 
-__all__ = ("MiniLMRanker", "EmbeddingCache", "fuse_scores")
+__all__ = ("MiniLMRanker", "EmbeddingCache", "fuse_scores", "estimate_tokens")
+
+log = logging.getLogger("selproxy.rankers")
 
 
 class EmbeddingCache:
@@ -36,6 +55,7 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -53,6 +73,10 @@ class EmbeddingCache:
                 found.append(vector)
         return found
 
+    def contains(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._entries
+
     def count_missing(self, keys: Sequence[Hashable]) -> int:
         """How many of ``keys`` are not cached, without touching the LRU order."""
         with self._lock:
@@ -67,6 +91,7 @@ class EmbeddingCache:
                 self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+                self.evictions += 1
 
     def clear(self) -> None:
         with self._lock:
@@ -91,68 +116,221 @@ def fuse_scores(model: Sequence[float], engine: Sequence[float], weight: float) 
     return [float(x) for x in weight * e + (1.0 - weight) * m]
 
 
-def _text_key(text: str) -> Tuple[str, bytes]:
-    return ("text", hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+def _text_key(text: str) -> Tuple[str, str]:
+    return ("text", hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
+
+
+def _store_key(key: Hashable) -> DocKey:
+    """The persistent store's ``(index, _id, text hash)`` for a ranker key:
+    the proxy's keys are already that; a text key has no index or id."""
+    if isinstance(key, tuple) and len(key) == 3:
+        index, doc_id, text_hash = key
+        return (str(index or ""), str(doc_id or ""), str(text_hash))
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == "text":
+        return ("", "", str(key[1]))
+    return ("", "", hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest())
+
+
+def estimate_tokens(text: str, max_length: int) -> int:
+    """Tokens the model will see for ``text``, estimated without tokenizing:
+    WordPiece averages about four characters a token on English prose.  Only
+    the budget uses it, and the cost per token is calibrated on the same
+    estimate, so a steady bias cancels out."""
+    return min(max_length, 2 + len(text) // 4)
+
+
+class _Plan:
+    """What one search of a batch needs: its keys, the vectors found, and the
+    positions still missing, in window order."""
+
+    __slots__ = ("query", "docs", "keys", "engine", "deadline", "vectors", "missing")
+
+    def __init__(self, query: str, docs: Sequence[str], keys: List[Hashable],
+                 engine: Optional[Sequence[float]], deadline: Optional[float]) -> None:
+        self.query = query
+        self.docs = docs
+        self.keys = keys
+        self.engine = engine
+        self.deadline = deadline
+        self.vectors: List[Optional[np.ndarray]] = []
+        self.missing: List[int] = []
 
 
 class MiniLMRanker:
-    """Cosine similarity of all-MiniLM-L6-v2 embeddings.
+    """Cosine similarity of all-MiniLM-L6-v2 embeddings; see the module docstring.
 
     ``model_path``/``tokenizer_path`` override the packaged files (any
     sentence-transformers bi-encoder exported to ONNX with mean pooling works).
     ``threads`` is onnxruntime's intra-op thread count (default: the usable
-    cores, at most 4).  ``cache_size`` bounds the document-embedding cache in
-    entries (1.5 kB each), ``query_cache_size`` that of query embeddings.
-    ``fusion_weight`` > 0 mixes in the engine's score
-    when the caller passes ``engine_scores``.
+    cores, at most 4).  ``max_length`` truncates each text, in tokens.
+    ``cache_size`` bounds the in-memory document-embedding LRU in entries
+    (1.5 kB each), ``query_cache_size`` that of query embeddings.
+    ``fusion_weight`` mixes in the engine's min-max normalised score when the
+    caller passes ``engine_scores`` (0 turns fusion off).
+    ``embedding_store`` is the persistent store: a
+    :class:`~selproxy.rankers.store.VectorStore`, a path, ``"default"`` (a
+    file per model under the user's cache directory) or ``":memory:"`` (none).
+    ``background_queue`` bounds the documents waiting to be embedded in the
+    background (0: no background embedding).
     """
 
     name = "minilm"
     #: resolve_ranker wraps it in a MicroBatcher: concurrent searches share calls.
     micro_batching = True
+    #: It may return scores for a prefix of the window only (a deadline).
+    partial_results = True
+    #: Seconds kept in reserve before a deadline, besides a tenth of the budget:
+    #: scoring, fusion and the answer's encoding.
+    DEADLINE_RESERVE = 0.005
+    #: A background batch is cut at about this many seconds of model time, so
+    #: a search that arrives meanwhile waits at most this long for the model.
+    BACKGROUND_SLICE = 0.05
+    #: Calls of fewer estimated tokens do not update the cost per token.
+    CALIBRATION_TOKENS = 256
 
     def __init__(self, model_path: Union[str, Path, None] = None,
                  tokenizer_path: Union[str, Path, None] = None, *,
                  threads: Optional[int] = None, cache_size: int = 50_000,
-                 query_cache_size: int = 1024, max_length: int = 256,
-                 fusion_weight: float = 0.0) -> None:
+                 query_cache_size: int = 1024, max_length: int = 128,
+                 fusion_weight: float = 0.3,
+                 embedding_store: Union[str, VectorStore, None] = ":memory:",
+                 store_max_entries: int = 1_000_000, store_dtype: str = "int8",
+                 background_queue: int = 20_000) -> None:
         if model_path is None or tokenizer_path is None:
             default_model, default_tokenizer = default_model_files()
             model_path = model_path or default_model
             tokenizer_path = tokenizer_path or default_tokenizer
         if not 0.0 <= fusion_weight <= 1.0:
             raise ValueError("fusion_weight must be within [0, 1]")
+        if max_length < 8:
+            raise ValueError("max_length must be >= 8 tokens")
         self.encoder = Encoder(model_path, tokenizer_path, threads=threads, max_length=max_length)
+        self.max_length = max_length
         self.cache = EmbeddingCache(cache_size)
         # Popular queries repeat; their embeddings are as reusable as documents'.
         self.query_cache = EmbeddingCache(query_cache_size)
         self.fusion_weight = fusion_weight
+        self.model_identity = self._identity()
+        if isinstance(embedding_store, str) or embedding_store is None:
+            self.store: Optional[VectorStore] = open_store(
+                embedding_store, self.name, self.model_identity,
+                max_entries=store_max_entries, dtype=store_dtype)
+        else:
+            self.store = embedding_store
+        #: Seconds of model time per (estimated) token, measured on every call.
+        self.cost_per_token = 0.0
+        # The model runs one call at a time; a search holds it for its whole
+        # embedding step, the background between slices only.
+        self._model_lock = threading.Lock()
+        self._foreground = 0
+        self._state = threading.Condition()
+        self._backlog: "collections.OrderedDict[Hashable, str]" = collections.OrderedDict()
+        self._backlog_max = background_queue
+        self._background: Optional[threading.Thread] = None
+        self._closed = False
+        self.counters: Dict[str, int] = {"encoded_foreground": 0, "encoded_background": 0,
+                                         "queued_background": 0, "dropped_background": 0,
+                                         "partial": 0}
+
+    def _identity(self) -> str:
+        identity = getattr(self.encoder, "model_identity", None)
+        if isinstance(identity, str) and identity:
+            return identity
+        path = Path(self.encoder.model_path)
+        stat = path.stat()
+        return f"{self.name}:{path.name}:{stat.st_size}:{int(stat.st_mtime)}:len{self.max_length}"
+
+    # -- model calls --------------------------------------------------------
 
     def warmup(self) -> None:
-        """Run the model once, so the first search does not pay for allocation."""
-        self.encoder.embed(["warm up", "a somewhat longer passage to warm up the model " * 8])
+        """Run the model once, so the first search neither pays for allocation
+        nor lacks a cost estimate."""
+        passage = "a somewhat longer passage, of about the length of an abstract, to warm up the model " * 8
+        self.encoder.embed(["warm up", passage])
+        self._embed([passage] * 4)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` and update the cost per token."""
+        started = time.perf_counter()
+        vectors = self.encoder.embed(list(texts))
+        elapsed = time.perf_counter() - started
+        tokens = sum(estimate_tokens(t, self.max_length) for t in texts)
+        # Short calls (a query) are mostly fixed overhead: they would inflate
+        # the per-token cost that budgets document batches.
+        if tokens >= self.CALIBRATION_TOKENS:
+            measured = elapsed / tokens
+            self.cost_per_token = (measured if self.cost_per_token == 0.0
+                                   else 0.3 * measured + 0.7 * self.cost_per_token)
+        return vectors
+
+    def close(self) -> None:
+        """Stop the background thread (after its current slice) and close the store."""
+        with self._state:
+            self._closed = True
+            self._backlog.clear()
+            self._state.notify_all()
+        thread = self._background
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if self.store is not None:
+            self.store.close()
+
+    # -- lookups ------------------------------------------------------------
+
+    def _lookup(self, keys: Sequence[Hashable]) -> List[Optional[np.ndarray]]:
+        """Vectors from the LRU, then the store for what the LRU lacks."""
+        found = self.cache.get_many(keys)
+        if self.store is not None:
+            absent = [n for n, v in enumerate(found) if v is None]
+            if absent:
+                stored = self.store.get_many([_store_key(keys[n]) for n in absent])
+                fresh = []
+                for n, vector in zip(absent, stored):
+                    if vector is not None:
+                        found[n] = vector
+                        fresh.append((keys[n], vector))
+                self.cache.put_many(fresh)
+        return found
+
+    def _remember(self, items: Sequence[Tuple[Hashable, np.ndarray]]) -> None:
+        self.cache.put_many(items)
+        if self.store is not None and items:
+            try:
+                self.store.put_many([(_store_key(k), v) for k, v in items])
+            except Exception as exc:  # a full disk must not fail searches
+                log.warning("embedding store write failed: %s", type(exc).__name__)
 
     def embed_documents(self, docs: Sequence[str],
                         keys: Optional[Sequence[Hashable]] = None) -> np.ndarray:
-        """Document embeddings, from the cache where possible."""
+        """Document embeddings, from the caches where possible; every missing
+        one is embedded now (no deadline)."""
         if keys is None:
             keys = [_text_key(d) for d in docs]
         elif len(keys) != len(docs):
             raise ValueError(f"{len(keys)} keys for {len(docs)} documents")
-        found = self.cache.get_many(keys)
-        # One forward pass per distinct missing text, even if it repeats.
-        todo: Dict[Hashable, int] = {}
-        for i, vector in enumerate(found):
-            if vector is None and keys[i] not in todo:
-                todo[keys[i]] = i
-        if todo:
-            fresh = self.encoder.embed([docs[i] for i in todo.values()])
-            computed = dict(zip(todo, fresh))
-            self.cache.put_many(list(computed.items()))
-            found = [v if v is not None else computed[k] for k, v in zip(keys, found)]
+        found = self._lookup(keys)
+        self._fill(found, keys, docs, [n for n, v in enumerate(found) if v is None])
         if not found:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack(found)  # type: ignore[arg-type]
+
+    def _fill(self, found: List[Optional[np.ndarray]], keys: Sequence[Hashable],
+              docs: Sequence[str], positions: Sequence[int]) -> int:
+        """Embed the documents at ``positions`` (one model input per distinct
+        key) and put them into ``found``; returns how many were embedded."""
+        todo: Dict[Hashable, int] = {}
+        for n in positions:
+            if found[n] is None and keys[n] not in todo:
+                todo[keys[n]] = n
+        if not todo:
+            return 0
+        fresh = self._embed([docs[n] for n in todo.values()])
+        computed = dict(zip(todo, fresh))
+        self._remember(list(computed.items()))
+        for n in positions:
+            if found[n] is None:
+                found[n] = computed[keys[n]]
+        return len(todo)
 
     def embed_queries(self, queries: Sequence[str]) -> Dict[str, np.ndarray]:
         """Query embeddings by text, each distinct text embedded at most once."""
@@ -160,62 +338,224 @@ class MiniLMRanker:
         found = dict(zip(distinct, self.query_cache.get_many(distinct)))
         todo = [q for q, v in found.items() if v is None]
         if todo:
-            fresh = list(zip(todo, self.encoder.embed(todo)))
+            fresh = list(zip(todo, self._embed(todo)))
             self.query_cache.put_many(fresh)
             found.update(fresh)
         return found  # type: ignore[return-value]
 
     def model_inputs(self, query: str, docs: Sequence[str],
                      keys: Optional[Sequence[Hashable]] = None) -> int:
-        """Texts the model would have to embed for this search now: the query
-        and the uncached documents.  :class:`MicroBatcher` sizes batches and
-        estimates waits with it."""
+        """Texts the model would have to embed for this search now, by the
+        in-memory caches alone (it runs on the event loop, so it never reads
+        the store): :class:`MicroBatcher` sizes batches with it."""
         if keys is None or len(keys) != len(docs):
             keys = [_text_key(d) for d in docs]
         return self.query_cache.count_missing([query]) + self.cache.count_missing(keys)
 
+    # -- ranking ------------------------------------------------------------
+
     def rank(self, query: str, docs: Sequence[str], *,
              keys: Optional[Sequence[Hashable]] = None,
              engine_scores: Optional[Sequence[float]] = None) -> List[float]:
-        """One cosine score per document (fused with ``engine_scores`` if
-        ``fusion_weight`` is set)."""
+        """One score per document (fused with ``engine_scores`` if
+        ``fusion_weight`` is set); no deadline, so every document is scored."""
         return self.batch_rank([(query, docs)], keys=[keys],
                                engine_scores=[engine_scores])[0]
 
     def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]], *,
                    keys: Optional[Sequence[Optional[Sequence[Hashable]]]] = None,
                    engine_scores: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                   deadlines: Optional[Sequence[Optional[float]]] = None,
                    ) -> List[List[float]]:
-        """Scores for many searches, with all their queries and all their
-        uncached documents embedded in shared model calls."""
+        """Scores for many searches, their queries and missing documents
+        embedded in shared model calls.
+
+        ``deadlines`` holds one ``time.perf_counter()`` instant per search (or
+        None: no deadline).  A search with one gets :class:`Scores` for the
+        longest prefix of its window that could be scored by then."""
         if not requests:
             return []
-        all_docs: List[str] = []
-        all_keys: List[Hashable] = []
-        for n, (_query, docs) in enumerate(requests):
+        started = time.perf_counter()
+        plans: List[_Plan] = []
+        for n, (query, docs) in enumerate(requests):
             request_keys = keys[n] if keys is not None else None
             if request_keys is not None and len(request_keys) != len(docs):
                 raise ValueError(f"{len(request_keys)} keys for {len(docs)} documents")
-            all_docs.extend(docs)
-            all_keys.extend(request_keys if request_keys is not None
-                            else [_text_key(d) for d in docs])
-        query_vectors = self.embed_queries([q for q, d in requests if d])
-        doc_vectors = self.embed_documents(all_docs, all_keys)
-        results: List[List[float]] = []
-        offset = 0
-        for n, (query, docs) in enumerate(requests):
-            if not docs:
-                results.append([])
-                continue
-            scores = doc_vectors[offset:offset + len(docs)] @ query_vectors[query]
-            offset += len(docs)
             engine = engine_scores[n] if engine_scores is not None else None
-            if self.fusion_weight > 0.0 and engine is not None:
-                results.append(fuse_scores(scores, engine, self.fusion_weight))
-            else:
-                results.append(scores.astype(np.float64).tolist())
+            if engine is not None and len(engine) != len(docs):
+                raise ValueError(f"{len(engine)} engine scores for {len(docs)} documents")
+            plans.append(_Plan(query, docs, list(request_keys) if request_keys is not None
+                               else [_text_key(d) for d in docs], engine,
+                               deadlines[n] if deadlines is not None else None))
+        with self._state:
+            self._foreground += 1
+        try:
+            with self._model_lock:
+                waited = time.perf_counter() - started
+                return self._rank_plans(plans, started, waited)
+        finally:
+            with self._state:
+                self._foreground -= 1
+                self._state.notify_all()
+
+    def _rank_plans(self, plans: List[_Plan], started: float, waited: float) -> List[List[float]]:
+        all_keys = [k for p in plans for k in p.keys]
+        found = self._lookup(all_keys)
+        offset = 0
+        for plan in plans:
+            plan.vectors = found[offset:offset + len(plan.keys)]
+            offset += len(plan.keys)
+            plan.missing = [i for i, v in enumerate(plan.vectors) if v is None]
+        lookup_done = time.perf_counter()
+        query_vectors = self.embed_queries([p.query for p in plans if p.docs])
+        encode_started = time.perf_counter()
+        chosen = self._choose(plans, encode_started)
+        encoded = 0
+        for n, plan in enumerate(plans):
+            if chosen[n]:
+                encoded += self._fill(plan.vectors, plan.keys, plan.docs, chosen[n])
+        self.counters["encoded_foreground"] += encoded
+        encode_done = time.perf_counter()
+        results: List[List[float]] = []
+        for n, plan in enumerate(plans):
+            if not plan.docs:
+                results.append(Scores())
+                continue
+            prefix = next((i for i, v in enumerate(plan.vectors) if v is None), len(plan.docs))
+            if prefix < len(plan.docs):
+                self._defer(plan, prefix)
+            results.append(self._score(plan, prefix, query_vectors[plan.query]))
+        finished = time.perf_counter()
+        for scores in results:
+            assert isinstance(scores, Scores)
+            scores.timing.update(wait=waited, lookup=lookup_done - started - waited,
+                                 encode=encode_done - lookup_done, score=finished - encode_done)
+            scores.encoded = encoded
         return results
 
+    def _choose(self, plans: Sequence[_Plan], now: float) -> List[List[int]]:
+        """Which missing documents to embed now: for a search without a
+        deadline, all; with one, round by round through the windows (every
+        search's first missing document, then every second...), as long as
+        the estimated model time still ends before that search's deadline."""
+        chosen: List[List[int]] = [[] for _ in plans]
+        estimate = 0.0
+        cost = self.cost_per_token
+        depth = max((len(p.missing) for p in plans), default=0)
+        stopped = [False] * len(plans)
+        for position in range(depth):
+            for n, plan in enumerate(plans):
+                if stopped[n] or position >= len(plan.missing):
+                    continue
+                i = plan.missing[position]
+                if plan.deadline is not None:
+                    budget = plan.deadline - now
+                    reserve = self.DEADLINE_RESERVE + 0.1 * max(0.0, budget)
+                    step = estimate_tokens(plan.docs[i], self.max_length) * cost
+                    if estimate + step > budget - reserve:
+                        # A prefix: nothing after this document is scored.
+                        stopped[n] = True
+                        continue
+                    estimate += step
+                chosen[n].append(i)
+        return chosen
+
+    def _score(self, plan: _Plan, prefix: int, query_vector: np.ndarray) -> "Scores":
+        if prefix == 0:
+            return Scores()
+        vectors = np.stack(plan.vectors[:prefix])  # type: ignore[arg-type]
+        scores = vectors @ query_vector
+        out = Scores()
+        if self.fusion_weight > 0.0 and plan.engine is not None:
+            out.extend(fuse_scores(scores, plan.engine[:prefix], self.fusion_weight))
+            out.fusion = "on"
+        else:
+            out.extend(scores.astype(np.float64).tolist())
+            out.fusion = "off" if self.fusion_weight > 0.0 else ""
+        if prefix < len(plan.docs):
+            self.counters["partial"] += 1
+        return out
+
+    # -- background embedding ------------------------------------------------
+
+    def _defer(self, plan: _Plan, prefix: int) -> None:
+        """Queue the window's missing documents past the prefix, once each."""
+        if self._backlog_max <= 0:
+            return
+        with self._state:
+            if self._closed:
+                return
+            for i in range(prefix, len(plan.docs)):
+                key = plan.keys[i]
+                if plan.vectors[i] is not None or key in self._backlog:
+                    continue
+                if len(self._backlog) >= self._backlog_max:
+                    self.counters["dropped_background"] += 1
+                    continue
+                self._backlog[key] = plan.docs[i]
+                self.counters["queued_background"] += 1
+            if self._background is None and self._backlog:
+                self._background = threading.Thread(target=self._background_loop, daemon=True,
+                                                    name="selproxy-embed-background")
+                self._background.start()
+            self._state.notify_all()
+
+    def _take_slice(self) -> List[Tuple[Hashable, str]]:
+        """Up to :attr:`BACKGROUND_SLICE` of model time from the backlog, once
+        no search is computing; empty when closed."""
+        with self._state:
+            while not self._closed and (not self._backlog or self._foreground):
+                self._state.wait()
+            if self._closed:
+                return []
+            budget = self.BACKGROUND_SLICE
+            taken: List[Tuple[Hashable, str]] = []
+            spent = 0.0
+            while self._backlog:
+                key, text = next(iter(self._backlog.items()))
+                step = estimate_tokens(text, self.max_length) * self.cost_per_token
+                if taken and spent + step > budget:
+                    break
+                del self._backlog[key]
+                if self.cache.contains(key):
+                    continue  # a search embedded it meanwhile
+                taken.append((key, text))
+                spent += step
+            return taken
+
+    def _background_loop(self) -> None:
+        while True:
+            taken = self._take_slice()
+            if not taken:
+                with self._state:
+                    if self._closed:
+                        return
+                continue
+            keys = [k for k, _ in taken]
+            try:
+                with self._model_lock:
+                    found = self._lookup(keys)
+                    missing = [n for n, v in enumerate(found) if v is None]
+                    self.counters["encoded_background"] += self._fill(
+                        found, keys, [t for _, t in taken], missing)
+            except Exception as exc:  # the next slice tries again; searches never see it
+                log.warning("background embedding failed: %s", type(exc).__name__)
+
+    def backlog(self) -> int:
+        """Documents waiting to be embedded in the background."""
+        with self._state:
+            return len(self._backlog)
+
     def stats(self) -> Dict[str, Any]:
-        return {"cache_entries": len(self.cache), "cache_hits": self.cache.hits,
-                "cache_misses": self.cache.misses, "query_cache_hits": self.query_cache.hits}
+        stats: Dict[str, Any] = {
+            "model": self.name, "max_length": self.max_length, "fusion_weight": self.fusion_weight,
+            "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses, "cache_evictions": self.cache.evictions,
+            "query_cache_hits": self.query_cache.hits,
+            "cost_per_token_ms": round(self.cost_per_token * 1e3, 4),
+            "background_backlog": self.backlog(),
+        }
+        stats.update(self.counters)
+        if self.store is not None:
+            stats["store"] = self.store.stats()
+        return stats

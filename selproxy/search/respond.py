@@ -10,7 +10,12 @@ kept.
 
 Every claimed response carries ``X-Selproxy-Rerank``:
 
-* ``applied``: the page is in the ranker's order;
+* ``applied``: the page is in the ranker's order; ``applied; partial=K/N``:
+  the ranker scored the first K of the window's N hits within its deadline,
+  those K are in its order and the rest follow in engine order;
+  ``; fusion=off`` is added when score fusion is configured but the hits had
+  no engine scores (a sort, an unscored query), so the model's scores alone
+  ordered them;
 * ``skipped; reason=<token>``: passed through (tokens: see
   :mod:`selproxy.search.rewrite`);
 * ``fallback; reason=<token>``: the ranker failed and the page is in engine
@@ -18,7 +23,8 @@ Every claimed response carries ``X-Selproxy-Rerank``:
   (it did not answer in time), ``overloaded`` (too many rank calls pending).
 
 For ``_msearch`` the header lists one such value per search, comma-separated.
-``Server-Timing`` gives ``upstream``, ``queue`` and ``rank`` in milliseconds.
+``Server-Timing`` gives ``upstream``, ``queue``, ``encode``, ``score`` and
+``rank`` in milliseconds (see :func:`server_timing`).
 With ``explain`` or the ``debug`` override each returned hit carries
 ``"_selproxy": {"engine_rank": <0-based>, "engine_score": <score>}``.
 """
@@ -74,11 +80,13 @@ def page_hits(hits: List[Dict[str, Any]], plan: SearchPlan, scores: Optional[Seq
               score_field: str = "_score", score_always: bool = True) -> List[Dict[str, Any]]:
     """The client's page of ``hits`` (the engine's window, from 0).
 
-    With ``scores`` (one per hit of the window) the window is reordered by
-    them, highest first, ties in engine order; without, engine order stays.
+    With ``scores`` (one per hit of the window, or of a prefix of it) that
+    part is reordered by them, highest first, ties in engine order, and the
+    rest follows in engine order; without, engine order stays.
     """
     n = min(plan.window, len(hits))
     if scores is not None:
+        n = min(n, len(scores))
         order = sorted(range(n), key=scores.__getitem__, reverse=True)
     else:
         order = list(range(n))
@@ -134,8 +142,14 @@ def apply_params(doc: Dict[str, Any], api: ParamSearchAPI, plan: SearchPlan,
                 echo.pop(name, None)
 
 
-def server_timing(upstream_s: float, queue_s: float = 0.0, rank_s: float = 0.0) -> str:
+def server_timing(upstream_s: float, queue_s: float = 0.0, rank_s: float = 0.0,
+                  encode_s: float = 0.0, score_s: float = 0.0) -> str:
+    """``Server-Timing`` in milliseconds: the engine, then the ranker's step:
+    ``rank`` is all the time the search waited for it (a missed deadline
+    included), of which ``queue`` waiting for the model, ``encode``
+    embedding and ``score`` scoring."""
     return (f"upstream;dur={upstream_s * 1e3:.2f}, queue;dur={queue_s * 1e3:.2f}, "
+            f"encode;dur={encode_s * 1e3:.2f}, score;dur={score_s * 1e3:.2f}, "
             f"rank;dur={rank_s * 1e3:.2f}")
 
 

@@ -33,7 +33,7 @@ from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search,
                       rewrite_query_string)
 from .routes import default_routes, split_indices
 
-__all__ = ("SearchService", "SearchStats")
+__all__ = ("SearchService", "SearchStats", "document_key")
 
 log = logging.getLogger("selproxy.search")
 
@@ -43,7 +43,10 @@ APPLIED: Outcome = ("applied", "")
 
 def _header(outcome: Outcome) -> str:
     kind, reason = outcome
-    return kind if not reason else f"{kind}; reason={reason}"
+    if not reason:
+        return kind
+    # An applied search's details are parameters of their own (partial=4/50).
+    return f"{kind}; {reason}" if kind == "applied" else f"{kind}; reason={reason}"
 
 
 class SearchStats:
@@ -52,6 +55,7 @@ class SearchStats:
     def __init__(self, samples: int = 2048) -> None:
         self.searches = 0
         self.reranked = 0
+        self.partial = 0
         self.skipped: Dict[str, int] = collections.Counter()
         self.fallback: Dict[str, int] = collections.Counter()
         self.rank_seconds: Deque[float] = collections.deque(maxlen=samples)
@@ -62,6 +66,8 @@ class SearchStats:
         kind, reason = outcome
         if kind == "applied":
             self.reranked += 1
+            if "partial=" in reason:
+                self.partial += 1
         elif kind == "skipped":
             self.skipped[reason] += 1
         else:
@@ -83,6 +89,7 @@ class SearchStats:
         return {
             "searches": self.searches,
             "reranked": self.reranked,
+            "partial": self.partial,
             "skipped": dict(self.skipped),
             "fallback": dict(self.fallback),
             "rank_ms": self._percentiles(self.rank_seconds),
@@ -90,11 +97,41 @@ class SearchStats:
         }
 
 
-def _engine_score(hit: Any) -> float:
-    """The engine's score of a hit (``_score`` in Elasticsearch, ``score``
-    in Solr); 0.0 where it has none (a sorted or unscored hit)."""
-    score = hit.get("_score", hit.get("score")) if isinstance(hit, dict) else None
-    return float(score) if isinstance(score, (int, float)) else 0.0
+def document_key(hit: Any, text: str) -> Tuple[str, str, str]:
+    """A hit's key in the embedding store: its index, its ``_id`` and a hash
+    of the exact text the ranker gets for it, so a changed document misses.
+    ``selproxy embed`` keys what it stores the same way."""
+    doc_id = hit.get("_id", hit.get("id")) if isinstance(hit, dict) else None
+    index = hit.get("_index") if isinstance(hit, dict) else None
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return (str(index or ""), str(doc_id if doc_id is not None else ""), digest)
+
+
+def _applied(scores: Sequence[float], window: int) -> Outcome:
+    """``applied``, with ``partial=K/N`` when only a prefix was scored and
+    ``fusion=off`` when fusion was configured but had no engine scores.  A
+    ranker that scored nothing has failed its deadline."""
+    if not scores:
+        return ("fallback", "deadline")
+    details = []
+    if len(scores) < window:
+        details.append(f"partial={len(scores)}/{window}")
+    if getattr(scores, "fusion", "") == "off":
+        details.append("fusion=off")
+    return ("applied", "; ".join(details))
+
+
+def _engine_scores(hits: Sequence[Any]) -> Optional[List[float]]:
+    """The engine's score of each hit (``_score`` in Elasticsearch, ``score``
+    in Solr), or None when any hit has none (a sort, an unscored query):
+    fusion then falls back to the model alone."""
+    scores = []
+    for hit in hits:
+        score = hit.get("_score", hit.get("score")) if isinstance(hit, dict) else None
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or score != score:
+            return None
+        scores.append(float(score))
+    return scores
 
 
 def _path_params(pattern: str, path: str) -> Dict[str, str]:
@@ -251,20 +288,23 @@ class SearchService:
     def _job(self, plan: SearchPlan, hits: Sequence[Any], texts: List[str]) -> RankJob:
         keys = None
         if self.adapter.wants_keys:
-            keys = [(h.get("_index"), h.get("_id", h.get("id")), hashlib.sha1(t.encode()).hexdigest())
-                    for h, t in zip(hits, texts)]
+            keys = [document_key(h, t) for h, t in zip(hits, texts)]
         engine_scores = None
         if self.adapter.wants_engine_scores:
-            engine_scores = [_engine_score(h) for h in hits]
+            engine_scores = _engine_scores(hits)
         return RankJob(plan.query, texts, keys, engine_scores)
 
     async def _rank(self, route: SearchRoute, jobs: Sequence[RankJob]
                     ) -> Tuple[Optional[List[List[float]]], Outcome, RankTiming]:
+        started = time.perf_counter()
         try:
             scores, timing = await self.adapter.rank(jobs, self._deadline(route))
         except RankFailed as failure:
-            return None, ("fallback", failure.reason), RankTiming()
+            # The time it waited, so a missed deadline shows as one.
+            return None, ("fallback", failure.reason), RankTiming(rank=time.perf_counter() - started)
         self.stats.rank_seconds.append(timing.rank)
+        if len(jobs) == 1:
+            return scores, _applied(scores[0], len(jobs[0].docs)), timing
         return scores, APPLIED, timing
 
     def _answer(self, request: Request, response: Response, prep: _Prepared, doc: Any,
@@ -275,7 +315,8 @@ class SearchService:
         return client_response(response, _json.dumps(doc), gzip_ok=accepts_gzip(request.headers),
                                gzip_level=self.config.gzip_level,
                                rerank=", ".join(map(_header, outcomes)),
-                               timing=server_timing(upstream_s, timing.queue, timing.rank),
+                               timing=server_timing(upstream_s, timing.queue, timing.rank,
+                                                    timing.encode, timing.score),
                                ignored=prep.overrides.ignored)
 
     def _plan_kwargs(self, route: SearchRoute, overrides: Overrides) -> Dict[str, Any]:
@@ -380,7 +421,7 @@ class SearchService:
             scores, outcome, timing = await self._rank(route, jobs)
             for n, (i, plan, item) in enumerate(ranked_items):
                 apply_es(item, plan, scores[n] if scores else None)
-                outcomes[i] = outcome
+                outcomes[i] = _applied(scores[n], len(jobs[n].docs)) if scores else outcome
         return self._answer(request, response, prep, doc, outcomes, upstream_s, timing)
 
     async def _params(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:

@@ -124,4 +124,5 @@ def test_passthrough_keeps_body_and_encoding():
     upstream = Response(404, [("content-encoding", "gzip"), ("content-length", "3")], b"abc")
     out = passthrough_response(upstream, "skipped; reason=upstream_status", server_timing(0.0012))
     assert out.status == 404 and out.body == b"abc" and out.header("content-encoding") == "gzip"
-    assert out.header("server-timing") == "upstream;dur=1.20, queue;dur=0.00, rank;dur=0.00"
+    assert out.header("server-timing") == (
+        "upstream;dur=1.20, queue;dur=0.00, encode;dur=0.00, score;dur=0.00, rank;dur=0.00")
