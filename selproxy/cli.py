@@ -61,10 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                               metavar="S", help="default %(default)s")
 
     search = p.add_argument_group("reranked search")
-    search.add_argument("--ranker", metavar="NAME|pkg.mod:Class",
+    search.add_argument("--ranker", metavar="NAME|pkg.mod:Class", default="default",
                         help="rerank claimed searches with this ranker: a registered "
-                             "name (identity, bm25, ...) or a class; without it the proxy "
-                             "claims nothing but /_selproxy/status")
+                             "name (default, minilm, bi-encoder, bm25, identity, ...) or a class; "
+                             "'default' (the default) is the neural ranker when selproxy[neural] "
+                             "is installed; 'none' claims nothing but /_selproxy/status")
+    search.add_argument("--embedding-store", default="default", metavar="PATH|default|engine|:memory:",
+                        help="where a bi-encoder keeps document embeddings: 'default' is a file per "
+                             "model under ~/.cache/selproxy (shared by workers and restarts), "
+                             "'engine' a sidecar index of the upstream, ':memory:' none "
+                             "(default %(default)s)")
     search.add_argument("--ranker-option", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the ranker (repeatable)")
     search.add_argument("--model-dir", metavar="PATH",
@@ -139,9 +145,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = build_parser()
+    ranker = _chosen_ranker(parser, args.ranker)
     try:
         config = config_from_args(args)
-        search = search_from_args(args) if args.ranker else None
+        search = search_from_args(args) if ranker else None
     except ValueError as exc:
         parser.error(str(exc))
     from .rankers.registry import RankerUnavailable, parse_ranker_options
@@ -150,19 +157,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = parse_ranker_options(args.ranker_option)
     except ValueError as exc:
         parser.error(str(exc))
+    if ranker and _takes(ranker, "embedding_store") and "embedding_store" not in options:
+        options["embedding_store"] = args.embedding_store
+        if args.embedding_store == "engine":
+            options.setdefault("store_upstream", args.upstream)
     if args.model_dir:
         options["model_dir"] = args.model_dir
     if args.url:
         options["url"] = args.url
-    if options and not args.ranker:
+    if options and not ranker:
         parser.error("--ranker-option needs --ranker")
-    proxy = Proxy(config=config, ranker=args.ranker, ranker_options=options or None, search=search)
+    proxy = Proxy(config=config, ranker=ranker, ranker_options=options or None, search=search)
     try:
         proxy.run()
     except RankerUnavailable as exc:
         # The model loads as the proxy starts (in each worker, after the fork).
         parser.exit(2, f"selproxy: error: {exc}\n")
     return 0
+
+
+def _chosen_ranker(parser: argparse.ArgumentParser, name: str) -> Optional[str]:
+    """The ranker to build: ``none`` means none; ``default`` the neural
+    ranker when its extra is installed, else none, said in one line."""
+    if name == "none":
+        return None
+    if name != "default":
+        return name
+    from .rankers.registry import default_ranker_missing
+    missing = default_ranker_missing()
+    if missing is None:
+        return "default"
+    logging.getLogger("selproxy").warning(
+        "reranking is off: the default neural ranker needs %s (pip install 'selproxy[neural]'); "
+        "--ranker none says passthrough only", missing)
+    return None
+
+
+def _takes(ranker: str, option: str) -> bool:
+    """Whether the ranker ``ranker`` names takes the keyword ``option``."""
+    import inspect
+
+    from .rankers.registry import load_ranker_class
+    try:
+        params = inspect.signature(load_ranker_class(ranker)).parameters
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return False  # the proxy's start reports a bad ranker in its own words
+    return option in params
 
 
 def _subcommand(name: str, argv: List[str]) -> int:

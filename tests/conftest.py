@@ -38,3 +38,16 @@ def no_leaked_core_objects():
         return
     gc.collect()
     assert _core.debug_counts() == {"clients": 0, "upstreams": 0, "exchanges": 0}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_directory(tmp_path_factory):
+    """The default embedding store is a file under the user's cache directory:
+    tests (and the proxies they start) get a fresh one of their own."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous

@@ -25,10 +25,9 @@ def build_parser(prog: str = "selproxy demo") -> argparse.ArgumentParser:
     parser.add_argument("--ranker", default=DEFAULT_RANKER, help="ranker name (default %(default)s)")
     parser.add_argument("--query", action="append", dest="queries", metavar="TEXT",
                         help="a search to show side by side; repeatable (default: a few examples)")
-    parser.add_argument("--rank-deadline", type=float, default=30.0, metavar="S",
-                        help="how long a search may wait for the model (default %(default)s: "
-                             "a cold window of 50 passages takes a second or more on 2 cores, "
-                             "and the demo is there to show the reranked order)")
+    parser.add_argument("--rank-deadline", type=float, default=None, metavar="S",
+                        help="how long a search may wait for the model (default: the proxy's, "
+                             "as `selproxy --help` shows)")
     parser.add_argument("--once", action="store_true", help="exit after showing the searches")
     return parser
 
@@ -43,14 +42,15 @@ def _engine(listen: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def _proxy(upstream: str, listen: str, ranker_name: str,
-                 rank_deadline: float) -> AsyncIterator[Any]:
+                 rank_deadline: Optional[float]) -> AsyncIterator[Any]:
     # selproxy with the chosen ranker in front of ``upstream``; it is shown
     # once the ranker has warmed up, as the status page's "ready" says.
     from ..search import SearchConfig
     from ..server import Proxy
 
-    async with Proxy(upstream=upstream, listen=listen, ranker=ranker_name,
-                     search=SearchConfig(rank_deadline=rank_deadline)) as proxy:
+    # The proxy's own defaults: the demo shows what a user gets.
+    search = SearchConfig() if rank_deadline is None else SearchConfig(rank_deadline=rank_deadline)
+    async with Proxy(upstream=upstream, listen=listen, ranker=ranker_name, search=search) as proxy:
         await proxy.ready()
         yield proxy
 

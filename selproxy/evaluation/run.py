@@ -41,8 +41,11 @@ class SearchResult:
     latency_ms: float
     # From the proxy's ``Server-Timing: rank;dur=…``; None when absent (the engine).
     rank_ms: Optional[float] = None
-    # The proxy's ``X-Selproxy-Rerank`` header, e.g. "applied" or "fallback; reason=deadline".
+    # The proxy's ``X-Selproxy-Rerank`` header as tallied (:func:`rerank_kind`).
     rerank: Optional[str] = None
+    # ``Server-Timing: encode`` and ``queue``: embedding, and waiting for the model.
+    encode_ms: Optional[float] = None
+    queue_ms: Optional[float] = None
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RunSummary:
     rank_p50_ms: Optional[float]
     rank_p99_ms: Optional[float]
     rerank: Dict[str, int] = field(default_factory=dict)
+    encode_p50_ms: Optional[float] = None
+    queue_p50_ms: Optional[float] = None
 
 
 @dataclass
@@ -75,7 +80,7 @@ class Report:
         k, n = self.k, self.window
         header = (
             f"| run | nDCG@{k} | vs first | MRR@{k} | Recall@{n} | rank p50 ms | rank p99 ms "
-            f"| search p50 ms | search p99 ms | rerank header |"
+            f"| encode p50 ms | queue p50 ms | search p50 ms | search p99 ms | rerank header |"
         )
         lines = [header, "|" + "---|" * (header.count("|") - 1)]
         base = self.runs[0].ndcg if self.runs else 0.0
@@ -85,6 +90,7 @@ class Report:
             lines.append(
                 f"| {run.label} | {run.ndcg:.4f} | {change} | {run.mrr:.4f} | {run.recall:.4f} "
                 f"| {_ms(run.rank_p50_ms)} | {_ms(run.rank_p99_ms)} "
+                f"| {_ms(run.encode_p50_ms)} | {_ms(run.queue_p50_ms)} "
                 f"| {_ms(run.latency_p50_ms)} | {_ms(run.latency_p99_ms)} | {tally} |"
             )
         return "\n".join(lines)
@@ -124,6 +130,16 @@ def server_timing(values: Sequence[str]) -> Dict[str, float]:
     return durations
 
 
+def rerank_kind(value: str) -> str:
+    """An ``X-Selproxy-Rerank`` value as tallied: ``applied``, ``partial``
+    (``applied; partial=K/N``), or as it is (``fallback; reason=deadline``)."""
+    if value.startswith("applied") and "partial=" in value:
+        return "partial"
+    if value.startswith("applied"):
+        return "applied"
+    return value
+
+
 def _hit_ids(reply: Reply) -> List[str]:
     try:
         hits = reply.body["hits"]["hits"]
@@ -152,7 +168,8 @@ async def run_topics(
         timings = server_timing(reply.header_values("Server-Timing"))
         rerank = reply.header_values("X-Selproxy-Rerank")
         results.append(SearchResult(
-            topic.id, _hit_ids(reply), reply.elapsed_ms, timings.get("rank"), rerank[0] if rerank else None
+            topic.id, _hit_ids(reply), reply.elapsed_ms, timings.get("rank"),
+            rerank_kind(rerank[0]) if rerank else None, timings.get("encode"), timings.get("queue"),
         ))
     return results
 
@@ -183,7 +200,14 @@ def summarise(label: str, results: Sequence[SearchResult], qrels: Qrels, *, k: i
         rank_p50_ms=percentile(rank_times, 50) if rank_times else None,
         rank_p99_ms=percentile(rank_times, 99) if rank_times else None,
         rerank=dict(Counter(result.rerank for result in results if result.rerank is not None)),
+        encode_p50_ms=_p50([r.encode_ms for r in results]),
+        queue_p50_ms=_p50([r.queue_ms for r in results]),
     )
+
+
+def _p50(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return percentile(present, 50) if present else None
 
 
 async def evaluate(

@@ -169,7 +169,10 @@ class MiniLMRanker:
     caller passes ``engine_scores`` (0 turns fusion off).
     ``embedding_store`` is the persistent store: a
     :class:`~selproxy.rankers.store.VectorStore`, a path, ``"default"`` (a
-    file per model under the user's cache directory) or ``":memory:"`` (none).
+    file per model under the user's cache directory), ``"engine"`` (a sidecar
+    index of the engine at ``store_upstream``) or ``":memory:"`` (none);
+    ``store_max_entries`` bounds it and ``store_dtype`` (``int8`` or
+    ``float16``) is how vectors are kept.
     ``background_queue`` bounds the documents waiting to be embedded in the
     background (0: no background embedding).
     """
@@ -193,8 +196,9 @@ class MiniLMRanker:
                  threads: Optional[int] = None, cache_size: int = 50_000,
                  query_cache_size: int = 1024, max_length: int = 128,
                  fusion_weight: float = 0.3,
-                 embedding_store: Union[str, VectorStore, None] = ":memory:",
+                 embedding_store: Union[str, VectorStore, None] = "default",
                  store_max_entries: int = 1_000_000, store_dtype: str = "int8",
+                 store_upstream: Optional[str] = None,
                  background_queue: int = 20_000) -> None:
         if model_path is None or tokenizer_path is None:
             default_model, default_tokenizer = default_model_files()
@@ -214,7 +218,7 @@ class MiniLMRanker:
         if isinstance(embedding_store, str) or embedding_store is None:
             self.store: Optional[VectorStore] = open_store(
                 embedding_store, self.name, self.model_identity,
-                max_entries=store_max_entries, dtype=store_dtype)
+                max_entries=store_max_entries, dtype=store_dtype, upstream=store_upstream)
         else:
             self.store = embedding_store
         #: Seconds of model time per (estimated) token, measured on every call.

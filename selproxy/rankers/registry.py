@@ -30,6 +30,8 @@ class RankerUnavailable(RuntimeError):
 
 #: Used when the package's entry points are not installed (a source checkout).
 BUILTIN_RANKERS: Mapping[str, str] = {
+    # The ranker a proxy uses when none is named, with selproxy[neural].
+    "default": "selproxy.rankers.minilm:MiniLMRanker",
     "identity": "selproxy.rankers.identity:IdentityRanker",
     "bm25": "selproxy.rankers.bm25:BM25Ranker",
     "minilm": "selproxy.rankers.minilm:MiniLMRanker",
@@ -40,6 +42,22 @@ BUILTIN_RANKERS: Mapping[str, str] = {
 #: Options that configure the micro-batcher, not the ranker itself.
 BATCH_OPTIONS = {"batch_max_pairs": "max_pairs", "batch_max_wait_ms": "max_wait_ms",
                  "batch_queue": "max_queue_pairs"}
+
+
+def default_ranker_missing() -> Optional[str]:
+    """None when the default neural ranker can be built, else what is
+    missing (a package), to say in one line."""
+    import importlib.util
+
+    for module in ("numpy", "onnxruntime", "tokenizers"):
+        if importlib.util.find_spec(module) is None:
+            return f"the {module!r} package"
+    from ._onnx import ModelNotFound, default_model_files
+    try:
+        default_model_files()
+    except ModelNotFound as exc:
+        return str(exc).split(":")[0]
+    return None
 
 
 def parse_ranker_options(items: Optional[Iterable[str]]) -> Dict[str, Any]:

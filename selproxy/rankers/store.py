@@ -23,13 +23,14 @@ on the event loop.  Each thread gets its own connection.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -145,8 +146,8 @@ class SQLiteVectorStore:
         self.writes = 0
         self.evictions = 0
         conn = self._conn()
-        with conn:
-            conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA)
+        with self._writing(conn):
             conn.execute("INSERT OR IGNORE INTO models (identity, dtype) VALUES (?, ?)",
                          (identity, dtype))
         self.model_id, stored_dtype = conn.execute(
@@ -191,6 +192,19 @@ class SQLiteVectorStore:
                 pass
         self._local = threading.local()
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _writing(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the connection is in autocommit mode, so
+        ``with conn`` alone would not begin one)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def _count(self) -> int:
         row = self._conn().execute("SELECT count(*) FROM vectors WHERE model = ?",
                                    (self.model_id,)).fetchone()
@@ -211,6 +225,21 @@ class SQLiteVectorStore:
         now = int(time.time())
         stale: List[Tuple[int, str, str]] = []
         conn = self._conn()
+        # One read transaction: every slice sees the same snapshot (in WAL
+        # mode a reader never waits for the writer).
+        conn.execute("BEGIN")
+        try:
+            self._select_rows(conn, by_index, wanted, keys, found, now, stale)
+        finally:
+            conn.execute("COMMIT")
+        if stale:
+            self._touch(stale)
+        return found
+
+    def _select_rows(self, conn: sqlite3.Connection, by_index: Dict[str, List[str]],
+                     wanted: Dict[Tuple[str, str], List[int]], keys: Sequence[DocKey],
+                     found: List[Optional[Tuple[float, bytes]]], now: int,
+                     stale: List[Tuple[int, str, str]]) -> None:
         for index, ids in by_index.items():
             for start in range(0, len(ids), _MAX_PARAMS):
                 part = ids[start:start + _MAX_PARAMS]
@@ -228,9 +257,6 @@ class SQLiteVectorStore:
                             current = True
                     if current and now - used > TOUCH_INTERVAL:
                         stale.append((now, index, doc_id))
-        if stale:
-            self._touch(stale)
-        return found
 
     def get_many(self, keys: Sequence[DocKey]) -> List[Optional[np.ndarray]]:
         if not keys:
@@ -257,7 +283,7 @@ class SQLiteVectorStore:
 
     def _touch(self, rows: Sequence[Tuple[int, str, str]]) -> None:
         try:
-            with self._conn() as conn:
+            with self._writing(self._conn()) as conn:
                 conn.executemany("UPDATE vectors SET used = ? WHERE model = ? AND idx = ? AND id = ?",
                                  [(t, self.model_id, i, d) for t, i, d in rows])
         except sqlite3.OperationalError:
@@ -272,7 +298,7 @@ class SQLiteVectorStore:
             blob, scale = encode_vector(np.asarray(vector, dtype=np.float32), self.dtype)
             rows.append((self.model_id, index or "", doc_id or text_hash, text_hash, scale, blob, now))
         conn = self._conn()
-        with conn:
+        with self._writing(conn):
             conn.executemany(
                 "INSERT INTO vectors (model, idx, id, text_hash, scale, vec, used) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model, idx, id) DO UPDATE SET "
@@ -288,7 +314,7 @@ class SQLiteVectorStore:
     def _evict(self, conn: sqlite3.Connection) -> None:
         # Down to 90 % of the bound, so eviction runs once per tenth, not per insert.
         excess = self._rows - int(self.max_entries * 0.9)
-        with conn:
+        with self._writing(conn):
             conn.execute(
                 "DELETE FROM vectors WHERE model = ? AND (idx, id) IN ("
                 "SELECT idx, id FROM vectors WHERE model = ? ORDER BY used LIMIT ?)",
@@ -305,13 +331,18 @@ class SQLiteVectorStore:
                 "writes": self.writes, "evictions": self.evictions}
 
 
-def open_store(spec: Optional[str], model_name: str, identity: str, **options: Any
-               ) -> Optional[VectorStore]:
+def open_store(spec: Optional[str], model_name: str, identity: str, *,
+               upstream: Optional[str] = None, **options: Any) -> Optional[VectorStore]:
     """The store a ``--embedding-store`` value names: None or ``":memory:"``
     for none, ``"default"`` for the per-model file under the cache directory,
-    anything else a file path.  (``"engine"`` is resolved by the search
-    service, which knows the upstream.)"""
+    ``"engine"`` for a sidecar index of the engine at ``upstream``, anything
+    else a file path."""
     if spec is None or spec == ":memory:" or spec == "none":
         return None
+    if spec == "engine":
+        if not upstream:
+            raise ValueError("embedding_store='engine' needs the engine's URL (store_upstream)")
+        from .engine_store import EngineVectorStore
+        return EngineVectorStore(upstream, model_name, identity, dtype=options.get("dtype", "int8"))
     path = default_store_path(model_name, identity) if spec == "default" else Path(spec)
     return SQLiteVectorStore(path, identity, **options)

@@ -34,6 +34,10 @@ class ProxyProcess:
 
     def __enter__(self) -> "ProxyProcess":
         argv = [sys.executable, "-m", "selproxy", *self.args]
+        # The core's tests run passthrough only unless they name a ranker:
+        # the default neural ranker would load a model in every worker.
+        if "--ranker" not in self.args:
+            argv += ["--ranker", "none"]
         if "--listen" not in self.args:
             argv += ["--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,

@@ -68,7 +68,7 @@ def test_order_of_the_window_does_not_matter(ranker: MiniLMRanker) -> None:
 
 
 def test_cache_by_key_serves_repeated_documents() -> None:
-    ranker = MiniLMRanker(threads=1, cache_size=100)
+    ranker = MiniLMRanker(threads=1, cache_size=100, embedding_store=":memory:")
     keys = [("idx", str(i), f"h{i}") for i in range(len(DOCS))]
     embedded: List[int] = []
     embed = ranker.encoder.embed
@@ -83,7 +83,7 @@ def test_cache_by_key_serves_repeated_documents() -> None:
 
 
 def test_duplicates_in_a_window_are_embedded_once() -> None:
-    ranker = MiniLMRanker(threads=1)
+    ranker = MiniLMRanker(threads=1, embedding_store=":memory:")
     embedded: List[int] = []
     embed = ranker.encoder.embed
     ranker.encoder.embed = lambda texts: (embedded.append(len(texts)), embed(texts))[1]  # type: ignore[method-assign]
@@ -165,7 +165,7 @@ def test_micro_batched_through_the_adapter_matches_direct(ranker: MiniLMRanker) 
 
 
 def test_model_inputs_counts_what_is_not_cached() -> None:
-    ranker = MiniLMRanker(threads=1)
+    ranker = MiniLMRanker(threads=1, embedding_store=":memory:")
     keys = [("i", str(n), "h") for n in range(len(DOCS))]
     assert ranker.model_inputs(QUERY, DOCS, keys) == len(DOCS) + 1
     ranker.rank(QUERY, DOCS[:2], keys=keys[:2])

@@ -1,0 +1,116 @@
+"""Deadline-aware reranking: the longest prefix that fits, the rest in engine
+order, the rest embedded in the background (the real model, small windows)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import List
+
+import pytest
+from support.aio import run
+
+from selproxy.handler import Request
+from selproxy.rankers.base import Scores
+from selproxy.search import SearchConfig, SearchService
+from selproxy.search._testing import FakeEngine
+from selproxy.search.respond import page_hits
+from selproxy.search.rewrite import plan_search
+
+
+class PrefixRanker:
+    """Scores only the first ``k`` documents, in reverse engine order."""
+
+    partial_results = True
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def rank(self, query: str, docs: List[str]) -> List[float]:
+        return Scores(float(i) for i in range(min(self.k, len(docs))))
+
+
+def test_page_hits_reorders_only_the_scored_prefix():
+    plan = plan_search({"size": 6}, {}, ("books",), topn=6)
+    hits = [{"_id": str(n), "_score": 10.0 - n} for n in range(6)]
+    page = page_hits(hits, plan, [0.1, 0.3, 0.2])
+    assert [h["_id"] for h in page] == ["1", "2", "0", "3", "4", "5"]
+    assert [h["_score"] for h in page] == [0.3, 0.2, 0.1, 7.0, 6.0, 5.0]
+
+
+def test_the_service_says_which_prefix_was_reranked():
+    fake = FakeEngine({"books": [(f"d{k}", {"title": f"rocket {k}"}) for k in range(8)]})
+    service = SearchService(PrefixRanker(3), SearchConfig(topn=8))
+    body = json.dumps({"query": {"match": {"title": "rocket"}}, "size": 8}).encode()
+    route = next(r for r in service.routes() if r.path == "/{index}/_search")
+    response = run(route.handler(Request("POST", "/books/_search", [], body, {"index": "books"}),
+                                 fake), 10)
+    assert response.header("x-selproxy-rerank") == "applied; partial=3/8"
+    engine_order = [h["_id"] for h in fake.answer("POST", "/books/_search", body)[1]["hits"]["hits"]]
+    got = [h["_id"] for h in json.loads(response.body)["hits"]["hits"]]
+    assert got == engine_order[:3][::-1] + engine_order[3:]
+    assert service.status()["partial"] == 1
+
+
+pytest.importorskip("onnxruntime")
+from selproxy.rankers.minilm import MiniLMRanker  # noqa: E402
+
+PASSAGE = ("an experimental study of a wing in a propeller slipstream was made in order to "
+           "determine the spanwise distribution of the lift increase due to slipstream ")
+
+
+@pytest.fixture(scope="module")
+def ranker():
+    model = MiniLMRanker(threads=1, embedding_store=":memory:")
+    model.warmup()
+    yield model
+    model.close()
+
+
+def test_a_deadline_bounds_the_prefix_and_the_rest_is_embedded_in_the_background(ranker):
+    docs = [f"{PASSAGE} variant {n}" for n in range(12)]
+    keys = [("cold", str(n), f"h{n}") for n in range(12)]
+    # Pretend each document costs 40 ms: with 200 ms, about four fit (after the reserve).
+    ranker.cost_per_token = 0.040 / 32
+    ranker.CALIBRATION_TOKENS = 10 ** 9  # keep the pretended cost for this call
+    try:
+        started = time.perf_counter()
+        scores = ranker.batch_rank([("wing lift", docs)], keys=[keys],
+                                   deadlines=[started + 0.2])[0]
+    finally:
+        del ranker.CALIBRATION_TOKENS
+    assert isinstance(scores, Scores)
+    assert 1 <= len(scores) < len(docs)
+    assert scores.encoded == len(scores)
+    assert set(scores.timing) == {"wait", "lookup", "encode", "score"}
+    # The rest went to the background, which embeds each once.
+    deadline = time.monotonic() + 60
+    while (ranker.backlog() or ranker.cache.count_missing(keys)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ranker.cache.count_missing(keys) == 0
+    assert ranker.counters["encoded_background"] == len(docs) - len(scores)
+    full = ranker.batch_rank([("wing lift", docs)], keys=[keys],
+                             deadlines=[time.perf_counter() + 0.2])[0]
+    assert len(full) == len(docs) and full.encoded == 0
+    assert full[:len(scores)] == pytest.approx(list(scores), abs=1e-4)
+
+
+def test_without_a_deadline_every_document_is_scored(ranker):
+    docs = [f"{PASSAGE} other {n}" for n in range(5)]
+    assert len(ranker.rank("wing", docs)) == 5
+
+
+def test_a_passed_deadline_scores_only_what_is_known(ranker):
+    docs = [f"{PASSAGE} late {n}" for n in range(4)]
+    keys = [("late", str(n), "h") for n in range(4)]
+    ranker.batch_rank([("wing", docs[:1])], keys=[keys[:1]])
+    scores = ranker.batch_rank([("wing", docs)], keys=[keys],
+                               deadlines=[time.perf_counter() - 1])[0]
+    assert len(scores) == 1 and scores.encoded == 0
+
+
+def test_fusion_needs_engine_scores_and_says_when_it_had_none(ranker):
+    docs = [f"{PASSAGE} fused {n}" for n in range(3)]
+    fused = ranker.batch_rank([("wing", docs)], engine_scores=[[3.0, 2.0, 1.0]])[0]
+    alone = ranker.batch_rank([("wing", docs)], engine_scores=[None])[0]
+    assert fused.fusion == "on" and alone.fusion == "off"
+    assert min(fused) >= 0.0 and max(fused) <= 1.0
