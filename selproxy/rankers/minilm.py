@@ -190,6 +190,9 @@ class MiniLMRanker:
     BACKGROUND_SLICE = 0.05
     #: Calls of fewer estimated tokens do not update the cost per token.
     CALIBRATION_TOKENS = 256
+    #: Seconds per token assumed until a call has been measured (about three
+    #: times what 2 cores of a current x86 server take).
+    UNMEASURED_COST_PER_TOKEN = 0.001
 
     def __init__(self, model_path: Union[str, Path, None] = None,
                  tokenizer_path: Union[str, Path, None] = None, *,
@@ -250,8 +253,11 @@ class MiniLMRanker:
         """Run the model once, so the first search neither pays for allocation
         nor lacks a cost estimate."""
         passage = "a somewhat longer passage, of about the length of an abstract, to warm up the model " * 8
-        self.encoder.embed(["warm up", passage])
-        self._embed([passage] * 4)
+        # Under the model's lock: a search that arrives meanwhile waits, and
+        # its budget counts the wait.
+        with self._model_lock:
+            self.encoder.embed(["warm up", passage])
+            self._embed([passage] * 4)
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` and update the cost per token."""
@@ -444,7 +450,8 @@ class MiniLMRanker:
         the estimated model time still ends before that search's deadline."""
         chosen: List[List[int]] = [[] for _ in plans]
         estimate = 0.0
-        cost = self.cost_per_token
+        # Before any measurement, a cautious guess: the first call calibrates.
+        cost = self.cost_per_token or self.UNMEASURED_COST_PER_TOKEN
         depth = max((len(p.missing) for p in plans), default=0)
         stopped = [False] * len(plans)
         for position in range(depth):

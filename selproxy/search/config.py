@@ -84,7 +84,7 @@ class SearchConfig:
     max_topn: int = 500
     #: Seconds the ranker may take (queueing included) before the proxy
     #: answers in the engine's order.  Fail-open, never an error.
-    rank_deadline: float = 2.0
+    rank_deadline: float = 0.25
     #: Document text fields, as ``[highlight.|fields.]name[:max_chars]``.
     #: Empty: every string value of ``_source``, in document order.
     text_fields: Tuple[str, ...] = ()

@@ -202,7 +202,18 @@ class SearchService:
     def status(self) -> Dict[str, Any]:
         """Counters for ``GET /_selproxy/status`` (JSON-ready)."""
         snapshot = self.stats.snapshot()
-        snapshot["ranker"] = type(self.adapter.ranker).__name__
+        ranker = self.adapter.ranker
+        # The model, not its wrapper: a MicroBatcher holds the ranker it batches for.
+        model = getattr(ranker, "ranker", ranker)
+        snapshot["ranker"] = getattr(model, "name", None) or type(model).__name__
+        owners = [("model", model)] if model is ranker else [("batching", ranker), ("model", model)]
+        for key, owner in owners:
+            stats = getattr(owner, "stats", None)
+            if callable(stats):
+                try:
+                    snapshot[key] = stats()
+                except Exception as exc:  # a status page never fails on a ranker's stats
+                    snapshot[key] = {"error": type(exc).__name__}
         snapshot["pending_ranks"] = self.adapter.pending
         snapshot["topn"] = self.config.topn
         snapshot["rank_deadline"] = self.config.rank_deadline

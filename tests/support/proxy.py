@@ -25,8 +25,10 @@ class ProxyProcess:
     """``with ProxyProcess(["--upstream", url]) as p: p.url``: runs
     ``python -m selproxy`` and waits for its "listening" line."""
 
-    def __init__(self, args: List[str], timeout: float = 20.0) -> None:
+    def __init__(self, args: List[str], timeout: float = 20.0, *,
+                 passthrough_only: bool = True) -> None:
         self.args = args
+        self.passthrough_only = passthrough_only
         self.timeout = timeout
         self.proc: Optional[subprocess.Popen] = None
         self.url = ""
@@ -36,7 +38,7 @@ class ProxyProcess:
         argv = [sys.executable, "-m", "selproxy", *self.args]
         # The core's tests run passthrough only unless they name a ranker:
         # the default neural ranker would load a model in every worker.
-        if "--ranker" not in self.args:
+        if self.passthrough_only and "--ranker" not in self.args:
             argv += ["--ranker", "none"]
         if "--listen" not in self.args:
             argv += ["--listen", "127.0.0.1:0"]
