@@ -141,14 +141,14 @@ class Encoder:
             types[row, :n] = e.type_ids
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
-    def _run(self, inputs: List[Any], head: HeadFn) -> np.ndarray:
+    def _run(self, inputs: List[Any], head: HeadFn, run_options: Any = None) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(inputs)
         out: Optional[np.ndarray] = None
         for chunk in _chunks([len(e.ids) for e in encodings]):
             feed = self._feed([encodings[i] for i in chunk])
             with self._lock:
                 outputs = self.session.run(
-                    None, {k: v for k, v in feed.items() if k in self.input_names})
+                    None, {k: v for k, v in feed.items() if k in self.input_names}, run_options)
             rows = head(outputs, feed)
             if out is None:
                 out = np.empty((len(encodings),) + rows.shape[1:], dtype=np.float32)
@@ -156,11 +156,13 @@ class Encoder:
         assert out is not None
         return out
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Mean-pooled, L2-normalised embeddings, one row per text."""
+    def embed(self, texts: Sequence[str], run_options: Any = None) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings, one row per text.
+        ``run_options`` (an ``onnxruntime.RunOptions``) lets another thread
+        stop the call: setting its ``terminate`` makes it raise."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return self._run(list(texts), _mean_pool_head)
+        return self._run(list(texts), _mean_pool_head, run_options)
 
     def pair_logits(self, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
         """One relevance logit per ``(query, text)`` pair, for cross-encoders."""

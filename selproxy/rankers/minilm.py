@@ -185,11 +185,10 @@ class MiniLMRanker:
     #: Seconds kept in reserve before a deadline, besides a tenth of the budget:
     #: scoring, fusion and the answer's encoding.
     DEADLINE_RESERVE = 0.005
-    #: A background batch is cut at about this many seconds of model time, so
-    #: a search that arrives meanwhile waits at most this long for the model.
-    BACKGROUND_SLICE = 0.05
-    #: Calls of fewer estimated tokens do not update the cost per token.
-    CALIBRATION_TOKENS = 256
+    #: A background batch is cut at about this many seconds of model time.  A
+    #: search that arrives meanwhile stops it (onnxruntime's terminate flag)
+    #: and takes the model at once; the batch's documents go back to the queue.
+    BACKGROUND_SLICE = 0.25
     #: Seconds per token assumed until a call has been measured (about three
     #: times what 2 cores of a current x86 server take).
     UNMEASURED_COST_PER_TOKEN = 0.001
@@ -224,8 +223,12 @@ class MiniLMRanker:
                 max_entries=store_max_entries, dtype=store_dtype, upstream=store_upstream)
         else:
             self.store = embedding_store
-        #: Seconds of model time per (estimated) token, measured on every call.
+        #: The cost of one call that embeds documents, fitted to the last calls:
+        #: ``cost_per_call + cost_per_token * tokens`` seconds (estimated tokens).
         self.cost_per_token = 0.0
+        self.cost_per_call = 0.0
+        self._costs: "collections.deque[Tuple[int, float]]" = collections.deque(maxlen=64)
+        self._preemptible: Any = None  # the background call's RunOptions while it runs
         # The model runs one call at a time; a search holds it for its whole
         # embedding step, the background between slices only.
         self._model_lock = threading.Lock()
@@ -237,7 +240,7 @@ class MiniLMRanker:
         self._closed = False
         self.counters: Dict[str, int] = {"encoded_foreground": 0, "encoded_background": 0,
                                          "queued_background": 0, "dropped_background": 0,
-                                         "partial": 0}
+                                         "preempted_background": 0, "partial": 0}
 
     def _identity(self) -> str:
         identity = getattr(self.encoder, "model_identity", None)
@@ -259,19 +262,35 @@ class MiniLMRanker:
             self.encoder.embed(["warm up", passage])
             self._embed([passage] * 4)
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` and update the cost per token."""
+    def _embed(self, texts: Sequence[str], *, documents: bool = True,
+               run_options: Any = None) -> np.ndarray:
+        """Embed ``texts``; a call that embeds documents updates the cost model."""
         started = time.perf_counter()
-        vectors = self.encoder.embed(list(texts))
-        elapsed = time.perf_counter() - started
-        tokens = sum(estimate_tokens(t, self.max_length) for t in texts)
-        # Short calls (a query) are mostly fixed overhead: they would inflate
-        # the per-token cost that budgets document batches.
-        if tokens >= self.CALIBRATION_TOKENS:
-            measured = elapsed / tokens
-            self.cost_per_token = (measured if self.cost_per_token == 0.0
-                                   else 0.3 * measured + 0.7 * self.cost_per_token)
+        if run_options is None:
+            vectors = self.encoder.embed(list(texts))
+        else:
+            vectors = self.encoder.embed(list(texts), run_options)
+        if documents:
+            tokens = sum(estimate_tokens(t, self.max_length) for t in texts)
+            self._record_cost(tokens, time.perf_counter() - started)
         return vectors
+
+    def _record_cost(self, tokens: int, seconds: float) -> None:
+        """Refit ``cost_per_call + cost_per_token * tokens`` to the recent
+        calls (least squares; one call's overhead, then tokens).  A batch of
+        two costs less than twice one, so a per-token rate alone would
+        overestimate the larger batches a search makes."""
+        self._costs.append((tokens, seconds))
+        x = np.array([c[0] for c in self._costs], dtype=np.float64)
+        y = np.array([c[1] for c in self._costs], dtype=np.float64)
+        if len(x) >= 3 and float(x.max() - x.min()) >= 64:
+            slope, intercept = np.polyfit(x, y, 1)
+            if slope > 0:
+                self.cost_per_token = float(slope)
+                self.cost_per_call = float(max(0.0, intercept))
+                return
+        self.cost_per_token = float(y.sum() / max(1.0, x.sum()))
+        self.cost_per_call = 0.0
 
     def close(self) -> None:
         """Stop the background thread (after its current slice) and close the store."""
@@ -325,7 +344,7 @@ class MiniLMRanker:
         return np.stack(found)  # type: ignore[arg-type]
 
     def _fill(self, found: List[Optional[np.ndarray]], keys: Sequence[Hashable],
-              docs: Sequence[str], positions: Sequence[int]) -> int:
+              docs: Sequence[str], positions: Sequence[int], run_options: Any = None) -> int:
         """Embed the documents at ``positions`` (one model input per distinct
         key) and put them into ``found``; returns how many were embedded."""
         todo: Dict[Hashable, int] = {}
@@ -334,7 +353,7 @@ class MiniLMRanker:
                 todo[keys[n]] = n
         if not todo:
             return 0
-        fresh = self._embed([docs[n] for n in todo.values()])
+        fresh = self._embed([docs[n] for n in todo.values()], run_options=run_options)
         computed = dict(zip(todo, fresh))
         self._remember(list(computed.items()))
         for n in positions:
@@ -348,7 +367,7 @@ class MiniLMRanker:
         found = dict(zip(distinct, self.query_cache.get_many(distinct)))
         todo = [q for q, v in found.items() if v is None]
         if todo:
-            fresh = list(zip(todo, self._embed(todo)))
+            fresh = list(zip(todo, self._embed(todo, documents=False)))
             self.query_cache.put_many(fresh)
             found.update(fresh)
         return found  # type: ignore[return-value]
@@ -399,6 +418,8 @@ class MiniLMRanker:
                                deadlines[n] if deadlines is not None else None))
         with self._state:
             self._foreground += 1
+            if self._preemptible is not None:
+                self._preemptible.terminate = True  # the background yields the model
         try:
             with self._model_lock:
                 waited = time.perf_counter() - started
@@ -449,7 +470,8 @@ class MiniLMRanker:
         search's first missing document, then every second...), as long as
         the estimated model time still ends before that search's deadline."""
         chosen: List[List[int]] = [[] for _ in plans]
-        estimate = 0.0
+        # One call embeds everything chosen: its overhead is paid once.
+        estimate = self.cost_per_call
         # Before any measurement, a cautious guess: the first call calibrates.
         cost = self.cost_per_token or self.UNMEASURED_COST_PER_TOKEN
         depth = max((len(p.missing) for p in plans), default=0)
@@ -535,6 +557,8 @@ class MiniLMRanker:
             return taken
 
     def _background_loop(self) -> None:
+        from onnxruntime import RunOptions
+
         while True:
             taken = self._take_slice()
             if not taken:
@@ -543,14 +567,34 @@ class MiniLMRanker:
                         return
                 continue
             keys = [k for k, _ in taken]
-            try:
-                with self._model_lock:
+            options = RunOptions()
+            with self._model_lock:
+                with self._state:
+                    if self._foreground:  # a search got here first: it goes first
+                        self._requeue(taken)
+                        continue
+                    self._preemptible = options
+                try:
                     found = self._lookup(keys)
                     missing = [n for n, v in enumerate(found) if v is None]
                     self.counters["encoded_background"] += self._fill(
-                        found, keys, [t for _, t in taken], missing)
-            except Exception as exc:  # the next slice tries again; searches never see it
-                log.warning("background embedding failed: %s", type(exc).__name__)
+                        found, keys, [t for _, t in taken], missing, run_options=options)
+                except Exception as exc:  # the next slice tries again; searches never see it
+                    if options.terminate:
+                        self.counters["preempted_background"] += 1
+                        self._requeue(taken)
+                    else:
+                        log.warning("background embedding failed: %s", type(exc).__name__)
+                finally:
+                    with self._state:
+                        self._preemptible = None
+
+    def _requeue(self, taken: Sequence[Tuple[Hashable, str]]) -> None:
+        """Put a slice back at the head of the backlog, in its order."""
+        with self._state:
+            for key, text in reversed(taken):
+                self._backlog[key] = text
+                self._backlog.move_to_end(key, last=False)
 
     def backlog(self) -> int:
         """Documents waiting to be embedded in the background."""
@@ -564,6 +608,7 @@ class MiniLMRanker:
             "cache_misses": self.cache.misses, "cache_evictions": self.cache.evictions,
             "query_cache_hits": self.query_cache.hits,
             "cost_per_token_ms": round(self.cost_per_token * 1e3, 4),
+            "cost_per_call_ms": round(self.cost_per_call * 1e3, 3),
             "background_backlog": self.backlog(),
         }
         stats.update(self.counters)

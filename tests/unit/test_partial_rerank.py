@@ -70,14 +70,15 @@ def test_a_deadline_bounds_the_prefix_and_the_rest_is_embedded_in_the_background
     docs = [f"{PASSAGE} variant {n}" for n in range(12)]
     keys = [("cold", str(n), f"h{n}") for n in range(12)]
     # Pretend each document costs 40 ms: with 200 ms, about four fit (after the reserve).
-    ranker.cost_per_token = 0.040 / 32
-    ranker.CALIBRATION_TOKENS = 10 ** 9  # keep the pretended cost for this call
+    ranker.cost_per_token, ranker.cost_per_call = 0.040 / 32, 0.0
+    record = ranker._record_cost
+    ranker._record_cost = lambda tokens, seconds: None  # keep the pretended cost for this call
     try:
         started = time.perf_counter()
         scores = ranker.batch_rank([("wing lift", docs)], keys=[keys],
                                    deadlines=[started + 0.2])[0]
     finally:
-        del ranker.CALIBRATION_TOKENS
+        ranker._record_cost = record
     assert isinstance(scores, Scores)
     assert 1 <= len(scores) < len(docs)
     assert scores.encoded == len(scores)
@@ -114,3 +115,34 @@ def test_fusion_needs_engine_scores_and_says_when_it_had_none(ranker):
     alone = ranker.batch_rank([("wing", docs)], engine_scores=[None])[0]
     assert fused.fusion == "on" and alone.fusion == "off"
     assert min(fused) >= 0.0 and max(fused) <= 1.0
+
+
+def test_a_search_stops_a_background_batch_and_takes_the_model_at_once():
+    model = MiniLMRanker(threads=1, embedding_store=":memory:")
+    model.warmup()
+    model.BACKGROUND_SLICE = 60.0  # one long background batch
+    docs = [f"{PASSAGE} backlog {n}" for n in range(48)]
+    keys = [("bg", str(n), "h") for n in range(48)]
+    try:
+        # A passed deadline: nothing is embedded now, all 48 go to the background.
+        assert model.batch_rank([("wing", docs)], keys=[keys],
+                                deadlines=[time.perf_counter() - 1])[0] == []
+        give_up = time.monotonic() + 30
+        while model._preemptible is None:
+            assert time.monotonic() < give_up, "the background never started"
+            time.sleep(0.001)
+        started = time.perf_counter()
+        scores = model.batch_rank([("wing", docs[:1])], keys=[keys[:1]],
+                                  deadlines=[started + 5.0])[0]
+        # It waited for the model far less than the background batch of 48 takes.
+        assert scores.timing["wait"] < 0.5, scores.timing
+        assert len(scores) == 1
+        assert model.counters["preempted_background"] >= 1
+        give_up = time.monotonic() + 120
+        while model.cache.count_missing(keys) and time.monotonic() < give_up:
+            time.sleep(0.05)
+        assert model.cache.count_missing(keys) == 0
+        # Each document embedded once: by the search (1) or the background (the rest).
+        assert model.counters["encoded_background"] + model.counters["encoded_foreground"] == 48
+    finally:
+        model.close()
