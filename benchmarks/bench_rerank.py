@@ -333,6 +333,65 @@ async def phase_scale_rss(engine_url: str, topics: Sequence[Any], qrels: Any, wo
     return out
 
 
+async def engine_windows(engine_url: str, topics: Sequence[Any]) -> Dict[str, Tuple[List[str], List[float]]]:
+    windows = {}
+    async with Upstream(engine_url, timeout=60) as upstream:
+        for topic in topics:
+            reply = await upstream.request("POST", f"/{INDEX}/_search",
+                                           json_body=search_body(topic.text, ("title", "text"), 50))
+            hits = reply.body["hits"]["hits"]
+            windows[topic.id] = ([h["_id"] for h in hits], [float(h["_score"]) for h in hits])
+    return windows
+
+
+async def phase_quality(engine_url: str, topics: Sequence[Any], qrels: Any, data: str) -> Dict[str, Any]:
+    """nDCG@10 of the rerank the proxy computes (the engine's top 50, cosine
+    fused with the engine's min-max-normalised score), offline, for token
+    limits, fusion weights and the store's vector forms."""
+    import numpy as np
+
+    from selproxy.rankers.minilm import MiniLMRanker, fuse_scores
+    from selproxy.rankers.store import decode_vector, encode_vector
+    from selproxy.search.extract import document_text
+
+    windows = await engine_windows(engine_url, topics)
+    docs = {str(d["id"] if "id" in d else d.get("_id")): d for d in read_collection(
+        os.path.join(data, "cran.all.1400.xml"))}
+    texts = {doc_id: document_text({"_source": {k: v for k, v in d.items() if k not in ("id", "_id")}},
+                                   None, 2000) for doc_id, d in docs.items()}
+    judged = [t for t in topics if t.id in qrels]
+    rows = []
+    engine_ndcg = sum(ndcg_at(windows[t.id][0], qrels[t.id], 10) for t in judged) / len(judged)
+    rows.append({"setting": "engine order", "ndcg10": round(engine_ndcg, 4)})
+    for max_length in (128, 256):
+        model = MiniLMRanker(threads=None, max_length=max_length, embedding_store=":memory:")
+        ids = sorted(texts)
+        started = time.process_time()
+        matrix = model.encoder.embed([texts[i] for i in ids])
+        cpu = time.process_time() - started
+        vectors = dict(zip(ids, matrix))
+        queries = dict(zip([t.id for t in judged], model.encoder.embed([t.text for t in judged])))
+        forms = ("fp32", "int8", "float16") if max_length == 128 else ("fp32",)
+        for form in forms:
+            if form == "fp32":
+                table = vectors
+            else:
+                table = {i: decode_vector(*encode_vector(v, form), form) for i, v in vectors.items()}
+            for weight in (0.0, 0.3, 0.5):
+                total = 0.0
+                for t in judged:
+                    window, engine = windows[t.id]
+                    cos = np.stack([table[i] for i in window]) @ queries[t.id]
+                    scores = fuse_scores(cos, engine, weight) if weight else cos.tolist()
+                    order = [window[n] for n in sorted(range(len(window)), key=lambda n: -scores[n])]
+                    total += ndcg_at(order, qrels[t.id], 10)
+                rows.append({"setting": f"{max_length} tokens, {form}, fusion {weight}",
+                             "ndcg10": round(total / len(judged), 4),
+                             "cpu_s_per_50_docs": round(cpu / len(ids) * 50, 2)})
+        model.close()
+    return {"rows": rows}
+
+
 async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     topics = read_topics(os.path.join(args.data, "cran.qry.xml"), ids="ordinal")
     qrels = read_qrels(os.path.join(args.data, "cranqrel.trec.txt"))
@@ -358,6 +417,9 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             if "embed" in phases:
                 results["embed"] = await phase_embed(engine_url, topics, qrels, work, deadline_ms)
                 print(json.dumps(results["embed"], indent=1), file=sys.stderr)
+            if "quality" in phases:
+                results["quality"] = await phase_quality(engine_url, topics, qrels, args.data)
+                print(json.dumps(results["quality"], indent=1), file=sys.stderr)
             if "scale" in phases:
                 results["scale"] = phase_scale(engine_url, args.scale, work)
                 results["scale"]["proxy_rss_mb"] = await phase_scale_rss(engine_url, topics, qrels, work,
@@ -376,7 +438,7 @@ async def status_engine(url: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=CRANFIELD)
-    parser.add_argument("--phases", default="cold,embed,scale")
+    parser.add_argument("--phases", default="cold,embed,quality,scale")
     parser.add_argument("--scale", type=int, default=1_000_000, help="rows in the scale phase's store")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()

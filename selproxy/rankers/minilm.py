@@ -143,11 +143,14 @@ class _Plan:
     """What one search of a batch needs: its keys, the vectors found, and the
     positions still missing, in window order."""
 
-    __slots__ = ("query", "docs", "keys", "engine", "deadline", "vectors", "missing")
+    __slots__ = ("query", "docs", "keys", "engine", "deadline", "reserve", "vectors", "missing")
 
     def __init__(self, query: str, docs: Sequence[str], keys: List[Hashable],
-                 engine: Optional[Sequence[float]], deadline: Optional[float]) -> None:
+                 engine: Optional[Sequence[float]], deadline: Optional[float], now: float) -> None:
         self.query = query
+        # Kept free before the deadline: scoring, fusion, the answer's encoding.
+        self.reserve = (MiniLMRanker.DEADLINE_RESERVE + 0.1 * max(0.0, deadline - now)
+                        if deadline is not None else 0.0)
         self.docs = docs
         self.keys = keys
         self.engine = engine
@@ -189,6 +192,9 @@ class MiniLMRanker:
     #: search that arrives meanwhile stops it (onnxruntime's terminate flag)
     #: and takes the model at once; the batch's documents go back to the queue.
     BACKGROUND_SLICE = 0.25
+    #: Documents a search with a deadline embeds per model call, choosing the
+    #: next ones with the cost measured on the last.
+    FOREGROUND_CHUNK = 4
     #: Seconds per token assumed until a call has been measured (about three
     #: times what 2 cores of a current x86 server take).
     UNMEASURED_COST_PER_TOKEN = 0.001
@@ -415,7 +421,7 @@ class MiniLMRanker:
                 raise ValueError(f"{len(engine)} engine scores for {len(docs)} documents")
             plans.append(_Plan(query, docs, list(request_keys) if request_keys is not None
                                else [_text_key(d) for d in docs], engine,
-                               deadlines[n] if deadlines is not None else None))
+                               deadlines[n] if deadlines is not None else None, started))
         with self._state:
             self._foreground += 1
             if self._preemptible is not None:
@@ -439,12 +445,17 @@ class MiniLMRanker:
             plan.missing = [i for i, v in enumerate(plan.vectors) if v is None]
         lookup_done = time.perf_counter()
         query_vectors = self.embed_queries([p.query for p in plans if p.docs])
-        encode_started = time.perf_counter()
-        chosen = self._choose(plans, encode_started)
         encoded = 0
-        for n, plan in enumerate(plans):
-            if chosen[n]:
-                encoded += self._fill(plan.vectors, plan.keys, plan.docs, chosen[n])
+        # Embed in small chunks, choosing again after each with the cost just
+        # measured: the budget follows the machine's load as it is now.
+        timed = any(plan.deadline is not None for plan in plans)
+        while True:
+            chosen = self._choose(plans, time.perf_counter())
+            if not chosen:
+                break
+            encoded += self._embed_chosen(plans, chosen[:self.FOREGROUND_CHUNK] if timed else chosen)
+            for plan in plans:
+                plan.missing = [i for i in plan.missing if plan.vectors[i] is None]
         self.counters["encoded_foreground"] += encoded
         encode_done = time.perf_counter()
         results: List[List[float]] = []
@@ -464,12 +475,28 @@ class MiniLMRanker:
             scores.encoded = encoded
         return results
 
-    def _choose(self, plans: Sequence[_Plan], now: float) -> List[List[int]]:
-        """Which missing documents to embed now: for a search without a
-        deadline, all; with one, round by round through the windows (every
-        search's first missing document, then every second...), as long as
-        the estimated model time still ends before that search's deadline."""
-        chosen: List[List[int]] = [[] for _ in plans]
+    def _embed_chosen(self, plans: Sequence[_Plan], chosen: Sequence[Tuple[int, int]]) -> int:
+        """One model call for the chosen ``(search, position)`` documents, each
+        distinct key once; returns how many texts were embedded."""
+        todo: Dict[Hashable, str] = {}
+        for n, i in chosen:
+            todo.setdefault(plans[n].keys[i], plans[n].docs[i])
+        fresh = dict(zip(todo, self._embed(list(todo.values()))))
+        self._remember(list(fresh.items()))
+        for plan in plans:
+            for i in plan.missing:
+                vector = fresh.get(plan.keys[i])
+                if vector is not None:
+                    plan.vectors[i] = vector
+        return len(todo)
+
+    def _choose(self, plans: Sequence[_Plan], now: float) -> List[Tuple[int, int]]:
+        """Which missing documents to embed now, as ``(search, position)``:
+        for a search without a deadline, all; with one, round by round
+        through the windows (every search's first missing document, then every
+        second...), as long as the estimated model time still ends before that
+        search's deadline less its reserve."""
+        chosen: List[Tuple[int, int]] = []
         # One call embeds everything chosen: its overhead is paid once.
         estimate = self.cost_per_call
         # Before any measurement, a cautious guess: the first call calibrates.
@@ -482,15 +509,13 @@ class MiniLMRanker:
                     continue
                 i = plan.missing[position]
                 if plan.deadline is not None:
-                    budget = plan.deadline - now
-                    reserve = self.DEADLINE_RESERVE + 0.1 * max(0.0, budget)
                     step = estimate_tokens(plan.docs[i], self.max_length) * cost
-                    if estimate + step > budget - reserve:
+                    if now + estimate + step > plan.deadline - plan.reserve:
                         # A prefix: nothing after this document is scored.
                         stopped[n] = True
                         continue
                     estimate += step
-                chosen[n].append(i)
+                chosen.append((n, i))
         return chosen
 
     def _score(self, plan: _Plan, prefix: int, query_vector: np.ndarray) -> "Scores":
