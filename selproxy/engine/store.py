@@ -595,6 +595,12 @@ def get_doc(conn: sqlite3.Connection, indices: Dict[str, IndexMeta], index: str,
                  "_primary_term": PRIMARY_TERM, "found": True, "_source": json.loads(row[2])}
 
 
+def high_waters(conn: sqlite3.Connection, indices: Dict[str, IndexMeta], metas: List[IndexMeta]) -> List[int]:
+    """The largest document number (``rid``) in each index: what a scroll or
+    point in time opened now sees (see ``contexts.py``)."""
+    return [conn.execute(f"SELECT coalesce(max(rid), 0) FROM {meta.docs}").fetchone()[0] for meta in metas]
+
+
 def index_stats(conn: sqlite3.Connection, indices: Dict[str, IndexMeta],
                 metas: List[IndexMeta]) -> List[Tuple[IndexMeta, int, int]]:
     """(meta, document count, approximate bytes) for each index."""
