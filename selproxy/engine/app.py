@@ -236,7 +236,13 @@ class EngineApp:
         body = call.json() or {}
         if not isinstance(body, dict):
             raise ParsingError("request body must be a JSON object")
-        return 200, await self.store.write(self.store.create_index, call.parts["index"], body)
+        result = await self.store.write(self.store.create_index, call.parts["index"], body)
+        name = call.parts["index"]
+        if name.startswith(".") and not self.store.indices[name].hidden:
+            # As Elasticsearch 8 warns; a hidden dot-index is not warned about.
+            call.warnings.append(f"index name [{name}] starts with a dot '.', in the next major version, index "
+                                 "names starting with a dot are reserved for hidden indices and system indices")
+        return 200, result
 
     async def delete_index(self, call: Call) -> Tuple[int, Any]:
         return 200, await self.store.write(self.store.delete_index, call.parts["index"])
@@ -250,17 +256,18 @@ class EngineApp:
 
     async def get_index(self, call: Call) -> Tuple[int, Any]:
         out = {}
-        for meta in self.store.resolve(call.parts["index"]):
-            out[meta.name] = {"aliases": {}, "mappings": {"properties": meta.props} if meta.props else {},
-                              "settings": {"index": {"number_of_shards": "1", "number_of_replicas": "1",
-                                                     "uuid": meta.uuid, "provided_name": meta.name,
-                                                     "creation_date": str(meta.created),
-                                                     "version": {"created": "9000000"}}}}
+        for meta in self.store.resolve(call.parts["index"], hidden=_expands_hidden(call.params)):
+            index_settings = {"number_of_shards": "1", "number_of_replicas": "1", "uuid": meta.uuid,
+                              "provided_name": meta.name, "creation_date": str(meta.created),
+                              "version": {"created": "9000000"}}
+            if meta.hidden:
+                index_settings["hidden"] = "true"
+            out[meta.name] = {"aliases": {}, "mappings": meta.mappings(), "settings": {"index": index_settings}}
         return 200, out
 
     async def get_mapping(self, call: Call) -> Tuple[int, Any]:
-        metas = self.store.resolve(call.parts.get("index"))
-        return 200, {m.name: {"mappings": {"properties": m.props} if m.props else {}} for m in metas}
+        metas = self.store.resolve(call.parts.get("index"), hidden=_expands_hidden(call.params))
+        return 200, {m.name: {"mappings": m.mappings()} for m in metas}
 
     async def put_mapping(self, call: Call) -> Tuple[int, Any]:
         body = call.json(required=True)
@@ -275,7 +282,8 @@ class EngineApp:
         return 200, {"_shards": {"total": 2 * n, "successful": n, "failed": 0}}
 
     async def cat_indices(self, call: Call) -> Tuple[int, Any]:
-        metas = self.store.resolve(call.parts.get("index"))
+        # _cat/indices lists hidden indices too (its expand_wildcards defaults to all).
+        metas = self.store.resolve(call.parts.get("index"), hidden=True)
         stats = await self.store.read(index_stats, metas)
         rows = [{"health": "green", "status": "open", "index": meta.name, "uuid": meta.uuid, "pri": "1",
                  "rep": "0", "docs.count": str(count), "docs.deleted": "0", "store.size": _human(size),
@@ -500,7 +508,8 @@ class EngineApp:
         return 200, await self.store.read(run_mget, items)
 
     def _search_targets(self, expr: Optional[str], params: Dict[str, str]) -> List[Any]:
-        return self.store.resolve(expr, allow_missing=params.get("ignore_unavailable") == "true")
+        return self.store.resolve(expr, allow_missing=params.get("ignore_unavailable") == "true",
+                                  hidden=_expands_hidden(params))
 
     async def count(self, call: Call) -> Tuple[int, Any]:
         body = call.json()
@@ -535,6 +544,10 @@ class EngineApp:
 
         responses = await self.store.read(run_all)
         return 200, {"took": int((time.monotonic() - started) * 1000), "responses": responses}
+
+
+def _expands_hidden(params: Dict[str, str]) -> bool:
+    return bool({"all", "hidden"} & set(params.get("expand_wildcards", "").split(",")))
 
 
 def _empty_page(req: SearchRequest, shards: int, total: Any, started: float) -> Dict[str, Any]:
