@@ -533,6 +533,9 @@ class EngineApp:
                     params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in header.items()
                               if k in ("ignore_unavailable",)}
                     req = parse_search(body, {})
+                    if req.pit is not None:
+                        raise UnsupportedFeature("[pit] in _msearch is not supported by selproxy.engine; send "
+                                                 "point-in-time searches to _search")
                     metas = self.store.resolve(index, indices, allow_missing=params.get("ignore_unavailable")
                                                == "true")
                     result = run_search(conn, metas, req)

@@ -161,6 +161,8 @@ def test_pit_search_rules(es: Elasticsearch, walk: str) -> None:
         with pytest.raises(BadRequestError) as caught:
             es.search(index=walk, sort=["_shard_doc"])
         assert caught.value.body["error"]["reason"] == "[_shard_doc] sort field cannot be used without [point in time]"
+        resp = es.msearch(searches=[{}, {"pit": {"id": pit["id"]}}])
+        assert resp["responses"][0]["error"]["reason"].startswith("[pit] in _msearch is not supported")
         with pytest.raises(BadRequestError) as caught:
             es.open_point_in_time(index=walk, keep_alive="2d")
         assert caught.value.body["error"]["reason"].startswith("Keep alive for request (2d) is too large.")
