@@ -373,11 +373,11 @@ def run_search(conn: sqlite3.Connection, metas: List[IndexMeta], req: SearchRequ
     else:
         if walk.tiebreak and keys[-1].field != "_shard_doc":
             keys = keys + [SortKey("_shard_doc", False, False)]
-            if walk.show_tiebreak:
-                shown += 1
+        if walk.show_tiebreak:
+            # A point in time sorts by (sort or _score, then _shard_doc) and shows all of it,
+            # so that any hit's sort values can be its next search_after.
+            shown = len(keys)
         after = walk.after if walk.after is not None else req.search_after
-        if req.search_after is not None and req.sort is None:
-            raise IllegalArgument("[search_after] requires a [sort]")
     count = walk is None or walk.known_total is None
     pages = []
     single = len(metas) == 1

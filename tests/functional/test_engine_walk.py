@@ -130,6 +130,20 @@ def test_pit_with_a_field_sort_gets_the_shard_doc_tiebreaker(es: Elasticsearch, 
         es.close_point_in_time(id=pit["id"])
 
 
+def test_pit_without_a_sort_pages_by_score_then_shard_doc(es: Elasticsearch, walk: str) -> None:
+    pit = es.open_point_in_time(index=walk, keep_alive="1m")
+    try:
+        query = {"bool": {"should": [{"match": {"t": "word2"}}, {"match": {"t": "common"}}]}}
+        hits = pit_walk(es, pit["id"], 300, query=query)
+        assert len(hits) == N_DOCS == len({h["_id"] for h in hits})
+        assert all(len(h["sort"]) == 2 and h["sort"][0] == h["_score"] for h in hits)  # [_score, _shard_doc]
+        word2 = {f"d{i}" for i in range(2, N_DOCS, 7)}
+        assert {h["_id"] for h in hits[:len(word2)]} == word2  # the better-scored documents come first
+        assert [h["sort"] for h in hits] == sorted((h["sort"] for h in hits), key=lambda s: (-s[0], s[1]))
+    finally:
+        es.close_point_in_time(id=pit["id"])
+
+
 def test_pit_sees_the_documents_present_when_it_opened(es: Elasticsearch) -> None:
     index = fresh()
     fill(es, index, 100)
