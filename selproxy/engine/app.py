@@ -43,6 +43,8 @@ VERSION_INFO = {
 
 logger = logging.getLogger("selproxy.engine")
 
+_MAX_COUNTS_PER_PIT = 16  # distinct queries whose totals a point in time remembers
+
 Handler = Callable[["Call"], Awaitable[Tuple[int, Any]]]
 
 
@@ -417,9 +419,13 @@ class EngineApp:
         keep_alive = self._keep_alive(req.pit["keep_alive"], "keep_alive") if "keep_alive" in req.pit else None
         ctx = self.contexts.get(req.pit["id"], "pit")
         self.contexts.extend(ctx, keep_alive)
-        walk = Walk([t.high_water for t in ctx.targets])
+        counted = json.dumps([req.query, req.min_score, req.track_total, req.track_scores,
+                              [(k.field, k.desc) for k in req.sort or []]], sort_keys=True, default=str)
+        walk = Walk([t.high_water for t in ctx.targets], known_total=ctx.totals.get(counted))
         result = await self.store.read(
             lambda conn, indices: run_search(conn, self._context_metas(ctx, indices), req, walk))
+        if walk.known_total is not None and len(ctx.totals) < _MAX_COUNTS_PER_PIT:
+            ctx.totals[counted] = walk.known_total
         return 200, {"pit_id": ctx.id, **result}
 
     async def _open_scroll(self, call: Call, body: Dict[str, Any], req: SearchRequest) -> Tuple[int, Any]:

@@ -152,12 +152,17 @@ def test_pit_sees_the_documents_present_when_it_opened(es: Elasticsearch) -> Non
     def change(page: int) -> None:
         if page == 0:  # after the first page of 0..9: documents below and above the walk's position change
             es.index(index=index, id="new-1", document={"n": 1000}, refresh=True)
+            es.index(index=index, id="new-2", document={"n": 1001}, refresh=True)
             es.delete(index=index, id="50")
             es.index(index=index, id="60", document={"n": 60, "changed": True})
             es.index(index=index, id="5", document={"n": 5, "changed": True})
 
     try:
         hits = pit_walk(es, pit["id"], 10, during=change, sort=["_shard_doc"])
+        # The total is the one counted when the walk began, as over Elasticsearch's frozen view.
+        again = es.search(pit={"id": pit["id"]}, size=1, sort=["_shard_doc"])
+        assert again["hits"]["total"] == {"value": 100, "relation": "eq"}
+        assert es.count(index=index)["count"] == 101
     finally:
         es.close_point_in_time(id=pit["id"])
     seen = [h["_id"] for h in hits]
