@@ -300,6 +300,11 @@ def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest,
         expr, params = _sort_column(meta, key, position)
         columns.append(f"{expr} AS s{i}")
         col_params += params
+        if key.field in ("_doc", "_shard_doc"):
+            # PERF(engine): within one index both orders are rid's, never null; said so, SQLite
+            # reads a document-order page straight off the primary key and stops at the limit.
+            order.append(f"rid {'DESC' if key.desc else 'ASC'}")
+            continue
         null_order = f"s{i} IS NOT NULL" if key.missing_first else f"s{i} IS NULL"
         order.append(f"{null_order}, s{i} {'DESC' if key.desc else 'ASC'}")
     order.append("rid ASC")
