@@ -480,7 +480,7 @@ class EngineApp:
             req = ctx.request
             started = time.monotonic()
             if ctx.done:
-                result = _empty_page(req, len(ctx.targets), ctx.total, started)
+                result = _empty_page(len(ctx.targets), ctx.total, started)
             else:
                 walk = Walk([t.high_water for t in ctx.targets], show_tiebreak=False, after=ctx.after,
                             known_total=ctx.total)
@@ -559,7 +559,7 @@ def _expands_hidden(params: Dict[str, str]) -> bool:
     return bool({"all", "hidden"} & set(params.get("expand_wildcards", "").split(",")))
 
 
-def _empty_page(req: SearchRequest, shards: int, total: Any, started: float) -> Dict[str, Any]:
+def _empty_page(shards: int, total: Any, started: float) -> Dict[str, Any]:
     value, relation, max_score = total
     return {"took": int((time.monotonic() - started) * 1000), "timed_out": False,
             "_shards": {"total": shards, "successful": shards, "skipped": 0, "failed": 0},

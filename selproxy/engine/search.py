@@ -60,9 +60,10 @@ class Walk:
     context opened; ``tiebreak`` appends ``_shard_doc`` to the sort, and
     ``show_tiebreak`` shows it in each hit's ``sort`` (a point in time does,
     a scroll does not); ``after`` continues a scroll where its last page
-    ended; ``known_total`` is the scroll's first-page (total, relation,
-    max_score), so later pages need not count.  ``last_sort`` is set to the
-    full sort values of the page's last hit."""
+    ended; ``known_total`` is the (total, relation, max_score) counted
+    earlier (a scroll's first page, a point in time's first search with this
+    query), so this page need not count; it is set when this page counted.
+    ``last_sort`` is set to the full sort values of the page's last hit."""
     high_water: List[int]
     tiebreak: bool = True
     show_tiebreak: bool = True
