@@ -9,14 +9,17 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Coroutine, Dict, List, Optional, Sequence, Tuple
 
 import uvloop
 
 from . import _core
+from ._redact import excerpt, redact_url
+from ._threads import DaemonThreadPool
 from .config import Config
 from .errors import ProxyError
 from .handler import Request, Response, Route
+from .rankers.adapter import call_guarded
 from .rankers.registry import RankerUnavailable
 from .status import StatusPage
 
@@ -25,6 +28,10 @@ __all__ = ("Proxy", "serve")
 log = logging.getLogger("selproxy")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+#: How long a stopping proxy waits, past its grace, for each step of its
+#: teardown that runs code it does not control (a ranker's close, its tasks).
+TEARDOWN_SECONDS = 0.5
 
 
 class Proxy:
@@ -98,7 +105,10 @@ class Proxy:
                 try:
                     ranker = resolve_ranker(ranker, ranker_options)
                 except Exception as exc:
-                    raise RankerUnavailable(f"cannot build the ranker {ranker!r}: {exc}") from exc
+                    # The message may quote what the ranker was given (a
+                    # service's URL): redacted, as every logged text is.
+                    raise RankerUnavailable(excerpt(f"cannot build the ranker {ranker!r}: {exc}",
+                                                    limit=1000)) from exc
             self.search_service = SearchService(
                 ranker if ranker is not None else IdentityRanker(),
                 search if search is not None else SearchConfig())
@@ -151,7 +161,7 @@ class Proxy:
         core.start()
         self._start_warmup(status)
         log.info("selproxy listening on %s, upstream %s (pid %d)",
-                 self.url, self.config.upstream, os.getpid())
+                 self.url, redact_url(self.config.upstream), os.getpid())
 
     def _start_warmup(self, status: StatusPage) -> None:
         """Warm the ranker up off the loop (a model loads and runs once); the
@@ -160,15 +170,20 @@ class Proxy:
         warmup = getattr(ranker, "warmup", None)
         if not callable(warmup):
             return
-        done = asyncio.get_running_loop().run_in_executor(None, warmup)
+        # A daemon thread, not the loop's default executor: a warm-up that
+        # never returns must not keep a stopped proxy from exiting.
+        pool = DaemonThreadPool(1, thread_name_prefix="selproxy-warmup")
+        done = asyncio.wrap_future(pool.submit(call_guarded, warmup))
+        pool.shutdown(wait=False)
         self._warmup = done
         status.ready = done.done
 
         def report(future: "asyncio.Future[Any]") -> None:
             if future.cancelled():
                 return
-            if future.exception() is not None:
-                log.error("ranker warm-up failed: %r", future.exception())
+            error = future.exception()
+            if error is not None:
+                log.error("ranker warm-up failed: %s", excerpt(f"{type(error).__name__}: {error}"))
             else:
                 log.info("ranker %s warmed up", type(ranker).__name__)
 
@@ -198,8 +213,18 @@ class Proxy:
         core.abort_all()
         core.stop()
         if self.search_service is not None:
-            await self.search_service.aclose()
-            self.search_service = None
+            service, self.search_service = self.search_service, None
+            # A ranker's own close (a batcher's worker, a remote client)
+            # gets what is left of the grace; it is not waited for past that.
+            closing = asyncio.ensure_future(service.aclose())
+            left = max(deadline - time.monotonic(), TEARDOWN_SECONDS)
+            done, _ = await asyncio.wait((closing,), timeout=left)
+            if not done:
+                closing.cancel()
+                service.close()
+                log.warning("the ranker did not close within %.1fs; left", left)
+            elif closing.exception() is not None:
+                log.warning("closing the ranker failed: %s", excerpt(repr(closing.exception())))
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()
@@ -245,7 +270,7 @@ class Proxy:
         # instead of killing a half-started process (or worker).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         if self.config.workers == 1:
-            uvloop.run(self.serve())
+            run_bounded(self.serve())
             return
         _run_workers(self)
 
@@ -286,7 +311,7 @@ def _run_workers(proxy: Proxy) -> None:
         if pid == 0:
             code = 0
             try:
-                uvloop.run(_worker(proxy))
+                run_bounded(_worker(proxy))
             except RankerUnavailable as exc:
                 log.error("worker %d: %s", os.getpid(), exc)
                 code = 1
@@ -318,6 +343,39 @@ def _run_workers(proxy: Proxy) -> None:
                 continue
         failed = failed or os.waitstatus_to_exitcode(status) != 0
     sys.exit(1 if failed else 0)
+
+
+def run_bounded(main: Coroutine[Any, Any, None]) -> None:
+    """``uvloop.run(main)``, with a teardown that cannot hang.
+
+    ``asyncio.Runner`` (which ``uvloop.run`` uses) cancels the tasks left when
+    ``main`` returns and waits for each to end, then joins the default
+    executor's threads, without a bound: a ranker's task that swallows its
+    cancellation, or a thread that never returns, would keep a stopped proxy
+    alive past its grace for ever.  Here each wait is bounded, and what
+    does not end in time is left to the process's exit (ranker threads are
+    daemons: :mod:`selproxy._threads`).
+    """
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=TEARDOWN_SECONDS))
+                running = sum(not task.done() for task in left)
+                if running:
+                    log.warning("%d tasks did not end when cancelled; left", running)
+            for step in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
+                loop.run_until_complete(asyncio.wait([loop.create_task(step)],
+                                                     timeout=TEARDOWN_SECONDS))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def _worker(proxy: Proxy) -> None:

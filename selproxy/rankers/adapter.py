@@ -51,7 +51,7 @@ from .._redact import excerpt
 from .._threads import DaemonThreadPool
 
 __all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter", "RankerRaised", "call_guarded",
-           "await_guarded", "checked_scores", "failure_from")
+           "await_guarded", "result_of", "checked_scores", "failure_from")
 
 log = logging.getLogger("selproxy.rankers")
 
@@ -131,10 +131,23 @@ async def await_guarded(awaitable: Awaitable[Any]) -> Any:
     coroutine, inside the task that runs it)."""
     try:
         return await awaitable
-    except Exception:
-        raise
+    except (Exception, GeneratorExit):
+        raise  # GeneratorExit: the coroutine itself is being closed
     except BaseException as exc:
         raise RankerRaised(exc) from exc
+
+
+def result_of(future: "asyncio.Future[Any]") -> Any:
+    """The result of a finished ``future``, or what it raised, as an
+    :class:`Exception` whatever it was."""
+    if future.cancelled():
+        raise RankerRaised(asyncio.CancelledError())
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, Exception):
+        raise error
+    raise RankerRaised(error)
 
 
 def checked_scores(scores: Any, expected: int) -> List[float]:
@@ -298,7 +311,7 @@ class RankerAdapter:
             task.cancel()
             self._abandon(task)
             raise RankFailed("deadline", f"no scores within {deadline:.3f}s")
-        return task.result()  # type: ignore[no-any-return]
+        return result_of(task)  # type: ignore[no-any-return]
 
     def _ended(self, task: "asyncio.Task[Any]") -> None:
         self._left.discard(task)
@@ -333,7 +346,7 @@ class RankerAdapter:
             if not future.done():  # running: its thread cannot be stopped
                 self._abandon(future)
             raise RankFailed("deadline", f"no scores within {deadline:.3f}s")
-        return waiter.result()
+        return result_of(waiter)  # type: ignore[no-any-return]
 
     def _submit(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
                 timeout: float) -> "concurrent.futures.Future[List[Any]]":

@@ -47,7 +47,7 @@ import time
 from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 from .._threads import DaemonThreadPool
-from .adapter import RankFailed, await_guarded, call_guarded
+from .adapter import RankFailed, await_guarded, call_guarded, result_of
 
 __all__ = ("MicroBatcher", "Overloaded", "DeadlineExceeded")
 
@@ -324,7 +324,7 @@ class MicroBatcher:
                 running.cancel()
                 self._leave(running)
                 return
-            results = call.result()
+            results = result_of(call)
             if len(results) != len(batch):
                 raise ValueError(f"{len(results)} score lists for {len(batch)} searches")
             results = [list(scores) for scores in results]
