@@ -48,3 +48,15 @@ def test_a_secret_across_the_cut_is_still_redacted():
 def test_short_or_empty_secrets_are_not_used():
     # Redacting "a" everywhere would make every message unreadable.
     assert excerpt("a bad answer", ["a", "", None]) == "a bad answer"
+
+
+@pytest.mark.parametrize("upstream", ["http://u:hunter2@es:9200/path?api_key=q-secret",
+                                      "gopher://u:hunter2@es?api_key=q-secret",
+                                      "http://es:9200?api_key=q-secret"])
+def test_config_errors_quote_the_upstream_redacted(upstream):
+    from selproxy.config import Config
+
+    with pytest.raises(ValueError) as error:
+        Config(upstream=upstream)
+    assert "es" in str(error.value) and "***" in str(error.value)
+    assert "hunter2" not in str(error.value) and "q-secret" not in str(error.value)
