@@ -29,8 +29,9 @@ log = logging.getLogger("selproxy")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-#: How long a stopping proxy waits, past its grace, for each step of its
-#: teardown that runs code it does not control (a ranker's close, its tasks).
+#: How long a stopping proxy waits, past its grace, for code it does not
+#: control: a ranker's close, then (all together) the tasks left on the loop,
+#: async generators and the default executor.
 TEARDOWN_SECONDS = 0.5
 
 
@@ -362,6 +363,7 @@ def run_bounded(main: Coroutine[Any, Any, None]) -> None:
         loop.run_until_complete(main)
     finally:
         try:
+            until = time.monotonic() + TEARDOWN_SECONDS
             left = [task for task in asyncio.all_tasks(loop) if not task.done()]
             for task in left:
                 task.cancel()
@@ -372,7 +374,7 @@ def run_bounded(main: Coroutine[Any, Any, None]) -> None:
                     log.warning("%d tasks did not end when cancelled; left", running)
             for step in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
                 loop.run_until_complete(asyncio.wait([loop.create_task(step)],
-                                                     timeout=TEARDOWN_SECONDS))
+                                                     timeout=max(0.0, until - time.monotonic())))
         finally:
             asyncio.set_event_loop(None)
             loop.close()
