@@ -17,7 +17,7 @@ from . import _core
 from ._redact import excerpt, redact_url
 from ._threads import DaemonThreadPool
 from .config import Config
-from .errors import ProxyError
+from .errors import HandlerError, ProxyError
 from .handler import Request, Response, Route
 from .rankers.adapter import call_guarded
 from .rankers.registry import RankerUnavailable
@@ -284,11 +284,34 @@ class Proxy:
         except ProxyError as exc:
             log.warning("%s %s -> %d %s", request.method, request.target, exc.status, exc.reason)
             raise
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise  # the exchange itself is being cancelled (client gone, shutdown)
+            # The handler raised it on its own: as a cancelled task it would
+            # leave the client without an answer.
+            log.error("handler for %s %s raised CancelledError", request.method, request.target)
+            raise HandlerError("the handler failed: CancelledError") from None
+        except Exception:
+            raise
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt...: asyncio would re-raise them out
+            # of the task into the event loop, ending the proxy.
+            log.error("handler for %s %s raised %s", request.method, request.target,
+                      type(exc).__name__, exc_info=exc)
+            raise HandlerError(f"the handler failed: {type(exc).__name__}") from exc
         if route.name != "status":
             log.info("%s %s -> %d (%s, %.1f ms)", request.method, request.target,
                      response.status, route.name or route.path,
                      (time.monotonic() - started) * 1000)
         return response
+
+
+def _cancelling() -> bool:
+    """Whether the running task has been asked to cancel (``Task.cancelling``,
+    Python 3.11+); before 3.11 a CancelledError is taken as such a request."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return True if cancelling is None else bool(cancelling())
 
 
 async def serve(upstream: str, listen: str = "127.0.0.1:9201", **options: Any) -> None:

@@ -175,3 +175,32 @@ def test_a_stuck_ranker_does_not_keep_the_proxy_alive_after_sigterm(tmp_path, mo
     # before, the process never exited: its ranker thread was joined, its
     # ranker task awaited after it was cancelled.
     assert took < grace + 2.0, (took, "".join(proxy.lines))
+
+
+# -- the same for any claimed route's handler ---------------------------------
+
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt, asyncio.CancelledError, BaseException],
+                         ids=lambda k: k.__name__)
+def test_a_handler_raising_anything_gets_a_500_and_the_proxy_serves_on(kind):
+    from selproxy import Route
+    from support.proxy import in_process
+    from support.rawhttp import RawClient
+    from support.upstream import RecordingUpstream, echo
+
+    async def handler(request, upstream):
+        await asyncio.sleep(0)
+        raise kind("internal detail password=hunter2")
+
+    async def main():
+        async with RecordingUpstream(echo) as up:
+            async with in_process(up.url, routes=[Route(("GET",), "/boom", handler)]) as proxy:
+                client = await RawClient.connect(proxy.url)
+                failed = await asyncio.wait_for(client.request("GET", "/boom"), 10)
+                after = await asyncio.wait_for(client.request("GET", "/next"), 10)
+                client.close()
+                return failed, after
+
+    failed, after = run(main(), 30)
+    assert failed.status == 500
+    assert json.loads(failed.body)["error"]["reason"] == f"the handler failed: {kind.__name__}"
+    assert after.status == 200 and after.header("x-target") == "/next"
