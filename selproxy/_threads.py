@@ -67,14 +67,12 @@ class DaemonThreadPool(concurrent.futures.Executor):
                     future.set_result(result)
             del future, fn, args, kwargs
             with self._lock:
-                if self._shutdown:
-                    return
                 self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Refuse new work, cancel queued work if asked, and let the threads
-        end after their current call; ``wait`` joins them (never do that with
-        a call that may not return)."""
+        """Refuse new work; cancel the queued work if asked, else let it run;
+        then let the threads end.  ``wait`` joins them (never do that with a
+        call that may not return)."""
         with self._lock:
             self._shutdown = True
             threads = list(self._threads)

@@ -47,3 +47,13 @@ def test_it_is_an_executor():
     assert isinstance(DaemonThreadPool(), concurrent.futures.Executor)
     with pytest.raises(ValueError):
         DaemonThreadPool(0)
+
+
+def test_queued_work_still_runs_after_a_shutdown_that_does_not_cancel_it():
+    pool = DaemonThreadPool(1)
+    gate = threading.Event()
+    first = pool.submit(gate.wait, 10)
+    queued = [pool.submit(lambda n=n: n) for n in range(3)]
+    pool.shutdown(wait=False)
+    gate.set()
+    assert first.result(5) is True and [f.result(5) for f in queued] == [0, 1, 2]
