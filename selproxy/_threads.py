@@ -42,9 +42,9 @@ class DaemonThreadPool(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
             self._queue.put((future, fn, args, kwargs))
-            if self._idle:
-                self._idle -= 1
-            elif len(self._threads) < self._max_workers:
+            # A thread more only while the work waiting outnumbers the threads
+            # waiting for work.
+            if self._queue.qsize() > self._idle and len(self._threads) < self._max_workers:
                 thread = threading.Thread(target=self._work, daemon=True,
                                           name=f"{self._prefix}_{len(self._threads)}")
                 self._threads.append(thread)
@@ -53,7 +53,11 @@ class DaemonThreadPool(concurrent.futures.Executor):
 
     def _work(self) -> None:
         while True:
+            with self._lock:
+                self._idle += 1
             item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
             if item is None:
                 return
             future, fn, args, kwargs = item
@@ -66,8 +70,6 @@ class DaemonThreadPool(concurrent.futures.Executor):
                 else:
                     future.set_result(result)
             del future, fn, args, kwargs
-            with self._lock:
-                self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new work; cancel the queued work if asked, else let it run;
