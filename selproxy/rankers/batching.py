@@ -391,4 +391,11 @@ class MicroBatcher:
         else:  # a thread's future: its callback runs in that thread
             loop = self._loop
             assert loop is not None
-            running.add_done_callback(lambda done: loop.call_soon_threadsafe(ended, done))
+
+            def ended_in_thread(done: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(ended, done)
+                except RuntimeError:  # the loop has closed: nothing left to count
+                    pass
+
+            running.add_done_callback(ended_in_thread)

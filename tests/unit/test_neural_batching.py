@@ -379,11 +379,17 @@ def test_an_async_model_that_swallows_cancellation_is_left_and_bounded() -> None
 def test_a_stuck_sync_model_does_not_hold_aclose_or_the_process() -> None:
     model = ScriptedRanker()
     model.gate = threading.Event()
-    batcher = MicroBatcher(model, max_wait_ms=0)
+    batcher = MicroBatcher(model, max_wait_ms=0, max_abandoned=1)
 
     async def main() -> float:
         with pytest.raises(DeadlineExceeded):
             await batcher.rank("a", docs(2), timeout=0.1)
+        for _ in range(100):  # the worker notices its caller has gone
+            if batcher._abandoned:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            await batcher.rank("b", docs(2), timeout=5)
         started = time.perf_counter()
         await batcher.aclose()
         return time.perf_counter() - started
