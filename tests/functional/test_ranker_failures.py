@@ -177,6 +177,44 @@ def test_a_stuck_ranker_does_not_keep_the_proxy_alive_after_sigterm(tmp_path, mo
     assert took < grace + 2.0, (took, "".join(proxy.lines))
 
 
+def test_a_search_stuck_in_its_ranker_at_sigterm_is_cut_at_the_grace(tmp_path, monkeypatch):
+    (tmp_path / "stuck_ranker.py").write_text(STUCK_RANKERS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    grace = 1.0
+    with engine_in_thread() as engine_url:
+        post(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "wings and lift"})
+        # The rank deadline is far past the grace: the grace must win.
+        args = ["--upstream", engine_url, "--ranker", "stuck_ranker:Stuck", "--rank-deadline", "60",
+                "--shutdown-grace", str(grace)]
+        with ProxyProcess(args) as proxy:
+            outcome = []
+
+            def search():
+                try:
+                    outcome.append(post(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}},
+                                        timeout=30))
+                except Exception as exc:  # cut by the shutdown: expected
+                    outcome.append(exc)
+
+            client = threading.Thread(target=search, daemon=True)
+            client.start()
+            for _ in range(500):  # until the search waits on the ranker
+                with urllib.request.urlopen(f"{proxy.url}/_selproxy/status", timeout=10) as res:
+                    if json.loads(res.read())["search"]["pending_ranks"] == 1:
+                        break
+                time.sleep(0.02)
+            else:
+                pytest.fail("the search never reached the ranker")
+            started = time.monotonic()
+            proxy.signal(signal.SIGTERM)
+            code = proxy.wait(timeout=30)
+            took = time.monotonic() - started
+            client.join(30)
+    assert code == 0, "".join(proxy.lines)
+    assert grace * 0.9 <= took < grace + 2.0, (took, "".join(proxy.lines))
+    assert outcome and isinstance(outcome[0], Exception)
+
+
 # -- the same for any claimed route's handler ---------------------------------
 
 @pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt, asyncio.CancelledError, BaseException],
