@@ -11,6 +11,8 @@ import ssl
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
+from ._redact import redact_url
+
 __all__ = ("Config", "parse_listen", "parse_upstream")
 
 
@@ -27,12 +29,17 @@ def parse_listen(value: str) -> Tuple[str, int]:
 
 
 def parse_upstream(value: str) -> Tuple[str, str, int]:
-    """``http[s]://HOST[:PORT]`` to (scheme, host, port)."""
+    """``http[s]://HOST[:PORT]`` to (scheme, host, port).
+
+    An error quotes the value without its userinfo and query, which may
+    hold credentials (:func:`selproxy._redact.redact_url`).
+    """
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"upstream must be http://HOST:PORT or https://HOST:PORT, got {value!r}")
+        raise ValueError("upstream must be http://HOST:PORT or https://HOST:PORT, "
+                         f"got {redact_url(value)!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"upstream must not have a path or query: {value!r}")
+        raise ValueError(f"upstream must not have a path or query: {redact_url(value)!r}")
     if parts.username or parts.password:
         raise ValueError("upstream credentials belong in headers, not in the URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -9,14 +9,17 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Coroutine, Dict, List, Optional, Sequence, Tuple
 
 import uvloop
 
 from . import _core
+from ._redact import excerpt, redact_url
+from ._threads import DaemonThreadPool
 from .config import Config
-from .errors import ProxyError
+from .errors import HandlerError, ProxyError
 from .handler import Request, Response, Route
+from .rankers.adapter import call_guarded
 from .rankers.registry import RankerUnavailable
 from .status import StatusPage
 
@@ -25,6 +28,11 @@ __all__ = ("Proxy", "serve")
 log = logging.getLogger("selproxy")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+#: How long a stopping proxy waits, past its grace, for code it does not
+#: control: a ranker's close, then (all together) the tasks left on the loop,
+#: async generators and the default executor.
+TEARDOWN_SECONDS = 0.5
 
 
 class Proxy:
@@ -98,7 +106,10 @@ class Proxy:
                 try:
                     ranker = resolve_ranker(ranker, ranker_options)
                 except Exception as exc:
-                    raise RankerUnavailable(f"cannot build the ranker {ranker!r}: {exc}") from exc
+                    # The message may quote what the ranker was given (a
+                    # service's URL): redacted, as every logged text is.
+                    raise RankerUnavailable(excerpt(f"cannot build the ranker {ranker!r}: {exc}",
+                                                    limit=1000)) from exc
             self.search_service = SearchService(
                 ranker if ranker is not None else IdentityRanker(),
                 search if search is not None else SearchConfig())
@@ -151,7 +162,7 @@ class Proxy:
         core.start()
         self._start_warmup(status)
         log.info("selproxy listening on %s, upstream %s (pid %d)",
-                 self.url, self.config.upstream, os.getpid())
+                 self.url, redact_url(self.config.upstream), os.getpid())
 
     def _start_warmup(self, status: StatusPage) -> None:
         """Warm the ranker up off the loop (a model loads and runs once); the
@@ -160,15 +171,20 @@ class Proxy:
         warmup = getattr(ranker, "warmup", None)
         if not callable(warmup):
             return
-        done = asyncio.get_running_loop().run_in_executor(None, warmup)
+        # A daemon thread, not the loop's default executor: a warm-up that
+        # never returns must not keep a stopped proxy from exiting.
+        pool = DaemonThreadPool(1, thread_name_prefix="selproxy-warmup")
+        done = asyncio.wrap_future(pool.submit(call_guarded, warmup))
+        pool.shutdown(wait=False)
         self._warmup = done
         status.ready = done.done
 
         def report(future: "asyncio.Future[Any]") -> None:
             if future.cancelled():
                 return
-            if future.exception() is not None:
-                log.error("ranker warm-up failed: %r", future.exception())
+            error = future.exception()
+            if error is not None:
+                log.error("ranker warm-up failed: %s", excerpt(f"{type(error).__name__}: {error}"))
             else:
                 log.info("ranker %s warmed up", type(ranker).__name__)
 
@@ -198,8 +214,18 @@ class Proxy:
         core.abort_all()
         core.stop()
         if self.search_service is not None:
-            await self.search_service.aclose()
-            self.search_service = None
+            service, self.search_service = self.search_service, None
+            # A ranker's own close (a batcher's worker, a remote client)
+            # gets what is left of the grace; it is not waited for past that.
+            closing = asyncio.ensure_future(service.aclose())
+            left = max(deadline - time.monotonic(), TEARDOWN_SECONDS)
+            done, _ = await asyncio.wait((closing,), timeout=left)
+            if not done:
+                closing.cancel()
+                service.close()
+                log.warning("the ranker did not close within %.1fs; left", left)
+            elif closing.exception() is not None:
+                log.warning("closing the ranker failed: %s", excerpt(repr(closing.exception())))
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()
@@ -245,7 +271,7 @@ class Proxy:
         # instead of killing a half-started process (or worker).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         if self.config.workers == 1:
-            uvloop.run(self.serve())
+            run_bounded(self.serve())
             return
         _run_workers(self)
 
@@ -258,11 +284,34 @@ class Proxy:
         except ProxyError as exc:
             log.warning("%s %s -> %d %s", request.method, request.target, exc.status, exc.reason)
             raise
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise  # the exchange itself is being cancelled (client gone, shutdown)
+            # The handler raised it on its own: as a cancelled task it would
+            # leave the client without an answer.
+            log.error("handler for %s %s raised CancelledError", request.method, request.target)
+            raise HandlerError("the handler failed: CancelledError") from None
+        except Exception:
+            raise
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt...: asyncio would re-raise them out
+            # of the task into the event loop, ending the proxy.
+            log.error("handler for %s %s raised %s", request.method, request.target,
+                      type(exc).__name__, exc_info=exc)
+            raise HandlerError(f"the handler failed: {type(exc).__name__}") from exc
         if route.name != "status":
             log.info("%s %s -> %d (%s, %.1f ms)", request.method, request.target,
                      response.status, route.name or route.path,
                      (time.monotonic() - started) * 1000)
         return response
+
+
+def _cancelling() -> bool:
+    """Whether the running task has been asked to cancel (``Task.cancelling``,
+    Python 3.11+); before 3.11 a CancelledError is taken as such a request."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return True if cancelling is None else bool(cancelling())
 
 
 async def serve(upstream: str, listen: str = "127.0.0.1:9201", **options: Any) -> None:
@@ -286,7 +335,7 @@ def _run_workers(proxy: Proxy) -> None:
         if pid == 0:
             code = 0
             try:
-                uvloop.run(_worker(proxy))
+                run_bounded(_worker(proxy))
             except RankerUnavailable as exc:
                 log.error("worker %d: %s", os.getpid(), exc)
                 code = 1
@@ -318,6 +367,40 @@ def _run_workers(proxy: Proxy) -> None:
                 continue
         failed = failed or os.waitstatus_to_exitcode(status) != 0
     sys.exit(1 if failed else 0)
+
+
+def run_bounded(main: Coroutine[Any, Any, None]) -> None:
+    """``uvloop.run(main)``, with a teardown that cannot hang.
+
+    ``asyncio.Runner`` (which ``uvloop.run`` uses) cancels the tasks left when
+    ``main`` returns and waits for each to end, then joins the default
+    executor's threads, without a bound: a ranker's task that swallows its
+    cancellation, or a thread that never returns, would keep a stopped proxy
+    alive past its grace for ever.  Here each wait is bounded, and what
+    does not end in time is left to the process's exit (ranker threads are
+    daemons: :mod:`selproxy._threads`).
+    """
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            until = time.monotonic() + TEARDOWN_SECONDS
+            left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=TEARDOWN_SECONDS))
+                running = sum(not task.done() for task in left)
+                if running:
+                    log.warning("%d tasks did not end when cancelled; left", running)
+            for step in (loop.shutdown_asyncgens(), loop.shutdown_default_executor()):
+                loop.run_until_complete(asyncio.wait([loop.create_task(step)],
+                                                     timeout=max(0.0, until - time.monotonic())))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def _worker(proxy: Proxy) -> None:

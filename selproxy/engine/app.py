@@ -190,7 +190,9 @@ class EngineApp:
             status, payload = exc.status, exc.body()
         except Exception as exc:
             logger.exception("internal error serving %s %s", method, path)
-            status, payload = 500, EngineError(f"{type(exc).__name__}: {exc}").body()
+            # The kind, not the text: an exception's message may quote paths,
+            # SQL or data that the client has no business seeing.
+            status, payload = 500, EngineError(f"internal error: {type(exc).__name__}").body()
         if isinstance(payload, str):
             return Response(payload.encode(), status, headers=self._headers(compat, text=True),
                             media_type=None)

@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .._redact import excerpt, redact_url
+
 __all__ = ("Upstream", "Reply", "UpstreamError", "index_path")
 
 
@@ -57,6 +59,8 @@ class Upstream:
         if not url.startswith(("http://", "https://")):
             url = "http://" + url
         self.url = url.rstrip("/")
+        #: The base URL as errors quote it: no userinfo, no query.
+        self.shown_url = redact_url(self.url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._owns_session = session is None
@@ -102,13 +106,15 @@ class Upstream:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 status, reply_headers = response.status, response.headers
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise UpstreamError(f"{method} {self.url}{path}: {error or type(error).__name__}") from error
+            detail = excerpt(error) if str(error) else type(error).__name__
+            raise UpstreamError(f"{method} {self.shown_url}{path}: {detail}") from error
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
         if status not in expect:
-            raise UpstreamError(f"{method} {self.url}{path}: HTTP {status}: {_reason(body)}", status, body)
+            raise UpstreamError(f"{method} {self.shown_url}{path}: HTTP {status}: {excerpt(_reason(body))}",
+                                status, body)
         return Reply(status, reply_headers, body, elapsed_ms)
 
 

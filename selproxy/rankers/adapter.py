@@ -14,12 +14,24 @@
   that queues (:class:`~selproxy.rankers.batching.MicroBatcher`) can refuse
   work it cannot finish in time.
 
-Every call has a deadline covering queueing and ranking.  A call that misses
-it, raises, or returns the wrong number of scores (or a non-finite one) raises
-:class:`RankFailed` with a short reason, so the caller can fall back to the
-engine's order.  A sync ranker that overruns keeps its thread until it
-returns; while too many calls are pending, new ones fail at once with reason
-``overloaded`` rather than queue behind it.
+Every call has a deadline covering queueing and ranking, and the deadline is
+a hard bound for the caller whatever the ranker does.  A call that misses
+it, raises (anything: ``SystemExit``, ``KeyboardInterrupt`` and
+``asyncio.CancelledError`` included), or returns anything but one real
+number per document (a string, a bool, ``None``, NaN, a list of the wrong
+length) raises :class:`RankFailed` with a short reason, so the caller can
+fall back to the engine's order.  Nothing a ranker raises reaches the event
+loop: asyncio re-raises ``SystemExit`` and ``KeyboardInterrupt`` out of a
+task into ``run_forever``, which would end the proxy.
+
+A call past its deadline is left, not awaited: an async ranker is cancelled,
+and one that ignores the cancellation runs on by itself; a sync one keeps
+its worker thread until it returns.  Either keeps its pending slot until it
+ends.  While too many calls are pending (``max_pending``), or too many calls
+left behind are still running (``max_abandoned``), new ones fail at once with
+reason ``overloaded`` rather than queue behind them.  The worker threads are
+daemons (:class:`~selproxy._threads.DaemonThreadPool`), so a stuck ranker
+never keeps a stopped proxy alive.
 """
 from __future__ import annotations
 
@@ -27,15 +39,20 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import inspect
+import itertools
 import logging
 import math
+import numbers
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from .._redact import excerpt
+from .._threads import DaemonThreadPool
 from .base import Scores
 
-__all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter")
+__all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter", "RankerRaised", "call_guarded",
+           "await_guarded", "result_of", "checked_scores", "failure_from")
 
 log = logging.getLogger("selproxy.rankers")
 
@@ -91,23 +108,94 @@ def _is_async(method: Callable[..., Any]) -> bool:
         getattr(method, "__call__", None))
 
 
-def _checked(scores: Any, expected: int, partial: bool) -> List[float]:
-    """The scores as floats, checked; a :class:`Scores` keeps its details.
-    With ``partial`` a ranker may score a prefix of the window only."""
-    result = Scores(float(s) for s in scores)
+class RankerRaised(Exception):
+    """What a ranker raised outside :class:`Exception` (``SystemExit``,
+    ``KeyboardInterrupt``, ``asyncio.CancelledError``, a bare
+    ``BaseException``), carried as an ordinary exception: asyncio re-raises
+    ``SystemExit`` and ``KeyboardInterrupt`` out of a task into the event
+    loop, and a ``CancelledError`` would read as the search being cancelled."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(f"the ranker raised {type(raised).__name__}")
+        self.raised = raised
+
+
+def call_guarded(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``, with anything outside :class:`Exception`
+    turned into :class:`RankerRaised` (for a ranker's sync call, in its thread)."""
+    try:
+        return function(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RankerRaised(exc) from exc
+
+
+async def await_guarded(awaitable: Awaitable[Any]) -> Any:
+    """``await awaitable``, guarded as :func:`call_guarded` (for a ranker's
+    coroutine, inside the task that runs it)."""
+    try:
+        return await awaitable
+    except (Exception, GeneratorExit):
+        raise  # GeneratorExit: the coroutine itself is being closed
+    except BaseException as exc:
+        raise RankerRaised(exc) from exc
+
+
+def result_of(future: "asyncio.Future[Any]") -> Any:
+    """The result of a finished ``future``, or what it raised, as an
+    :class:`Exception` whatever it was."""
+    if future.cancelled():
+        raise RankerRaised(asyncio.CancelledError())
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, Exception):
+        raise error
+    raise RankerRaised(error)
+
+
+def checked_scores(scores: Any, expected: int, partial: bool = False) -> List[float]:
+    """``scores`` as ``expected`` finite floats, or :class:`TypeError` /
+    :class:`ValueError`.  Only real numbers count: ints, floats, NumPy's
+    numbers; not bools, strings, ``None`` or NaN.  With ``partial`` (a ranker
+    with ``partial_results``) fewer may come: the scores of a prefix of the
+    window.  A :class:`Scores` keeps its timing and details."""
+    if scores is None or isinstance(scores, (str, bytes, bytearray, dict)):
+        raise TypeError(f"scores are a {type(scores).__name__}, not a sequence of numbers")
+    result: List[float] = []
+    # One more than expected is enough to tell the length is wrong; a ranker
+    # handing back an endless iterator must not keep the caller.
+    for score in itertools.islice(scores, expected + 1):
+        if isinstance(score, bool) or not isinstance(score, numbers.Real):
+            raise TypeError(f"a score is a {type(score).__name__}, not a real number")
+        value = float(score)
+        if not math.isfinite(value):
+            raise ValueError("a score is not finite")
+        result.append(value)
+    if len(result) > expected or (len(result) < expected and not partial):
+        raise ValueError(f"{len(result)}{'+' if len(result) > expected else ''} scores "
+                         f"for {expected} documents")
     if isinstance(scores, Scores):
-        result.timing, result.encoded, result.fusion = scores.timing, scores.encoded, scores.fusion
-    if len(result) != expected and not (partial and len(result) < expected):
-        raise ValueError(f"{len(result)} scores for {expected} documents")
-    if not all(math.isfinite(s) for s in result):
-        raise ValueError("a score is not finite")
+        kept = Scores(result)
+        kept.timing, kept.encoded, kept.fusion = scores.timing, scores.encoded, scores.fusion
+        return kept
     return result
+
+
+def failure_from(exc: BaseException) -> "RankFailed":
+    """The :class:`RankFailed` for what a ranker's call ended with."""
+    if isinstance(exc, RankFailed):
+        return exc  # the ranker's own refusal (overloaded, deadline) keeps its reason
+    raised = exc.raised if isinstance(exc, RankerRaised) else exc
+    return RankFailed("error", type(raised).__name__)
 
 
 class RankerAdapter:
     """Wraps one ranker; see the module docstring."""
 
-    def __init__(self, ranker: Any, *, threads: int = 1, max_pending: int = 64) -> None:
+    def __init__(self, ranker: Any, *, threads: int = 1, max_pending: int = 64,
+                 max_abandoned: int = 8) -> None:
         if not callable(getattr(ranker, "rank", None)):
             raise TypeError(f"{ranker!r} has no rank(query, docs) method")
         self.ranker = ranker
@@ -119,10 +207,15 @@ class RankerAdapter:
         self._batch_extras = _accepted(self._batch)
         self._threads = threads
         self.partial_results = bool(getattr(ranker, "partial_results", False))
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor: Optional[DaemonThreadPool] = None
         self._max_pending = max_pending
+        self._max_abandoned = max_abandoned
         self._pending = 0
+        self._abandoned = 0
         self._lock = threading.Lock()
+        # Async calls left past their deadline: a reference keeps each task
+        # alive until it ends by itself.
+        self._left: Set["asyncio.Task[Any]"] = set()
 
     @property
     def wants_keys(self) -> bool:
@@ -144,7 +237,13 @@ class RankerAdapter:
 
     @property
     def pending(self) -> int:
+        """Rank calls started and not yet ended, those left behind included."""
         return self._pending
+
+    @property
+    def abandoned(self) -> int:
+        """Rank calls left past their deadline that are still running."""
+        return self._abandoned
 
     def close(self) -> None:
         """Let the worker threads go; calls still running finish on their own."""
@@ -156,11 +255,25 @@ class RankerAdapter:
         with self._lock:
             if self._pending >= self._max_pending:
                 raise RankFailed("overloaded", f"{self._pending} rank calls pending")
+            if self._abandoned >= self._max_abandoned:
+                raise RankFailed("overloaded", f"{self._abandoned} rank calls past their "
+                                               "deadline still running")
             self._pending += 1
 
     def _release(self, _future: object = None) -> None:
         with self._lock:
             self._pending -= 1
+
+    def _abandon(self, future: "Union[asyncio.Future[Any], concurrent.futures.Future[Any]]") -> None:
+        """Count ``future`` as left behind until it ends."""
+        with self._lock:
+            self._abandoned += 1
+
+        def ended(_future: object) -> None:
+            with self._lock:
+                self._abandoned -= 1
+
+        future.add_done_callback(ended)
 
     async def rank(self, jobs: Sequence[RankJob], deadline: float) -> Tuple[List[List[float]], RankTiming]:
         """Scores for each job, or :class:`RankFailed` within ``deadline`` seconds."""
@@ -174,30 +287,20 @@ class RankerAdapter:
         try:
             if is_async:
                 started.append(submitted)
-                try:
-                    raw = await asyncio.wait_for(self._call_async(jobs, use_batch, deadline), deadline)
-                finally:
-                    self._release()
+                raw = await self._run_async(jobs, use_batch, deadline)
             else:
-                try:
-                    future = self._submit(jobs, use_batch, started, deadline)
-                except BaseException:
-                    self._release()
-                    raise
-                # The slot is held until the thread is done, not until we stop
-                # waiting: an overrunning model still occupies its worker.
-                future.add_done_callback(self._release)
-                raw = await asyncio.wait_for(asyncio.wrap_future(future), deadline)
+                raw = await self._run_sync(jobs, use_batch, started, deadline)
             if len(raw) != len(jobs):
                 raise ValueError(f"{len(raw)} score lists for {len(jobs)} searches")
-            scores = [_checked(s, len(job.docs), self.partial_results) for s, job in zip(raw, jobs)]
-        except asyncio.TimeoutError:
-            raise RankFailed("deadline", f"no scores within {deadline:.3f}s") from None
+            scores = [checked_scores(s, len(job.docs), self.partial_results)
+                      for s, job in zip(raw, jobs)]
         except RankFailed:
-            raise  # the ranker's own refusal (overloaded, deadline) keeps its reason
+            raise
         except Exception as exc:
-            log.warning("ranker %s failed: %r", type(self.ranker).__name__, exc)
-            raise RankFailed("error", repr(exc)) from exc
+            failure = failure_from(exc)
+            log.warning("ranker %s failed: %s", type(self.ranker).__name__,
+                        excerpt(f"{type(exc).__name__}: {exc}"))
+            raise failure from exc
         finished = time.perf_counter()
         start = started[0] if started else submitted
         steps = [s.timing for s in scores if isinstance(s, Scores) and s.timing]
@@ -209,12 +312,67 @@ class RankerAdapter:
                                       score=max(t.get("score", 0.0) for t in steps))
         return scores, RankTiming(queue=start - submitted, rank=finished - submitted)
 
+    async def _run_async(self, jobs: Sequence[RankJob], use_batch: bool, deadline: float) -> List[Any]:
+        task = asyncio.get_running_loop().create_task(
+            await_guarded(self._call_async(jobs, use_batch, deadline)), name="selproxy-rank")
+        # The slot is held until the task ends, not until we stop waiting.
+        task.add_done_callback(self._ended)
+        self._left.add(task)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=deadline)
+        except asyncio.CancelledError:
+            task.cancel()  # the search itself is cancelled: stop its ranking too, without waiting
+            self._abandon(task)
+            raise
+        if not done:
+            # asyncio.wait_for would wait here for the cancelled task to end,
+            # and a ranker that swallows the cancellation would keep the
+            # search for as long as it likes.
+            task.cancel()
+            self._abandon(task)
+            raise RankFailed("deadline", f"no scores within {deadline:.3f}s")
+        return result_of(task)  # type: ignore[no-any-return]
+
+    def _ended(self, task: "asyncio.Task[Any]") -> None:
+        self._left.discard(task)
+        self._release()
+        if not task.cancelled():
+            task.exception()  # read, so an abandoned failure is not reported as never retrieved
+
+    async def _run_sync(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
+                        deadline: float) -> List[Any]:
+        try:
+            future = self._submit(jobs, use_batch, started, deadline)
+        except BaseException:
+            self._release()
+            raise
+        # The slot is held until the thread is done, not until we stop
+        # waiting: an overrunning model still occupies its worker.
+        future.add_done_callback(self._release)
+        waiter = asyncio.wrap_future(future)
+        try:
+            done, _ = await asyncio.wait((waiter,), timeout=deadline)
+        except asyncio.CancelledError:
+            # Cancel the call itself now if it has not started (the waiter
+            # would pass the cancellation on only at the loop's next turn).
+            future.cancel()
+            waiter.cancel()
+            if not future.done():
+                self._abandon(future)
+            raise
+        if not done:
+            future.cancel()
+            waiter.cancel()
+            if not future.done():  # running: its thread cannot be stopped
+                self._abandon(future)
+            raise RankFailed("deadline", f"no scores within {deadline:.3f}s")
+        return result_of(waiter)  # type: ignore[no-any-return]
+
     def _submit(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
                 timeout: float) -> "concurrent.futures.Future[List[Any]]":
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                self._threads, thread_name_prefix="selproxy-ranker")
-        return self._executor.submit(self._call_sync, jobs, use_batch, started, timeout)
+            self._executor = DaemonThreadPool(self._threads, thread_name_prefix="selproxy-ranker")
+        return self._executor.submit(call_guarded, self._call_sync, jobs, use_batch, started, timeout)
 
     async def _call_async(self, jobs: Sequence[RankJob], use_batch: bool, timeout: float) -> List[Any]:
         if use_batch:

@@ -14,10 +14,13 @@ Contract:
 * ``batch_rank(requests)`` is optional.  It takes a sequence of
   ``(query, docs)`` pairs and returns one score list per pair.  The proxy uses
   it when many searches arrive together (``_msearch``, micro-batching).
-* A ranker that raises, or that does not answer within the route's deadline,
-  never fails a search: the proxy falls back to the engine's order.  A sync
-  ranker that overruns keeps its worker thread until it returns; meanwhile
-  further searches fall back (reason ``overloaded``) instead of queueing.
+* A ranker that raises (anything, ``SystemExit`` and ``CancelledError``
+  included), returns anything but one finite real number per document, or
+  does not answer within the route's deadline, never fails a search: the
+  proxy falls back to the engine's order.  A late call is not waited for:
+  an async one is cancelled (and left to run if it ignores that), a sync one
+  keeps its worker thread until it returns; meanwhile further searches fall
+  back (reason ``overloaded``) instead of queueing.
 * With more than one worker thread (``SearchConfig.ranker_threads``) a sync
   ``rank`` must be thread-safe.  An ``async`` ``rank`` must not block the loop:
   do heavy work in a thread or process of your own.

@@ -28,18 +28,26 @@ queues:
 Both are :class:`~selproxy.rankers.adapter.RankFailed` with ``reason``
 ``overloaded`` or ``deadline``, which the search layer turns into
 ``X-Selproxy-Rerank: fallback; reason=...`` and the engine's order.
+
+A model call that raises fails its batch's searches with what it raised
+(anything outside :class:`Exception` wrapped in
+:class:`~selproxy.rankers.adapter.RankerRaised`, so it never reaches the
+loop); the worker goes on.  A call that outlives every one of its callers'
+deadlines is left running (cancelled, if async) and the next batch goes;
+while ``max_abandoned`` such calls still run, new searches are refused with
+:class:`Overloaded`.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import functools
 import inspect
 import time
-from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
-from .adapter import RankFailed
+from .._threads import DaemonThreadPool
+from .adapter import RankFailed, await_guarded, call_guarded, result_of
 
 __all__ = ("MicroBatcher", "Overloaded", "DeadlineExceeded")
 
@@ -90,7 +98,7 @@ class MicroBatcher:
 
     def __init__(self, ranker: Any, *, max_pairs: int = 512, max_wait_ms: float = 2.0,
                  max_queue_pairs: int = 2048, timeout: Optional[float] = None,
-                 cost_alpha: float = 0.3) -> None:
+                 cost_alpha: float = 0.3, max_abandoned: int = 2) -> None:
         batch = getattr(ranker, "batch_rank", None)
         if not callable(batch):
             raise TypeError(f"{type(ranker).__name__} has no batch_rank() to batch with")
@@ -113,7 +121,10 @@ class MicroBatcher:
         self._model_inputs: Optional[Callable[..., int]] = inputs if callable(inputs) else None
         self._cost_alpha = cost_alpha
         self.cost_per_pair = 0.0
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor: Optional[DaemonThreadPool] = None
+        # Model calls left running after all their callers gave up.
+        self.max_abandoned = max_abandoned
+        self._abandoned: Set[Any] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._queue: Deque[_Pending] = collections.deque()
         self._queued_pairs = 0
@@ -145,6 +156,10 @@ class MicroBatcher:
             raise ValueError(f"{len(engine_scores)} engine scores for {len(docs)} documents")
         timeout = self.timeout if timeout is None else timeout
         loop = self._bind_loop()
+        if len(self._abandoned) >= self.max_abandoned:
+            self.counters["overloaded"] += 1
+            raise Overloaded(f"{len(self._abandoned)} model calls past their callers' deadlines "
+                             "still running")
         # At least one: even a fully cached search costs the worker a little.
         inputs = max(1, self._model_inputs(query, docs, keys)) if self._model_inputs else len(docs)
         self._admit(inputs, timeout)
@@ -299,22 +314,32 @@ class MicroBatcher:
         self._running_pairs = pairs
         started = time.perf_counter()
         try:
-            if self._batch_async:
-                results = await self._batch(requests, **kwargs)
-            else:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix="selproxy-batch")
-                assert self._loop is not None
-                results = await self._loop.run_in_executor(
-                    self._executor, functools.partial(self._batch, requests, **kwargs))
+            # The model's call is guarded (nothing it raises reaches the loop,
+            # see the adapter) and waited for, never awaited: one that swallows
+            # a cancellation must not hold the worker, nor aclose().
+            call, running = self._start_call(requests, kwargs)
+            try:
+                finished = await self._wait_call(call, batch)
+            except asyncio.CancelledError:
+                call.cancel()
+                running.cancel()
+                self._leave(running)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(Overloaded("batcher closed"))
+                raise
+            if not finished:
+                # Every caller has given up, and the call runs on: leave it
+                # (bounded by max_abandoned) so the next batch can go.
+                call.cancel()
+                running.cancel()
+                self._leave(running)
+                return
+            results = result_of(call)
             if len(results) != len(batch):
                 raise ValueError(f"{len(results)} score lists for {len(batch)} searches")
-        except asyncio.CancelledError:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(Overloaded("batcher closed"))
-            raise
+            # A list (the ranker's Scores, with its timing) passes as it is.
+            results = [s if isinstance(s, list) else list(s) for s in results]
         except Exception as exc:  # the callers fall back; the worker lives on
             for pending in batch:
                 if not pending.future.done():
@@ -332,5 +357,57 @@ class MicroBatcher:
         self._concurrent = len(batch) > 1 or bool(self._queue)
         for pending, scores in zip(batch, results):
             if not pending.future.done():
-                # A list (the ranker's Scores, with its timing) passes as it is.
-                pending.future.set_result(scores if isinstance(scores, list) else list(scores))
+                pending.future.set_result(scores)
+
+    def _start_call(self, requests: List[Tuple[str, Sequence[str]]], kwargs: Dict[str, Any]
+                    ) -> Tuple["asyncio.Future[Any]", Any]:
+        """The model's call for one batch: a future to wait on, and what
+        runs (a task, or a thread's future) to cancel and count if left."""
+        assert self._loop is not None
+        if self._batch_async:
+            task = self._loop.create_task(await_guarded(self._batch(requests, **kwargs)),
+                                          name="selproxy-batch")
+            return task, task
+        if self._executor is None:
+            self._executor = DaemonThreadPool(1, thread_name_prefix="selproxy-batch")
+        future = self._executor.submit(call_guarded, functools.partial(self._batch, requests, **kwargs))
+        return asyncio.wrap_future(future, loop=self._loop), future
+
+    @staticmethod
+    async def _wait_call(call: "asyncio.Future[Any]", batch: List[_Pending]) -> bool:
+        """Wait until ``call`` ends (True) or every caller in ``batch`` has
+        given up on it (False)."""
+        while True:
+            callers = [p.future for p in batch if not p.future.done()]
+            if not callers:
+                return call.done()
+            await asyncio.wait([call, *callers], return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                return True
+
+    def _leave(self, running: Any) -> None:
+        """Keep a reference to a call left running, until it ends."""
+        if running.done():
+            if isinstance(running, asyncio.Future) and not running.cancelled():
+                running.exception()
+            return
+        self._abandoned.add(running)
+
+        def ended(done: Any) -> None:
+            self._abandoned.discard(done)
+            if isinstance(done, asyncio.Future) and not done.cancelled():
+                done.exception()  # read: nobody else will
+
+        if isinstance(running, asyncio.Future):
+            running.add_done_callback(ended)
+        else:  # a thread's future: its callback runs in that thread
+            loop = self._loop
+            assert loop is not None
+
+            def ended_in_thread(done: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(ended, done)
+                except RuntimeError:  # the loop has closed: nothing left to count
+                    pass
+
+            running.add_done_callback(ended_in_thread)

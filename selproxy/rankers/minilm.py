@@ -303,10 +303,12 @@ class MiniLMRanker:
         with self._state:
             self._closed = True
             self._backlog.clear()
+            if self._preemptible is not None:
+                self._preemptible.terminate = True
             self._state.notify_all()
         thread = self._background
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+            thread.join(timeout=1)  # a daemon: a stuck model call cannot hold the exit
         if self.store is not None:
             self.store.close()
 

@@ -20,6 +20,12 @@ timeout.  There is one client per event loop, made on first use.  An
 call beyond that waits, still inside its timeout.  The auth header's value
 is read from the environment variable named by ``auth_env``, so the secret
 never appears on a command line or in a config file.
+
+The key never reaches a log or an error message either: a service's error
+answer is quoted as a bounded excerpt (:data:`ERROR_EXCERPT` characters of
+the first :data:`ERROR_READ` bytes) with the key, ``Bearer ...`` and
+``api_key=...`` redacted, and the endpoint is quoted without its userinfo
+and query (:mod:`selproxy._redact`).
 """
 from __future__ import annotations
 
@@ -28,7 +34,13 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .._redact import EXCERPT_CHARS, excerpt, redact_url
+
 __all__ = ("RemoteRanker", "RemoteRankerError")
+
+#: How much of a service's error answer is read, and how much of it quoted.
+ERROR_READ = 4096
+ERROR_EXCERPT = EXCERPT_CHARS
 
 
 class RemoteRankerError(RuntimeError):
@@ -56,6 +68,8 @@ class RemoteRanker:
         if concurrency < 1 or timeout <= 0:
             raise ValueError("concurrency must be >= 1 and timeout > 0")
         self.url = url
+        #: The endpoint as logs and errors show it: no userinfo, no query.
+        self.shown_url = redact_url(url)
         self.api = api
         self.model = model
         self.timeout = timeout
@@ -63,11 +77,13 @@ class RemoteRanker:
         self.max_chars = max_chars
         self._headers: Dict[str, str] = {"Content-Type": "application/json",
                                          "Accept": "application/json"}
+        self._secrets: Tuple[str, ...] = ()
         if auth_env:
             secret = os.environ.get(auth_env)
             if not secret:
                 raise ValueError(f"environment variable {auth_env} is not set")
             self._headers["Authorization"] = f"{auth_scheme} {secret}".strip()
+            self._secrets = (secret,)
         # One pooled session and semaphore per event loop: aiohttp sessions
         # are bound to the loop they were made on, and each proxy worker
         # process runs its own.
@@ -108,8 +124,10 @@ class RemoteRanker:
             async with slots:
                 async with session.post(self.url, json=body) as response:
                     if response.status != 200:
-                        text = (await response.text())[:200]
-                        raise RemoteRankerError(f"{self.url} answered {response.status}: {text}")
+                        # Bounded, and redacted: a service may echo the key it was sent.
+                        head = await response.content.read(ERROR_READ)
+                        raise RemoteRankerError(
+                            f"{self.shown_url} answered {response.status}: {self._quote(head)}")
                     return await response.json(content_type=None)
 
         # The client timeout covers the request; this one covers the wait
@@ -124,7 +142,7 @@ class RemoteRanker:
     def _scores(self, payload: Any, count: int) -> List[float]:
         results = payload.get("results") if isinstance(payload, dict) else payload
         if not isinstance(results, list):
-            raise RemoteRankerError(f"no results in the response from {self.url}")
+            raise RemoteRankerError(f"no results in the response from {self.shown_url}")
         scores: List[Optional[float]] = [None] * count
         for item in results:
             try:
@@ -132,13 +150,21 @@ class RemoteRanker:
                 raw = item["relevance_score"] if "relevance_score" in item else item["score"]
                 score = float(raw)
             except (KeyError, TypeError, ValueError):
-                raise RemoteRankerError(f"unreadable result {item!r} from {self.url}") from None
+                raise RemoteRankerError(
+                    f"unreadable result {self._quote(repr(item))} from {self.shown_url}") from None
             if not 0 <= index < count or not math.isfinite(score):
-                raise RemoteRankerError(f"result {item!r} out of range from {self.url}")
+                raise RemoteRankerError(
+                    f"result {self._quote(repr(item))} out of range from {self.shown_url}")
             scores[index] = score
         known = [s for s in scores if s is not None]
         floor = (min(known) - 1.0) if known else 0.0
         return [floor if s is None else s for s in scores]
+
+    def _quote(self, text: Any) -> str:
+        """A bounded excerpt of what the service sent, secrets redacted."""
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", "replace")
+        return excerpt(text, self._secrets, limit=ERROR_EXCERPT)
 
     async def aclose(self) -> None:
         """Close this loop's pooled client."""

@@ -76,8 +76,17 @@ class RerankServer:
         await request.read()
         return web.json_response({"results": [{"index": 99, "relevance_score": 1.0}]})
 
+    async def echo(self, request: web.Request) -> web.Response:
+        # A careless service: its error page quotes the request, key included,
+        # and goes on for pages.
+        body = await request.text()
+        page = (f"unauthorized: {request.headers.get('Authorization')} for {request.path_qs}\n"
+                + body + "\n" + "padding " * 5000 + request.headers.get("Authorization", ""))
+        return web.Response(text=page, status=401)
+
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_post("/echo", self.echo)
         app.router.add_post("/v2/rerank", self.cohere)
         app.router.add_post("/rerank", self.tei)
         app.router.add_post("/broken", self.broken)
@@ -199,3 +208,45 @@ def test_configuration_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         RemoteRanker("http://127.0.0.1:1/rerank", api="grpc")
     with pytest.raises(ValueError):
         RemoteRanker("http://127.0.0.1:1/rerank", concurrency=0)
+
+
+def test_an_error_answer_is_logged_bounded_and_without_the_key(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from selproxy.rankers.adapter import RankerAdapter, RankFailed, RankJob
+
+    secret = "sk-live-0123456789abcdef"
+    monkeypatch.setenv("SELPROXY_TEST_RERANK_KEY", secret)
+
+    async def test(server: RerankServer) -> None:
+        host = server.url.split("://", 1)[1]
+        keyed = RemoteRanker(f"{server.url}/echo?api_key=q-secret-42&region=eu",
+                             auth_env="SELPROXY_TEST_RERANK_KEY")
+        # Credentials in the URL: aiohttp sends them as Basic auth, which the
+        # service echoes too.
+        userinfo = RemoteRanker(f"http://user:hunter2@{host}/echo")
+        adapter = RankerAdapter(keyed)
+        try:
+            with pytest.raises(RemoteRankerError) as raised:
+                await keyed.rank(QUERY, DOCS)
+            with pytest.raises(RemoteRankerError) as basic:
+                await userinfo.rank(QUERY, DOCS)
+            with caplog.at_level("WARNING", logger="selproxy.rankers"):
+                with pytest.raises(RankFailed) as failed:
+                    await adapter.rank([RankJob(QUERY, DOCS)], 5.0)
+        finally:
+            for ranker in (keyed, userinfo):
+                await ranker.aclose()
+            adapter.close()
+        message = str(raised.value)
+        assert message.startswith(f"{server.url}/echo?*** answered 401: "
+                                  "unauthorized: Bearer *** for /echo?api_key=***&region=eu ")
+        assert str(basic.value).startswith(f"http://***@{host}/echo answered 401: unauthorized: Basic ***")
+        assert len(message) < 400 and len(str(basic.value)) < 400
+        assert failed.value.reason == "error"
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert "answered 401" in logged and len(logged) < 600
+        for leaked in (secret, "hunter2", "dXNlcjpodW50ZXIy", "q-secret-42", "padding " * 40):
+            for text in (message, str(basic.value), logged):
+                assert leaked not in text, text
+
+    run(with_server(test), 20)

@@ -263,3 +263,140 @@ def test_a_lone_search_does_not_wait_and_the_loop_stays_free() -> None:
     ticked, total = run(main(), 10)
     assert ticked < 0.25
     assert total < 0.3 + 0.4  # the model's 0.3 s, and no 0.5 s batch wait
+
+
+# -- a failing model never fails a search, nor the worker ----------------------
+
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt, asyncio.CancelledError, BaseException],
+                         ids=lambda k: k.__name__)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_anything_the_model_raises_fails_its_searches_only(kind: Any, is_async: bool) -> None:
+    from selproxy.rankers.adapter import RankerAdapter, RankerRaised, RankJob
+
+    state = {"raise": True}
+
+    def scores(requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
+        if state["raise"]:
+            raise kind("model died")
+        return [[1.0] * len(d) for _q, d in requests]
+
+    class Model:
+        if is_async:
+            async def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
+                await asyncio.sleep(0)
+                return scores(requests)
+        else:
+            def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
+                return scores(requests)
+
+    batcher = MicroBatcher(Model(), max_wait_ms=5)
+    adapter = RankerAdapter(batcher)
+
+    async def main() -> Tuple[List[Any], str, List[float]]:
+        try:
+            outcomes = await asyncio.gather(batcher.rank("a", docs(2), timeout=5),
+                                            batcher.rank("b", docs(2), timeout=5),
+                                            return_exceptions=True)
+            with pytest.raises(RankFailed) as through_adapter:
+                await adapter.rank([RankJob("c", docs(2))], 5.0)
+            state["raise"] = False
+            return outcomes, through_adapter.value.reason, await batcher.rank("d", docs(3), timeout=5)
+        finally:
+            await batcher.aclose()
+            adapter.close()
+
+    outcomes, reason, after = run(main(), 10)
+    assert all(isinstance(o, RankerRaised) and isinstance(o.raised, kind) for o in outcomes)
+    assert reason == "error"
+    assert after == [1.0, 1.0, 1.0]
+
+
+def test_unreadable_scores_fail_the_batch_not_the_worker() -> None:
+    class Model:
+        def __init__(self) -> None:
+            self.answer: Any = [None]
+
+        def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> Any:
+            return self.answer if self.answer is not None else [[2.0] * len(d) for _q, d in requests]
+
+    model = Model()
+    batcher = MicroBatcher(model, max_wait_ms=0)
+
+    async def main() -> List[float]:
+        try:
+            with pytest.raises(TypeError):
+                await batcher.rank("a", docs(2), timeout=5)
+            model.answer = None
+            return await batcher.rank("b", docs(2), timeout=5)
+        finally:
+            await batcher.aclose()
+
+    assert run(main(), 10) == [2.0, 2.0]
+
+
+def test_an_async_model_that_swallows_cancellation_is_left_and_bounded() -> None:
+    stop = threading.Event()
+
+    class Stubborn:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
+            self.calls += 1
+            while not stop.is_set():
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass  # the defect under test
+            return [[0.0] * len(d) for _q, d in requests]
+
+    model = Stubborn()
+    batcher = MicroBatcher(model, max_wait_ms=0, max_abandoned=1)
+
+    async def main() -> Tuple[float, float]:
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            await batcher.rank("a", docs(2), timeout=0.1)
+        late = time.perf_counter() - started
+        for _ in range(100):  # the worker notices its caller has gone
+            if batcher._abandoned:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            await batcher.rank("b", docs(2), timeout=5)
+        started = time.perf_counter()
+        await batcher.aclose()
+        closing = time.perf_counter() - started
+        stop.set()
+        await asyncio.sleep(0.05)  # let the left call end before the loop closes
+        return late, closing
+
+    late, closing = run(main(), 10)
+    assert late < 1.0 and closing < 1.0
+    assert model.calls == 1
+
+
+def test_a_stuck_sync_model_does_not_hold_aclose_or_the_process() -> None:
+    model = ScriptedRanker()
+    model.gate = threading.Event()
+    batcher = MicroBatcher(model, max_wait_ms=0, max_abandoned=1)
+
+    async def main() -> float:
+        with pytest.raises(DeadlineExceeded):
+            await batcher.rank("a", docs(2), timeout=0.1)
+        for _ in range(100):  # the worker notices its caller has gone
+            if batcher._abandoned:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):
+            await batcher.rank("b", docs(2), timeout=5)
+        started = time.perf_counter()
+        await batcher.aclose()
+        return time.perf_counter() - started
+
+    try:
+        assert run(main(), 10) < 1.0
+        batch_threads = [t for t in threading.enumerate() if t.name.startswith("selproxy-batch")]
+        assert batch_threads and all(t.daemon for t in batch_threads)
+    finally:
+        model.gate.set()

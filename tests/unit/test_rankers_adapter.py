@@ -174,3 +174,207 @@ def test_a_ranker_that_asks_for_engine_scores_gets_them():
         adapter.close()
     assert seen["scores"] == [2.0, 1.0]
     assert scores == [[-2.0, -1.0]]
+
+
+# -- a failing ranker never fails a search ------------------------------------
+
+RAISED = [SystemExit, KeyboardInterrupt, asyncio.CancelledError, BaseException, GeneratorExit,
+          RuntimeError]
+
+
+def raising_ranker(kind, is_async, batch):
+    """A ranker whose rank (or batch_rank) raises ``kind``; once ``ok`` is set
+    it answers, so a test can check the adapter still works afterwards."""
+    state = {"ok": False}
+
+    def answer(docs):
+        if not state["ok"]:
+            raise kind("boom")
+        return [1.0] * len(docs)
+
+    if is_async:
+        class Ranker:
+            async def rank(self, query, docs):
+                await asyncio.sleep(0)
+                return answer(docs)
+
+            if batch:
+                async def batch_rank(self, requests):
+                    await asyncio.sleep(0)
+                    return [answer(docs) for _, docs in requests]
+    else:
+        class Ranker:
+            def rank(self, query, docs):
+                return answer(docs)
+
+            if batch:
+                def batch_rank(self, requests):
+                    return [answer(docs) for _, docs in requests]
+    return Ranker(), state
+
+
+@pytest.mark.parametrize("kind", RAISED, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("jobs", [1, 3], ids=["search", "msearch"])
+def test_anything_a_ranker_raises_is_a_fallback_and_the_loop_lives_on(kind, is_async, jobs):
+    ranker, state = raising_ranker(kind, is_async, batch=jobs > 1)
+    adapter = RankerAdapter(ranker)
+
+    async def scenario():
+        with pytest.raises(RankFailed) as info:
+            await adapter.rank([JOB] * jobs, 2.0)
+        state["ok"] = True
+        scores, _ = await adapter.rank([JOB] * jobs, 2.0)  # the same worker still serves
+        return info.value, scores
+
+    try:
+        failure, scores = run(scenario(), timeout=10)
+    finally:
+        adapter.close()
+    assert failure.reason == "error" and str(failure) == f"error: {kind.__name__}"
+    assert scores == [[1.0, 1.0, 1.0]] * jobs
+    assert adapter.pending == 0
+
+
+def test_a_cancelled_search_is_still_cancelled():
+    """A ranker raising CancelledError is its failure; the search's own task
+    being cancelled is not, and stays a cancellation."""
+    class Slow:
+        async def rank(self, query, docs):
+            await asyncio.sleep(10)
+
+    adapter = RankerAdapter(Slow())
+
+    async def scenario():
+        search = asyncio.ensure_future(adapter.rank([JOB], 5.0))
+        await asyncio.sleep(0.05)
+        search.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await search
+        for _ in range(100):
+            if adapter.pending == 0:
+                break
+            await asyncio.sleep(0.01)
+
+    run(scenario(), timeout=10)
+    assert adapter.pending == 0 and adapter.abandoned == 0
+
+
+def test_an_async_ranker_that_swallows_cancellation_is_left_at_the_deadline():
+    stop = threading.Event()
+
+    class Stubborn:
+        async def rank(self, query, docs):
+            while not stop.is_set():
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass  # the defect under test
+            return [0.0] * len(docs)
+
+    adapter = RankerAdapter(Stubborn(), max_abandoned=1)
+
+    async def scenario():
+        started = time.perf_counter()
+        with pytest.raises(RankFailed) as late:
+            await adapter.rank([JOB], 0.1)
+        elapsed = time.perf_counter() - started
+        assert adapter.abandoned == 1 and adapter.pending == 1
+        # The bound on calls left behind: the next search falls back at once.
+        with pytest.raises(RankFailed) as refused:
+            await adapter.rank([JOB], 5.0)
+        stop.set()
+        for _ in range(200):
+            if adapter.pending == 0:
+                break
+            await asyncio.sleep(0.01)
+        return late.value.reason, elapsed, refused.value.reason
+
+    reason, elapsed, refused = run(scenario(), timeout=10)
+    assert reason == "deadline" and elapsed < 1.0
+    assert refused == "overloaded"
+    assert adapter.pending == 0 and adapter.abandoned == 0
+
+
+def test_a_stuck_sync_ranker_counts_as_abandoned_until_it_returns():
+    release = threading.Event()
+
+    class Stuck:
+        def rank(self, query, docs):
+            release.wait(10)
+            return [0.0] * len(docs)
+
+    adapter = RankerAdapter(Stuck(), threads=2, max_abandoned=1)
+
+    async def scenario():
+        with pytest.raises(RankFailed) as late:
+            await adapter.rank([JOB], 0.05)
+        with pytest.raises(RankFailed) as refused:
+            await adapter.rank([JOB], 0.05)
+        return late.value.reason, refused.value.reason
+
+    try:
+        assert run(scenario(), timeout=10) == ("deadline", "overloaded")
+        assert adapter.abandoned == 1
+        # A daemon thread: a stopped proxy does not wait for it at exit.
+        assert all(t.daemon for t in threading.enumerate() if t.name.startswith("selproxy-ranker"))
+    finally:
+        release.set()
+    for _ in range(200):
+        if adapter.abandoned == 0 and adapter.pending == 0:
+            break
+        time.sleep(0.01)
+    assert adapter.abandoned == 0 and adapter.pending == 0
+    adapter.close()
+
+
+@pytest.mark.parametrize("result", [["1", "2", "3"], [True, False, True], [None, None, None],
+                                    [1.0, float("inf"), 2.0], [1.0, 2.0, 3.0, 4.0], b"abc",
+                                    {0: 1.0, 1: 2.0, 2: 3.0}, 1.0, [1.0, 2.0, "3"]],
+                         ids=repr)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_scores_that_are_not_real_numbers_are_errors(result, is_async):
+    if is_async:
+        class Bad:
+            async def rank(self, query, docs):
+                return result
+    else:
+        class Bad:
+            def rank(self, query, docs):
+                return result
+
+    adapter = RankerAdapter(Bad())
+    try:
+        with pytest.raises(RankFailed) as info:
+            run(adapter.rank([JOB], 1.0))
+    finally:
+        adapter.close()
+    assert info.value.reason == "error"
+
+
+def test_an_endless_score_iterator_is_an_error_not_a_hang():
+    import itertools
+
+    class Endless:
+        def rank(self, query, docs):
+            return itertools.count()
+
+    adapter = RankerAdapter(Endless())
+    try:
+        with pytest.raises(RankFailed) as info:
+            run(adapter.rank([JOB], 1.0), timeout=5)
+    finally:
+        adapter.close()
+    assert info.value.reason == "error" and "4+ scores" in str(info.value.__cause__)
+
+
+def test_fractions_and_numpy_integers_are_real_numbers():
+    from fractions import Fraction
+
+    from selproxy.rankers.adapter import checked_scores
+
+    assert checked_scores([Fraction(1, 2), 2, 3.5], 3) == [0.5, 2.0, 3.5]
+    np = pytest.importorskip("numpy")
+    assert checked_scores(np.array([1, 2, 3], dtype="int64"), 3) == [1.0, 2.0, 3.0]
+    with pytest.raises(TypeError):
+        checked_scores(np.array([True, False, True]), 3)
