@@ -7,10 +7,12 @@ identity::
 
     .selproxy-vectors-<model>-<12 hex digits of the identity hash>
 
-created on first use with this mapping (nothing in it is searchable: the
-vectors are only ever fetched by id)::
+created on first use as a hidden index (wildcard searches such as ``*`` leave
+it out) with this mapping (nothing in it is searchable: the vectors are only
+ever fetched by id)::
 
-    {"mappings": {"dynamic": false, "properties": {
+    {"settings": {"index": {"hidden": true}},
+     "mappings": {"dynamic": false, "properties": {
         "v": {"type": "binary"},                   # base64 of the int8 or fp16 vector
         "t": {"type": "keyword", "index": false},  # hash of the text that was encoded
         "s": {"type": "float", "index": false}}}}  # the int8 scale
@@ -44,7 +46,7 @@ __all__ = ("EngineVectorStore", "sidecar_index")
 
 log = logging.getLogger("selproxy.rankers")
 
-MAPPING = {"mappings": {"dynamic": False, "properties": {
+MAPPING = {"settings": {"index": {"hidden": True}}, "mappings": {"dynamic": False, "properties": {
     "v": {"type": "binary"},
     "t": {"type": "keyword", "index": False},
     "s": {"type": "float", "index": False}}}}

@@ -116,3 +116,38 @@ def test_a_cold_proxy_answers_on_time_with_a_partial_rerank_then_converges(tmp_p
                 pids.add(status(proxy.url)["pid"])
             # Fresh connections spread over both workers; none had to embed the window.
             assert len(pids) == 2
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_two_proxies_share_the_store_kept_in_the_engine():
+    with engine_in_thread() as engine_url:
+        index_abstracts(engine_url, n=30)
+        mapping_before = get(f"{engine_url}/papers/_mapping")
+        # A deadline long enough for the first proxy to embed the whole window.
+        args = ["--upstream", engine_url, "--embedding-store", "engine", "--rank-deadline", "60"]
+        with ProxyProcess(args, timeout=60, passthrough_only=False) as first:
+            wait_until_ready(first.url)
+            headers, _ = post(f"{first.url}/papers/_search", QUERY)
+            assert headers["X-Selproxy-Rerank"] == "applied"
+            model = status(first.url)["search"]["model"]
+            assert model["encoded_foreground"] == 30 and model["store"]["writes"] == 30
+            sidecar = model["store"]["index"]
+        assert sidecar.startswith(".selproxy-vectors-minilm-")
+        get(f"{engine_url}/{sidecar}/_refresh")
+        assert get(f"{engine_url}/{sidecar}/_count")["count"] == 30
+        # Another replica, a fresh process with an empty memory, embeds nothing.
+        with ProxyProcess(args, timeout=60, passthrough_only=False) as second:
+            wait_until_ready(second.url)
+            headers, _ = post(f"{second.url}/papers/_search", QUERY)
+            assert headers["X-Selproxy-Rerank"] == "applied"
+            model = status(second.url)["search"]["model"]
+            assert model["encoded_foreground"] == 0 and model["store"]["hits"] == 30
+        # The user's index is as it was; the sidecar stays out of wildcard searches.
+        assert get(f"{engine_url}/papers/_mapping") == mapping_before
+        assert get(f"{engine_url}/papers/_count")["count"] == 30
+        everything = get(f"{engine_url}/*/_search?size=100")
+        assert {hit["_index"] for hit in everything["hits"]["hits"]} == {"papers"}
