@@ -40,6 +40,9 @@ from fnmatch import fnmatchcase
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, quote
 
+from .._inflate import DecodedTooLarge, gunzip
+from ..errors import BodyTooLarge
+from ..handler import Request
 from . import _json
 from .config import ParamSearchAPI
 from .extract import lucene_text, query_text
@@ -47,7 +50,7 @@ from .overrides import Overrides
 from .routes import indices_allowed
 
 __all__ = ("SourceFilter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
-           "rewrite_query_string", "query_params")
+           "rewrite_query_string", "query_params", "request_body")
 
 _SOURCE_PARAMS = ("_source", "_source_includes", "_source_excludes", "_source_include", "_source_exclude")
 
@@ -151,6 +154,24 @@ class SearchPlan:
     body: Optional[Dict[str, Any]] = None
     #: URL parameter changes: name -> new value, or None to remove it.
     params: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+def request_body(request: Request, limit: int) -> bytes:
+    """A claimed request's body, gunzipped when the client compressed it.
+
+    A body that inflates past ``limit`` bytes raises
+    :class:`~selproxy.errors.BodyTooLarge` (413, in Elasticsearch's error
+    shape), as a raw body past ``max_buffered_body`` does: the decoded size of
+    a claimed request is bounded like its raw size.  A body that is not gzip
+    raises ValueError (the search is then sent on unchanged).
+    """
+    if (request.header("content-encoding") or "").strip().lower() in ("gzip", "x-gzip"):
+        try:
+            return gunzip(request.body, limit)
+        except DecodedTooLarge:
+            raise BodyTooLarge(f"the request body inflates past {limit} bytes "
+                               "(max_decoded_body)") from None
+    return request.body
 
 
 def query_params(query_string: str) -> Dict[str, str]:
@@ -292,8 +313,12 @@ def plan_msearch(data: bytes, default_indices: Sequence[str], *, topn: int,
 
     Returns the plans and the body to send upstream, in which only the lines
     of rewritten searches differ; or None when the body cannot be read.
+    Raises :class:`~selproxy.search._json.TooCostly` for a body with more
+    structure than the proxy decodes (its lines share one budget).
     """
     from .routes import split_indices
+
+    _json.check_cost(data)
 
     lines = data.split(b"\n")
     if lines and not lines[-1].strip():
