@@ -26,6 +26,11 @@ token              meaning
 ``size0``          ``size: 0`` (aggregations only)
 ``past_window``    the page starts at or past the window
 ``no_query_text``  no query text was found
+``source_filter``  the ``_source`` patterns are more than the proxy reapplies
+                   (see :mod:`selproxy.search.source_filter`); the engine does
+``too_large``      the body, or the engine's response, is larger or more
+                   structured than the proxy decodes (``max_decoded_body``,
+                   :mod:`selproxy.search._json`)
 ``bad_request``    the body is not JSON the proxy can read; the engine decides
 ``format``         the response is not in a shape the proxy can read
 ``no_hits``        the engine found nothing
@@ -36,7 +41,6 @@ token              meaning
 from __future__ import annotations
 
 import dataclasses
-from fnmatch import fnmatchcase
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, quote
 
@@ -48,90 +52,12 @@ from .config import ParamSearchAPI
 from .extract import lucene_text, query_text
 from .overrides import Overrides
 from .routes import indices_allowed
+from .source_filter import SOURCE_PARAMS, SourceFilter, client_source_filter
 
-__all__ = ("SourceFilter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
+__all__ = ("SourceFilter", "client_source_filter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
            "rewrite_query_string", "query_params", "request_body")
 
-_SOURCE_PARAMS = ("_source", "_source_includes", "_source_excludes", "_source_include", "_source_exclude")
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFilter:
-    """The client's ``_source`` filtering, reapplied by the proxy to each hit
-    after it asked the engine for the whole source to rank with."""
-
-    disabled: bool = False
-    includes: Tuple[str, ...] = ()
-    excludes: Tuple[str, ...] = ()
-
-    def apply(self, hit: Dict[str, Any]) -> None:
-        if "_source" not in hit:
-            return
-        if self.disabled:
-            del hit["_source"]
-        elif isinstance(hit["_source"], dict):
-            hit["_source"] = _filter_object(hit["_source"], "", self.includes, self.excludes)
-
-
-def _filter_object(obj: Dict[str, Any], prefix: str, includes: Sequence[str],
-                   excludes: Sequence[str]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in obj.items():
-        path = prefix + key
-        if any(fnmatchcase(path, p) for p in excludes):
-            continue
-        if not includes or any(fnmatchcase(path, p) for p in includes):
-            # Wholly included; an exclusion may still reach inside it.
-            out[key] = _filter_value(value, path, (), excludes) if excludes else value
-        elif any(p.startswith(path + ".") or "*" in p for p in includes):
-            sub = _filter_value(value, path, includes, excludes)
-            if sub not in ({}, []):
-                out[key] = sub
-    return out
-
-
-def _filter_value(value: Any, path: str, includes: Sequence[str], excludes: Sequence[str]) -> Any:
-    if isinstance(value, dict):
-        return _filter_object(value, path + ".", includes, excludes)
-    if isinstance(value, list):
-        items = [_filter_value(v, path, includes, excludes) for v in value]
-        return [v for v in items if v != {}] if includes else items
-    return value if not includes else {}
-
-
-def _patterns(value: Any) -> Tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(p for p in value.split(",") if p)
-    if isinstance(value, list):
-        return tuple(p for p in value if isinstance(p, str))
-    return ()
-
-
-def client_source_filter(body: Optional[Mapping[str, Any]],
-                         params: Mapping[str, str]) -> Optional[SourceFilter]:
-    """The client's ``_source`` filter from URL parameters (which win, as in
-    Elasticsearch) or the body; None when the client wants the whole source."""
-    if any(name in params for name in _SOURCE_PARAMS):
-        source = params.get("_source")
-        if source is not None and source.lower() == "false":
-            return SourceFilter(disabled=True)
-        includes = _patterns(params.get("_source_includes") or params.get("_source_include") or "")
-        if source is not None and source.lower() != "true":
-            includes += _patterns(source)
-        excludes = _patterns(params.get("_source_excludes") or params.get("_source_exclude") or "")
-        return SourceFilter(includes=includes, excludes=excludes) if includes or excludes else None
-    if not body or "_source" not in body:
-        return None
-    source = body["_source"]
-    if source is False:
-        return SourceFilter(disabled=True)
-    if isinstance(source, (str, list)):
-        return SourceFilter(includes=_patterns(source))
-    if isinstance(source, dict):
-        includes = _patterns(source.get("includes", source.get("include", ())))
-        excludes = _patterns(source.get("excludes", source.get("exclude", ())))
-        return SourceFilter(includes=includes, excludes=excludes) if includes or excludes else None
-    return None
+_SOURCE_PARAMS = SOURCE_PARAMS
 
 
 @dataclasses.dataclass
@@ -287,6 +213,9 @@ def plan_search(body: Optional[Dict[str, Any]], params: Mapping[str, str], indic
     plan.size, plan.offset, plan.window = size, offset, window
     plan.fetch = max(window, offset + size)
     plan.source_filter = client_source_filter(body, params)
+    if plan.source_filter is not None and not plan.source_filter.within_limits:
+        plan.skip = "source_filter"
+        return plan
     plan.explain = overrides.debug or _truthy(params.get("explain", body.get("explain", False)))
 
     url_changes: Dict[str, Optional[str]] = {}

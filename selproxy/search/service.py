@@ -31,6 +31,7 @@ from .respond import (accepts_gzip, apply_es, apply_params, client_response, dec
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
                       request_body, rewrite_query_string)
 from .routes import default_routes, split_indices
+from .source_filter import SourceFilterTooCostly
 
 __all__ = ("SearchService", "SearchStats")
 
@@ -315,7 +316,10 @@ class SearchService:
         else:
             ranked, outcome, timing = await self._rank(route, [self._job(plan, window, texts)])
             scores = ranked[0] if ranked else None
-        apply_es(doc, plan, scores)
+        try:
+            apply_es(doc, plan, scores)
+        except SourceFilterTooCostly as exc:
+            return await self._skip(upstream, request, prep, [exc.reason])
         return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
@@ -348,6 +352,7 @@ class SearchService:
         outcomes: List[Outcome] = []
         jobs: List[RankJob] = []
         ranked_items: List[Tuple[int, SearchPlan, Dict[str, Any]]] = []
+        unranked: List[Tuple[SearchPlan, Dict[str, Any]]] = []
         for i, (plan, item) in enumerate(zip(plans, items)):
             outcomes.append(("skipped", plan.skip) if plan.skip else APPLIED)
             if plan.skip:
@@ -367,14 +372,19 @@ class SearchService:
                     ranked_items.append((i, plan, item))
                 else:
                     outcomes[i] = ("skipped", "no_doc_text")
-                    apply_es(item, plan, None)
+                    unranked.append((plan, item))
 
         timing = RankTiming()
-        if jobs:
-            scores, outcome, timing = await self._rank(route, jobs)
-            for n, (i, plan, item) in enumerate(ranked_items):
-                apply_es(item, plan, scores[n] if scores else None)
-                outcomes[i] = outcome
+        try:
+            for plan, item in unranked:
+                apply_es(item, plan, None)
+            if jobs:
+                scores, outcome, timing = await self._rank(route, jobs)
+                for n, (i, plan, item) in enumerate(ranked_items):
+                    apply_es(item, plan, scores[n] if scores else None)
+                    outcomes[i] = outcome
+        except SourceFilterTooCostly as exc:
+            return await self._skip(upstream, request, prep, [exc.reason] * len(plans))
         return self._answer(request, response, prep, doc, outcomes, upstream_s, timing)
 
     async def _params(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
