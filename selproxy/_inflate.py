@@ -7,7 +7,7 @@ so memory is bounded by the limit, never by what the sender claims.
 from __future__ import annotations
 
 import zlib
-from typing import List
+from typing import Callable, List
 
 __all__ = ("gunzip", "DecodedTooLarge", "STEP")
 
@@ -28,11 +28,13 @@ class DecodedTooLarge(ValueError):
         self.limit = limit
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
+def gunzip(data: bytes, limit: int,
+           too_large: Callable[[int], Exception] = DecodedTooLarge) -> bytes:
     """Inflate a gzip body (one or more members, as ``gzip.decompress`` reads).
 
-    Raises :class:`DecodedTooLarge` when the output would pass ``limit``
-    bytes, and ``ValueError`` when ``data`` is not a complete gzip stream.
+    Raises ``too_large(limit)`` (by default :class:`DecodedTooLarge`) when the
+    output would pass ``limit`` bytes, and ``ValueError`` when ``data`` is not
+    a complete gzip stream.
     """
     out: List[bytes] = []
     total = 0
@@ -47,7 +49,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
                 raise ValueError(f"bad gzip body: {exc}") from None
             total += len(piece)
             if total > limit:
-                raise DecodedTooLarge(limit)
+                raise too_large(limit)
             out.append(piece)
             if inflater.eof:
                 break

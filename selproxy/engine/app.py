@@ -8,7 +8,6 @@ clients do) in that same media type.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import time
@@ -17,12 +16,17 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import (ActionRequestValidation, DocumentParsingError, EngineError, IllegalArgument, IndexNotFound,
-                     ParsingError, ResourceNotFound, UnsupportedFeature)
+from .._inflate import gunzip
+from .errors import (ActionRequestValidation, ContentTooLong, DocumentParsingError, EngineError, IllegalArgument,
+                     IndexNotFound, ParsingError, ResourceNotFound, UnsupportedFeature)
 from .search import filter_source, parse_msearch, parse_search, parse_source, run_count, run_search
 from .store import Store, Txn, get_doc, index_stats
 
 __all__ = ("EngineApp", "VERSION_INFO")
+
+# Elasticsearch's default http.max_content_length: the most a gzip request
+# body may inflate to (a bomb would otherwise take all memory).
+MAX_INFLATED_BODY = 100 * 1024 * 1024
 
 # What GET / reports.  9.x and 8.x clients accept it (the 9.x client sends
 # compatible-with=9, the 8.x one compatible-with=8, and a 9.x server serves both).
@@ -166,7 +170,7 @@ class EngineApp:
                                     compat, method, pretty)
             body = await request.body()
             if request.headers.get("content-encoding", "").lower() == "gzip" and body:
-                body = gzip.decompress(body)
+                body = gunzip(body, MAX_INFLATED_BODY, too_large=ContentTooLong)
             call = Call(method, path, dict(request.query_params), body, parts)
             status, payload = await handler(call)
         except EngineError as exc:

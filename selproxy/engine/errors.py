@@ -15,6 +15,7 @@ __all__ = (
     "ResourceAlreadyExists", "VersionConflict", "DocumentMissing",
     "DocumentParsingError", "MapperParsingError", "InvalidIndexName",
     "ActionRequestValidation", "QueryShardError", "ResourceNotFound", "UnsupportedFeature",
+    "ContentTooLong",
 )
 
 
@@ -108,3 +109,12 @@ class UnsupportedFeature(EngineError):
     """A valid Elasticsearch request that this small engine does not implement."""
     status = 400
     es_type = "illegal_argument_exception"
+
+
+class ContentTooLong(EngineError):
+    """A gzip request body inflates past ``http.max_content_length``."""
+    status = 413
+    es_type = "content_too_long_exception"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body inflates past http.max_content_length [{limit}b]")
