@@ -17,7 +17,8 @@ A route may instead name an explicit dotted path into the body
 
 Every step is linear in its input and bounded: Lucene syntax is reduced by a
 one-pass scanner (no regular expression that can backtrack), and at most
-:data:`MAX_QUERY_CHARS` characters of query text are analysed.
+:data:`MAX_QUERY_CHARS` characters of query text, from at most
+:data:`MAX_QUERY_CLAUSES` clauses, are analysed.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import re
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = (
-    "MAX_QUERY_CHARS", "lucene_text", "query_text", "value_at", "FieldSpec", "parse_field_spec",
+    "MAX_QUERY_CHARS", "MAX_QUERY_CLAUSES", "lucene_text", "query_text", "value_at", "FieldSpec", "parse_field_spec",
     "document_text", "source_strings",
 )
 
@@ -60,6 +61,9 @@ _FIELD_RUN = re.compile(r'(?:\\.|[^\s:()"\\\[\]{}])+')
 _WORD_RUN = re.compile(r'(?:\\.|[^\s()"])+')
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
+#: The most query clauses (``match``, ``query_string``...) of one body read
+#: for its text; a real query has a handful.
+MAX_QUERY_CLAUSES = 1024
 #: The longest query text, in characters, that is analysed and handed to the
 #: ranker: a Lucene expression is cut to it before it is reduced, and the
 #: query text of a body stops growing once it is reached.  Real queries are a
@@ -303,7 +307,9 @@ def query_text(body: Optional[Mapping[str, Any]], q_param: Optional[str] = None,
     # per clause would be quadratic.
     seen: Dict[str, None] = {}
     length = 0
-    for text in _query_texts(body["query"]):
+    for n, text in enumerate(_query_texts(body["query"])):
+        if n >= MAX_QUERY_CLAUSES:
+            break
         text = text[:MAX_QUERY_CHARS].strip()
         # A bool ``should`` often asks for the same words in several fields.
         if text and text not in seen:

@@ -55,9 +55,13 @@ from .routes import indices_allowed
 from .source_filter import SOURCE_PARAMS, SourceFilter, client_source_filter
 
 __all__ = ("SourceFilter", "client_source_filter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
-           "rewrite_query_string", "query_params", "request_body")
+           "rewrite_query_string", "query_params", "request_body", "MAX_MSEARCH_SEARCHES")
 
 _SOURCE_PARAMS = SOURCE_PARAMS
+#: Most searches one ``_msearch`` may hold to be reranked; past it the whole
+#: request is sent on unchanged (reason ``too_large``).  Planning costs some
+#: microseconds per search, on the loop.
+MAX_MSEARCH_SEARCHES = 1000
 
 
 @dataclasses.dataclass
@@ -243,11 +247,14 @@ def plan_msearch(data: bytes, default_indices: Sequence[str], *, topn: int,
     Returns the plans and the body to send upstream, in which only the lines
     of rewritten searches differ; or None when the body cannot be read.
     Raises :class:`~selproxy.search._json.TooCostly` for a body with more
-    structure than the proxy decodes (its lines share one budget).
+    structure than the proxy decodes (its lines share one budget), or with
+    more than :data:`MAX_MSEARCH_SEARCHES` searches.
     """
     from .routes import split_indices
 
     _json.check_cost(data)
+    if data.count(b"\n") > 2 * MAX_MSEARCH_SEARCHES + 1:
+        raise _json.TooCostly(f"more than {MAX_MSEARCH_SEARCHES} searches in one _msearch")
 
     lines = data.split(b"\n")
     if lines and not lines[-1].strip():

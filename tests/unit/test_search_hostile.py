@@ -252,3 +252,28 @@ def test_costly_source_filter_resends_the_search_unchanged():
     response = handle(service, upstream, body)
     assert response.header("x-selproxy-rerank") == "skipped; reason=source_filter"
     assert len(upstream.requests) == 2 and upstream.requests[-1][3] == body
+
+
+# -- many small pieces --------------------------------------------------------------
+
+def test_msearch_with_too_many_searches_is_sent_on_unchanged():
+    service = SearchService(ReverseRanker(), SearchConfig(topn=3))
+    upstream = RawEngine(b'{"responses":[]}')
+    body = b"\n" * (4 << 20)
+    started = time.perf_counter()
+    response = handle(service, upstream, body, kind="msearch")
+    assert time.perf_counter() - started < 2.0
+    assert upstream.requests[-1][3] == body
+    assert response.header("x-selproxy-rerank") == "skipped; reason=too_large"
+
+
+def test_query_clauses_read_are_bounded():
+    from selproxy.search.extract import MAX_QUERY_CLAUSES, query_text
+    query = {"match": {"t": "x"}}
+    for _ in range(60):
+        query = {"bool": {"should": [query]}}
+    query["bool"]["should"] = [{"match": {"t": f"w{k}"}} for k in range(200_000)]
+    started = time.perf_counter()
+    text = query_text({"query": query})
+    assert time.perf_counter() - started < 2.0
+    assert text.split() == [f"w{k}" for k in range(MAX_QUERY_CLAUSES)]
