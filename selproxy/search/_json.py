@@ -43,7 +43,7 @@ MAX_DEPTH = 100
 #: Most ``{`` and ``[`` bytes in one decoded document (or ``_msearch`` body).
 MAX_CONTAINERS = 250_000
 #: Most ``,`` bytes in one decoded document (or ``_msearch`` body).
-MAX_VALUES = 2_000_000
+MAX_VALUES = 1_000_000
 
 # Integers orjson would not keep exact: past 64 bits, they have 19+ digits.
 # Mapping every digit to "0" and searching for a run is a C-speed scan; a
@@ -108,13 +108,10 @@ def _check_depth(doc: Any) -> None:
     # Its cost is bounded like decoding's, by MAX_CONTAINERS and MAX_VALUES.
     level: List[Any] = [doc]
     for _ in range(MAX_DEPTH):
-        deeper: List[Any] = []
-        for node in level:
-            deeper += [child for child in (node.values() if type(node) is dict else node)
-                       if type(child) is dict or type(child) is list]
-        if not deeper:
+        level = [child for node in level for child in (node.values() if type(node) is dict else node)
+                 if type(child) is dict or type(child) is list]
+        if not level:
             return
-        level = deeper
     raise TooDeep(f"nested deeper than {MAX_DEPTH}")
 
 
