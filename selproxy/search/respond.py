@@ -67,10 +67,13 @@ def skip_reason(exc: BaseException, default: str) -> str:
     return reason if isinstance(reason, str) and reason.isidentifier() else default
 
 
-def header_safe(value: str, max_chars: int = 1024) -> str:
+def header_safe(value: str, max_chars: Optional[int] = None) -> str:
     """``value`` reduced to printable ASCII (0x20-0x7E), each other character
-    replaced by ``?``, and cut to ``max_chars``: fit for any response head."""
-    value = value[:max_chars]
+    replaced by ``?``, and cut to ``max_chars`` if given: fit for any response
+    head.  (The proxy's own values are bounded already: an ``_msearch`` report
+    has one short item per search, at most ``MAX_MSEARCH_SEARCHES``.)"""
+    if max_chars is not None:
+        value = value[:max_chars]
     if value.isascii() and value.isprintable():
         return value
     return "".join(c if " " <= c <= "~" else "?" for c in value)

@@ -69,7 +69,7 @@ def test_ignored_report_is_bounded():
 def test_header_values_are_printable_ascii():
     assert header_safe("fallback; reason=x\r\nSet-Cookie: a=1\x00\u2603") == \
         "fallback; reason=x??Set-Cookie: a=1??"
-    assert len(header_safe("a" * 5000)) == 1024
+    assert header_safe("a" * 5000) == "a" * 5000 and header_safe("a" * 5000, 10) == "a" * 10
     out = passthrough_response(Response(200, [], b"{}"), "skipped; reason=\nx", "t\r", ("\u2603",))
     for _, value in out.headers:
         assert value.isascii() and value.isprintable()
