@@ -25,8 +25,8 @@ from selproxy.search._testing import ReverseRanker
 pytestmark = pytest.mark.skipif(Proxy is None, reason="selproxy._core is not built")
 
 # Far below the freezes this guards against (1.3 s to 50 s per request on
-# main), far above a loaded 2-core box's latency for a passthrough request.
-PASSTHROUGH_SECONDS = 1.5
+# main), and four times the worst seen here on a 2-core box at load average 8 (0.46 s).
+PASSTHROUGH_SECONDS = 2.0
 HOSTILE_SECONDS = 20.0
 
 HITS = {"took": 1, "timed_out": False,
