@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads for synchronous rankers (default %(default)s)")
     search.add_argument("--max-pending-ranks", type=int, default=sdefaults.max_pending_ranks, metavar="N",
                         help="past it searches fall back at once (default %(default)s)")
+    search.add_argument("--max-decoded-body", type=int, default=sdefaults.max_decoded_body, metavar="BYTES",
+                        help="largest search body decoded, after gzip: a request past it gets 413, "
+                             "a response is passed through unreranked (default %(default)s)")
 
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
@@ -127,7 +130,8 @@ def search_from_args(args: argparse.Namespace) -> Any:
     fields: Dict[str, Any] = dict(
         topn=args.topn, max_topn=args.max_topn, rank_deadline=args.rank_deadline,
         text_fields=tuple(args.text_field), max_field_chars=args.max_field_chars,
-        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks)
+        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks,
+        max_decoded_body=args.max_decoded_body)
     if args.include_index:
         fields["include_indices"] = tuple(args.include_index)
     if args.exclude_index:

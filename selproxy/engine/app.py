@@ -9,7 +9,6 @@ clients do) in that same media type.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import time
@@ -18,14 +17,19 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .._inflate import gunzip
 from .contexts import DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_OPEN, SearchContext, SearchContexts, Target, parse_time_value
-from .errors import (ActionRequestValidation, DocumentParsingError, EngineError, IllegalArgument, IndexNotFound,
-                     ParsingError, ResourceNotFound, SearchContextMissing, UnsupportedFeature)
+from .errors import (ActionRequestValidation, ContentTooLong, DocumentParsingError, EngineError, IllegalArgument,
+                     IndexNotFound, ParsingError, ResourceNotFound, SearchContextMissing, UnsupportedFeature)
 from .mget import parse_mget, run_mget
 from .search import SearchRequest, Walk, filter_source, parse_msearch, parse_search, parse_source, run_count, run_search
 from .store import IndexMeta, Store, Txn, get_doc, high_waters, index_stats
 
 __all__ = ("EngineApp", "VERSION_INFO")
+
+# Elasticsearch's default http.max_content_length: the most a gzip request
+# body may inflate to (a bomb would otherwise take all memory).
+MAX_INFLATED_BODY = 100 * 1024 * 1024
 
 # What GET / reports.  9.x and 8.x clients accept it (the 9.x client sends
 # compatible-with=9, the 8.x one compatible-with=8, and a 9.x server serves both).
@@ -182,7 +186,7 @@ class EngineApp:
                                     compat, method, pretty)
             body = await request.body()
             if request.headers.get("content-encoding", "").lower() == "gzip" and body:
-                body = gzip.decompress(body)
+                body = gunzip(body, MAX_INFLATED_BODY, too_large=ContentTooLong)
             call = Call(method, path, dict(request.query_params), body, parts)
             status, payload = await handler(call)
             warnings = call.warnings

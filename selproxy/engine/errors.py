@@ -16,6 +16,7 @@ __all__ = (
     "DocumentParsingError", "MapperParsingError", "InvalidIndexName",
     "ActionRequestValidation", "QueryShardError", "ResourceNotFound", "UnsupportedFeature",
     "StrictDynamicMapping", "SearchContextMissing", "TooManySearchContexts", "ElasticsearchParseError",
+    "ContentTooLong",
 )
 
 
@@ -145,3 +146,12 @@ class TooManySearchContexts(EngineError):
 class ElasticsearchParseError(EngineError):
     status = 400
     es_type = "parse_exception"
+
+
+class ContentTooLong(EngineError):
+    """A gzip request body inflates past ``http.max_content_length``."""
+    status = 413
+    es_type = "content_too_long_exception"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body inflates past http.max_content_length [{limit}b]")

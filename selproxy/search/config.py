@@ -8,7 +8,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-__all__ = ("ParamSearchAPI", "SearchRoute", "SearchConfig", "SOLR")
+from ..config import Config
+
+__all__ = ("ParamSearchAPI", "SearchRoute", "SearchConfig", "SOLR", "DEFAULT_MAX_DECODED_BODY")
+
+#: The core's default ``max_buffered_body``: a claimed body decodes to no more
+#: than it may be sent raw.
+DEFAULT_MAX_DECODED_BODY: int = Config.max_buffered_body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +114,11 @@ class SearchConfig:
     gzip_level: int = 1
     #: Seconds to wait for the engine on a claimed request; ``None``: the core's.
     upstream_timeout: Optional[float] = None
+    #: Largest body the search path decodes, after gzip.  A gzip request body
+    #: that inflates past it gets a 413; an engine response larger than it
+    #: (raw or inflated) is passed through verbatim, not reranked (reason
+    #: ``too_large``).  It bounds memory and the time JSON decoding holds the loop.
+    max_decoded_body: int = DEFAULT_MAX_DECODED_BODY
 
     def __post_init__(self) -> None:
         if self.topn < 1 or self.max_topn < self.topn:
@@ -116,3 +127,5 @@ class SearchConfig:
             raise ValueError("rank_deadline must be positive")
         if self.ranker_threads < 1 or self.max_pending_ranks < 1:
             raise ValueError("ranker_threads and max_pending_ranks must be >= 1")
+        if self.max_decoded_body < 1:
+            raise ValueError("max_decoded_body must be positive")

@@ -14,15 +14,20 @@ Query text is found without configuration in every common query form:
 
 A route may instead name an explicit dotted path into the body
 (``query_path="params.text"``) for bodies no rule understands.
+
+Every step is linear in its input and bounded: Lucene syntax is reduced by a
+one-pass scanner (no regular expression that can backtrack), and at most
+:data:`MAX_QUERY_CHARS` characters of query text, from at most
+:data:`MAX_QUERY_CLAUSES` clauses, are analysed.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = (
-    "lucene_text", "query_text", "value_at", "FieldSpec", "parse_field_spec",
+    "MAX_QUERY_CHARS", "MAX_QUERY_CLAUSES", "lucene_text", "query_text", "value_at", "FieldSpec", "parse_field_spec",
     "document_text", "source_strings",
 )
 
@@ -45,22 +50,138 @@ _WRAPPERS: Mapping[str, Tuple[str, ...]] = {
     "nested": ("query",),
 }
 
-_LUCENE_TOKEN = re.compile(r"""
-      (?P<ws>\s+)
-    | (?P<range>[\[{][^\]}]*[\]}])
-    | (?P<regex>/(?:\\.|[^/\\])*/)
-    | (?P<phrase>"(?:\\.|[^"\\])*"(?:~\d+(?:\.\d+)?)?(?:\^\d+(?:\.\d+)?)?)
-    | (?P<open>\()
-    | (?P<close>\)(?:\^\d+(?:\.\d+)?)?)
-    | (?P<op>&&|\|\||[+\-!|])
-    | (?P<field>(?:\\.|[^\s:()"\\\[\]{}])+):(?!//)
-    | (?P<word>(?:\\.|[^\s()"])+)
-""", re.VERBOSE)
 _BOOLEAN_WORDS = frozenset(("AND", "OR", "NOT", "TO"))
-_WORD_SUFFIX = re.compile(r"(?:[~^][\d.]*)+$")
 _ESCAPE = re.compile(r"\\(.)")
 _WILDCARD = re.compile(r"[*?]")
-_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
+# Linear: a tag cannot start inside another, so each scan stops at the next '<'.
+_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
+# Runs of one character class: a single class, so matching is linear.
+_SPACE_RUN = re.compile(r"\s+")
+_FIELD_RUN = re.compile(r'(?:\\.|[^\s:()"\\\[\]{}])+')
+_WORD_RUN = re.compile(r'(?:\\.|[^\s()"])+')
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
+
+#: The most query clauses (``match``, ``query_string``...) of one body read
+#: for its text; a real query has a handful.
+MAX_QUERY_CLAUSES = 1024
+#: The longest query text, in characters, that is analysed and handed to the
+#: ranker: a Lucene expression is cut to it before it is reduced, and the
+#: query text of a body stops growing once it is reached.  Real queries are a
+#: few words; this bounds the work a hostile one can ask for.
+MAX_QUERY_CHARS = 8192
+
+
+def _number_suffix(q: str, i: int, marker: str) -> int:
+    """The end of ``<marker>digits[.digits]`` at ``i``, or ``i``."""
+    if q.startswith(marker, i):
+        m = _DIGITS.match(q, i + 1)
+        if m:
+            return m.end()
+    return i
+
+
+def _closing(q: str, i: int, close: str) -> Tuple[int, int]:
+    """``(j, -1)`` where ``q[j]`` is the unescaped ``close`` that ends the run
+    opening at ``i``, or ``(-1, f)`` when there is none, ``f`` being where the
+    search stopped.  ``\\x`` escapes any x but a newline, as the Lucene
+    grammar has it."""
+    j = i + 1
+    n = len(q)
+    while j < n:
+        c = q[j]
+        if c == close:
+            return j, -1
+        if c == "\\":
+            if j + 1 >= n or q[j + 1] == "\n":
+                return -1, j
+            j += 2
+        else:
+            j += 1
+    return -1, n
+
+
+def _lucene_tokens(q: str) -> Iterator[Tuple[str, str]]:
+    """Lucene tokens ``(kind, text)``, in one left-to-right pass.
+
+    A construct that needs a closing character (range, regular expression,
+    phrase) remembers where its last failed search for one stopped: an opener
+    before that point cannot find one either (escapes pair up the same way,
+    an opener never being a backslash), so it is not searched again.  Each
+    character is thus scanned a bounded number of times: linear time.
+    """
+    n = len(q)
+    i = 0
+    failed_until = {"/": -1, '"': -1}
+    next_square = next_curly = -1  # the next ']' and '}' at or after i, or n
+    while i < n:
+        c = q[i]
+        m = _SPACE_RUN.match(q, i)
+        if m:
+            i = m.end()
+            continue
+        if c in "[{":
+            if next_square <= i:
+                next_square = q.find("]", i + 1) % (n + 1)  # -1 -> n
+            if next_curly <= i:
+                next_curly = q.find("}", i + 1) % (n + 1)
+            j = min(next_square, next_curly)
+            if j < n:
+                yield "range", q[i:j + 1]
+                i = j + 1
+                continue
+        elif c == "/" or c == '"':
+            if i > failed_until[c]:
+                j, failed_until[c] = _closing(q, i, c)
+                if j >= 0:
+                    end = j + 1
+                    if c == '"':
+                        end = _number_suffix(q, _number_suffix(q, end, "~"), "^")
+                    yield "regex" if c == "/" else "phrase", q[i:end]
+                    i = end
+                    continue
+            if c == '"':
+                i += 1  # an unmatched quote is no token
+                continue
+        if c == "(":
+            yield "open", c
+            i += 1
+            continue
+        if c == ")":
+            end = _number_suffix(q, i + 1, "^")
+            yield "close", q[i:end]
+            i = end
+            continue
+        if q.startswith(("&&", "||"), i):
+            yield "op", q[i:i + 2]
+            i += 2
+            continue
+        if c in "+-!|":
+            yield "op", c
+            i += 1
+            continue
+        m = _FIELD_RUN.match(q, i)
+        if m and q.startswith(":", m.end()) and not q.startswith("://", m.end()):
+            yield "field", q[i:m.end() + 1]
+            i = m.end() + 1
+            continue
+        m = _WORD_RUN.match(q, i)
+        if m:
+            yield "word", m.group()
+            i = m.end()
+        else:
+            i += 1
+
+
+def _strip_word_suffix(word: str) -> str:
+    """``word`` without its trailing fuzziness and boosts (``~2``, ``^3``,
+    ``~0.8^2``), scanning from the end once."""
+    end = len(word)
+    k = end
+    while k > 0 and (word[k - 1] in "~^." or word[k - 1].isdecimal()):
+        k -= 1
+        if word[k] in "~^":
+            end = k
+    return word[:end]
 
 
 def lucene_text(q: str) -> str:
@@ -69,14 +190,16 @@ def lucene_text(q: str) -> str:
     Field prefixes, boolean operators, boosts, fuzziness, wildcards, ranges and
     regular expressions are dropped; so is every negated clause (``-x``,
     ``!x``, ``NOT x``), including a negated group.  Phrases keep their words.
+    Only the first :data:`MAX_QUERY_CHARS` characters are read, in time linear
+    in their number.
     """
-    tokens = [(m.lastgroup, m.group()) for m in _LUCENE_TOKEN.finditer(q)]
+    q = q[:MAX_QUERY_CHARS]
     words: List[str] = []
     negated = False
     depth_dropped = 0  # > 0 while inside a negated group
     depth = 0
-    for kind, text in tokens:
-        if kind == "ws" or kind == "field":
+    for kind, text in _lucene_tokens(q):
+        if kind == "field":
             continue
         if kind == "open":
             depth += 1
@@ -106,7 +229,7 @@ def lucene_text(q: str) -> str:
             body = text[1:text.rindex('"')]
             words.append(_ESCAPE.sub(r"\1", body))
         else:
-            word = _WILDCARD.sub("", _ESCAPE.sub(r"\1", _WORD_SUFFIX.sub("", text)))
+            word = _WILDCARD.sub("", _ESCAPE.sub(r"\1", _strip_word_suffix(text)))
             if word:
                 words.append(word)
     return " ".join(w for w in words if w.strip())
@@ -175,18 +298,26 @@ def query_text(body: Optional[Mapping[str, Any]], q_param: Optional[str] = None,
     """
     if query_path:
         value = value_at(body, query_path) if body is not None else None
-        return value.strip() if isinstance(value, str) else ""
+        return value[:MAX_QUERY_CHARS].strip() if isinstance(value, str) else ""
     if q_param is not None:
         return lucene_text(q_param)
     if not body or "query" not in body:
         return ""
-    seen: List[str] = []
-    for text in _query_texts(body["query"]):
-        text = text.strip()
+    # A dict, not a list: a body may hold many clauses, and a linear search
+    # per clause would be quadratic.
+    seen: Dict[str, None] = {}
+    length = 0
+    for n, text in enumerate(_query_texts(body["query"])):
+        if n >= MAX_QUERY_CLAUSES:
+            break
+        text = text[:MAX_QUERY_CHARS].strip()
         # A bool ``should`` often asks for the same words in several fields.
         if text and text not in seen:
-            seen.append(text)
-    return " ".join(seen)
+            seen[text] = None
+            length += len(text) + 1
+            if length > MAX_QUERY_CHARS:
+                break
+    return " ".join(seen)[:MAX_QUERY_CHARS]
 
 
 @dataclasses.dataclass(frozen=True)

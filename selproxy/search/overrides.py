@@ -13,24 +13,37 @@ name        type     effect
 
 Every ``selproxy.*`` parameter and ``X-Selproxy-*`` header is removed before
 the request goes upstream, honoured or not.  Unknown names and invalid values
-are ignored and named in the ``X-Selproxy-Ignored`` response header.  Nothing a
-request carries can change the upstream, load code or evaluate anything: the
+are ignored and reported in the ``X-Selproxy-Ignored`` response header.  Nothing
+a request carries can change the upstream, load code or evaluate anything: the
 values are parsed as ints and booleans, never interpreted further.
+
+The report never echoes client bytes that could change its meaning: a name is
+named only when it is a plain token (``[a-z0-9_.-]``, at most
+:data:`MAX_ECHOED_NAME` characters, lower-cased), and at most
+:data:`MAX_ECHOED_NAMES` of them; every other ignored name is only counted, as a
+final ``+N`` item (``X-Selproxy-Ignored: upstream, +2``).  A header value the
+proxy writes therefore never holds CR, LF, NUL or a non-ASCII character.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote_plus
 
 from ..handler import Headers
 
-__all__ = ("Overrides", "extract_overrides", "PARAM_PREFIX", "HEADER_PREFIX")
+__all__ = ("Overrides", "extract_overrides", "PARAM_PREFIX", "HEADER_PREFIX",
+           "MAX_ECHOED_NAME", "MAX_ECHOED_NAMES")
 
 PARAM_PREFIX = "selproxy."
 HEADER_PREFIX = "x-selproxy-"
 _TRUE = frozenset(("true", "1", "yes", "on"))
 _FALSE = frozenset(("false", "0", "no", "off"))
+#: Longest ignored name echoed in ``X-Selproxy-Ignored``, and how many are.
+MAX_ECHOED_NAME = 32
+MAX_ECHOED_NAMES = 8
+_ECHOABLE = re.compile(r"[a-z0-9_.\-]{1,%d}" % MAX_ECHOED_NAME, re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +53,8 @@ class Overrides:
     topn: Optional[int] = None
     rerank: bool = True
     debug: bool = False
-    #: Names that were sent but not honoured, for the response header.
+    #: What to report of the names sent but not honoured: plain-token names,
+    #: then ``+N`` for the others (see the module docstring).
     ignored: Tuple[str, ...] = ()
 
 
@@ -105,4 +119,18 @@ def extract_overrides(target: str, headers: Headers, max_topn: int) -> Tuple[Ove
             _apply(values, name[len(HEADER_PREFIX):], value, max_topn, ignored)
         else:
             kept.append((name, value))
-    return Overrides(ignored=tuple(dict.fromkeys(ignored)), **values), target, kept
+    return Overrides(ignored=_report(ignored), **values), target, kept
+
+
+def _report(ignored: List[str]) -> Tuple[str, ...]:
+    """The ``X-Selproxy-Ignored`` items for these names: safe tokens only."""
+    named: Dict[str, None] = {}
+    others = set()
+    for name in ignored:
+        if name in named:
+            continue
+        if len(named) < MAX_ECHOED_NAMES and _ECHOABLE.fullmatch(name):
+            named[name] = None
+        else:
+            others.add(name)
+    return tuple(named) + ((f"+{len(others)}",) if others else ())

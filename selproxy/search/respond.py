@@ -23,6 +23,9 @@ Every claimed response carries ``X-Selproxy-Rerank``:
   (it did not answer in time), ``overloaded`` (too many rank calls pending).
 
 For ``_msearch`` the header lists one such value per search, comma-separated.
+Every header value the search path adds is printable ASCII (:func:`header_safe`):
+nothing a client or a ranker sends can put CR, LF, NUL or a non-Latin-1
+character into a response head.
 ``Server-Timing`` gives ``upstream``, ``queue``, ``encode``, ``score`` and
 ``rank`` in milliseconds (see :func:`server_timing`).
 With ``explain`` or the ``debug`` override each returned hit carries
@@ -31,31 +34,55 @@ With ``explain`` or the ``debug`` override each returned hit carries
 from __future__ import annotations
 
 import gzip
-import zlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .._inflate import DecodedTooLarge, gunzip
 from ..handler import Headers, Response, header_value
-from .config import ParamSearchAPI
+from .config import DEFAULT_MAX_DECODED_BODY, ParamSearchAPI
 from .rewrite import SearchPlan
 
-__all__ = ("decode_body", "accepts_gzip", "page_hits", "apply_es", "apply_params",
-           "server_timing", "client_response", "passthrough_response", "value_path")
+__all__ = ("decode_body", "skip_reason", "header_safe", "accepts_gzip", "page_hits", "apply_es",
+           "apply_params", "hits_at", "server_timing", "client_response", "passthrough_response", "value_path")
 
 _DROPPED = frozenset(("content-length", "transfer-encoding", "content-encoding"))
 
 
-def decode_body(response: Response) -> bytes:
+def decode_body(response: Response, limit: int = DEFAULT_MAX_DECODED_BODY) -> bytes:
     """The response body, gunzipped when the engine compressed it.
-    Raises ValueError for an encoding the proxy cannot read."""
+
+    Raises ValueError for an encoding the proxy cannot read, and
+    :class:`~selproxy._inflate.DecodedTooLarge` (a ValueError whose ``reason``
+    is ``too_large``) for a body, raw or inflated, larger than ``limit``: the
+    proxy decodes no more JSON than that on its loop, and passes the response
+    through instead.
+    """
     encoding = (response.header("content-encoding") or "identity").strip().lower()
     if encoding in ("identity", ""):
+        if len(response.body) > limit:
+            raise DecodedTooLarge(limit)
         return response.body
     if encoding in ("gzip", "x-gzip"):
-        try:
-            return gzip.decompress(response.body)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"bad gzip body: {exc}") from exc
-    raise ValueError(f"unsupported content-encoding {encoding!r}")
+        return gunzip(response.body, limit)
+    raise ValueError(f"unsupported content-encoding {encoding[:40]!r}")
+
+
+def skip_reason(exc: BaseException, default: str) -> str:
+    """The reason token for a body the proxy would not read: the error's own
+    ``reason`` (``too_large``) or ``default``."""
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, str) and reason.isidentifier() else default
+
+
+def header_safe(value: str, max_chars: Optional[int] = None) -> str:
+    """``value`` reduced to printable ASCII (0x20-0x7E), each other character
+    replaced by ``?``, and cut to ``max_chars`` if given: fit for any response
+    head.  (The proxy's own values are bounded already: an ``_msearch`` report
+    has one short item per search, at most ``MAX_MSEARCH_SEARCHES``.)"""
+    if max_chars is not None:
+        value = value[:max_chars]
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(c if " " <= c <= "~" else "?" for c in value)
 
 
 def accepts_gzip(headers: Headers) -> bool:
@@ -120,6 +147,15 @@ def value_path(doc: Any, path: Sequence[str]) -> Any:
     return doc
 
 
+def hits_at(doc: Any, path: Sequence[str]) -> Optional[List[Dict[str, Any]]]:
+    """The list of hits at ``path``, or None when there is no list there or an
+    item is not an object: a response the proxy cannot rerank."""
+    hits = value_path(doc, path)
+    if type(hits) is not list or not all(type(hit) is dict for hit in hits):
+        return None
+    return hits
+
+
 def apply_params(doc: Dict[str, Any], api: ParamSearchAPI, plan: SearchPlan,
                  scores: Optional[Sequence[float]], client_params: Mapping[str, str]) -> None:
     """Cut a response of a parameter-described engine (Solr) to the client's page."""
@@ -154,9 +190,11 @@ def server_timing(upstream_s: float, queue_s: float = 0.0, rank_s: float = 0.0,
 
 
 def _extra(rerank: str, timing: str, ignored: Tuple[str, ...]) -> Headers:
-    headers = [("X-Selproxy-Rerank", rerank), ("Server-Timing", timing)]
+    # The tokens are the proxy's own (reasons, overrides' safe report), but a
+    # ranker may name its own RankFailed reason: keep every value inert.
+    headers = [("X-Selproxy-Rerank", header_safe(rerank)), ("Server-Timing", header_safe(timing))]
     if ignored:
-        headers.append(("X-Selproxy-Ignored", ", ".join(ignored)))
+        headers.append(("X-Selproxy-Ignored", header_safe(", ".join(ignored))))
     return headers
 
 

@@ -26,6 +26,11 @@ token              meaning
 ``size0``          ``size: 0`` (aggregations only)
 ``past_window``    the page starts at or past the window
 ``no_query_text``  no query text was found
+``source_filter``  the ``_source`` patterns are more than the proxy reapplies
+                   (see :mod:`selproxy.search.source_filter`); the engine does
+``too_large``      the body, or the engine's response, is larger or more
+                   structured than the proxy decodes (``max_decoded_body``,
+                   :mod:`selproxy.search._json`)
 ``bad_request``    the body is not JSON the proxy can read; the engine decides
 ``format``         the response is not in a shape the proxy can read
 ``no_hits``        the engine found nothing
@@ -36,99 +41,27 @@ token              meaning
 from __future__ import annotations
 
 import dataclasses
-from fnmatch import fnmatchcase
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, quote
 
+from .._inflate import DecodedTooLarge, gunzip
+from ..errors import BodyTooLarge
+from ..handler import Request
 from . import _json
 from .config import ParamSearchAPI
 from .extract import lucene_text, query_text
 from .overrides import Overrides
 from .routes import indices_allowed
+from .source_filter import SOURCE_PARAMS, SourceFilter, client_source_filter
 
-__all__ = ("SourceFilter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
-           "rewrite_query_string", "query_params")
+__all__ = ("SourceFilter", "client_source_filter", "SearchPlan", "plan_search", "plan_msearch", "plan_params_search",
+           "rewrite_query_string", "query_params", "request_body", "MAX_MSEARCH_SEARCHES")
 
-_SOURCE_PARAMS = ("_source", "_source_includes", "_source_excludes", "_source_include", "_source_exclude")
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFilter:
-    """The client's ``_source`` filtering, reapplied by the proxy to each hit
-    after it asked the engine for the whole source to rank with."""
-
-    disabled: bool = False
-    includes: Tuple[str, ...] = ()
-    excludes: Tuple[str, ...] = ()
-
-    def apply(self, hit: Dict[str, Any]) -> None:
-        if "_source" not in hit:
-            return
-        if self.disabled:
-            del hit["_source"]
-        elif isinstance(hit["_source"], dict):
-            hit["_source"] = _filter_object(hit["_source"], "", self.includes, self.excludes)
-
-
-def _filter_object(obj: Dict[str, Any], prefix: str, includes: Sequence[str],
-                   excludes: Sequence[str]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in obj.items():
-        path = prefix + key
-        if any(fnmatchcase(path, p) for p in excludes):
-            continue
-        if not includes or any(fnmatchcase(path, p) for p in includes):
-            # Wholly included; an exclusion may still reach inside it.
-            out[key] = _filter_value(value, path, (), excludes) if excludes else value
-        elif any(p.startswith(path + ".") or "*" in p for p in includes):
-            sub = _filter_value(value, path, includes, excludes)
-            if sub not in ({}, []):
-                out[key] = sub
-    return out
-
-
-def _filter_value(value: Any, path: str, includes: Sequence[str], excludes: Sequence[str]) -> Any:
-    if isinstance(value, dict):
-        return _filter_object(value, path + ".", includes, excludes)
-    if isinstance(value, list):
-        items = [_filter_value(v, path, includes, excludes) for v in value]
-        return [v for v in items if v != {}] if includes else items
-    return value if not includes else {}
-
-
-def _patterns(value: Any) -> Tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(p for p in value.split(",") if p)
-    if isinstance(value, list):
-        return tuple(p for p in value if isinstance(p, str))
-    return ()
-
-
-def client_source_filter(body: Optional[Mapping[str, Any]],
-                         params: Mapping[str, str]) -> Optional[SourceFilter]:
-    """The client's ``_source`` filter from URL parameters (which win, as in
-    Elasticsearch) or the body; None when the client wants the whole source."""
-    if any(name in params for name in _SOURCE_PARAMS):
-        source = params.get("_source")
-        if source is not None and source.lower() == "false":
-            return SourceFilter(disabled=True)
-        includes = _patterns(params.get("_source_includes") or params.get("_source_include") or "")
-        if source is not None and source.lower() != "true":
-            includes += _patterns(source)
-        excludes = _patterns(params.get("_source_excludes") or params.get("_source_exclude") or "")
-        return SourceFilter(includes=includes, excludes=excludes) if includes or excludes else None
-    if not body or "_source" not in body:
-        return None
-    source = body["_source"]
-    if source is False:
-        return SourceFilter(disabled=True)
-    if isinstance(source, (str, list)):
-        return SourceFilter(includes=_patterns(source))
-    if isinstance(source, dict):
-        includes = _patterns(source.get("includes", source.get("include", ())))
-        excludes = _patterns(source.get("excludes", source.get("exclude", ())))
-        return SourceFilter(includes=includes, excludes=excludes) if includes or excludes else None
-    return None
+_SOURCE_PARAMS = SOURCE_PARAMS
+#: Most searches one ``_msearch`` may hold to be reranked; past it the whole
+#: request is sent on unchanged (reason ``too_large``).  Planning costs some
+#: microseconds per search, on the loop.
+MAX_MSEARCH_SEARCHES = 1000
 
 
 @dataclasses.dataclass
@@ -151,6 +84,24 @@ class SearchPlan:
     body: Optional[Dict[str, Any]] = None
     #: URL parameter changes: name -> new value, or None to remove it.
     params: Dict[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+def request_body(request: Request, limit: int) -> bytes:
+    """A claimed request's body, gunzipped when the client compressed it.
+
+    A body that inflates past ``limit`` bytes raises
+    :class:`~selproxy.errors.BodyTooLarge` (413, in Elasticsearch's error
+    shape), as a raw body past ``max_buffered_body`` does: the decoded size of
+    a claimed request is bounded like its raw size.  A body that is not gzip
+    raises ValueError (the search is then sent on unchanged).
+    """
+    if (request.header("content-encoding") or "").strip().lower() in ("gzip", "x-gzip"):
+        try:
+            return gunzip(request.body, limit)
+        except DecodedTooLarge:
+            raise BodyTooLarge(f"the request body inflates past {limit} bytes "
+                               "(max_decoded_body)") from None
+    return request.body
 
 
 def query_params(query_string: str) -> Dict[str, str]:
@@ -266,6 +217,9 @@ def plan_search(body: Optional[Dict[str, Any]], params: Mapping[str, str], indic
     plan.size, plan.offset, plan.window = size, offset, window
     plan.fetch = max(window, offset + size)
     plan.source_filter = client_source_filter(body, params)
+    if plan.source_filter is not None and not plan.source_filter.within_limits:
+        plan.skip = "source_filter"
+        return plan
     plan.explain = overrides.debug or _truthy(params.get("explain", body.get("explain", False)))
 
     url_changes: Dict[str, Optional[str]] = {}
@@ -292,8 +246,15 @@ def plan_msearch(data: bytes, default_indices: Sequence[str], *, topn: int,
 
     Returns the plans and the body to send upstream, in which only the lines
     of rewritten searches differ; or None when the body cannot be read.
+    Raises :class:`~selproxy.search._json.TooCostly` for a body with more
+    structure than the proxy decodes (its lines share one budget), or with
+    more than :data:`MAX_MSEARCH_SEARCHES` searches.
     """
     from .routes import split_indices
+
+    _json.check_cost(data)
+    if data.count(b"\n") > 2 * MAX_MSEARCH_SEARCHES + 1:
+        raise _json.TooCostly(f"more than {MAX_MSEARCH_SEARCHES} searches in one _msearch")
 
     lines = data.split(b"\n")
     if lines and not lines[-1].strip():

@@ -14,7 +14,6 @@ propagate to the core, which answers them in Elasticsearch's error shape.
 from __future__ import annotations
 
 import collections
-import gzip
 import hashlib
 import logging
 import time
@@ -27,11 +26,12 @@ from . import _json
 from .config import SearchConfig, SearchRoute
 from .extract import FieldSpec, document_text, parse_field_spec
 from .overrides import Overrides, extract_overrides
-from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body,
-                      passthrough_response, server_timing, value_path)
+from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body, hits_at,
+                      passthrough_response, server_timing, skip_reason)
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
-                      rewrite_query_string)
+                      request_body, rewrite_query_string)
 from .routes import default_routes, split_indices
+from .source_filter import SourceFilterTooCostly
 
 __all__ = ("SearchService", "SearchStats", "document_key")
 
@@ -148,12 +148,6 @@ def _with_body(headers: Headers, body: bytes) -> Headers:
     out = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
     out.append(("Content-Length", str(len(body))))
     return out
-
-
-def _request_body(request: Request) -> bytes:
-    if (request.header("content-encoding") or "").strip().lower() in ("gzip", "x-gzip"):
-        return gzip.decompress(request.body)
-    return request.body
 
 
 class _Prepared:
@@ -337,10 +331,10 @@ class SearchService:
     async def _search(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         prep = _Prepared(request, route, self.config.max_topn)
         try:
-            raw = _request_body(request)
+            raw = request_body(request, self.config.max_decoded_body)
             body = _json.loads(raw) if raw.strip() else None
-        except (ValueError, OSError, EOFError, zlib.error):
-            return await self._skip(upstream, request, prep, ["bad_request"])
+        except (ValueError, OSError, EOFError, zlib.error) as exc:
+            return await self._skip(upstream, request, prep, [skip_reason(exc, "bad_request")])
         if body is not None and not isinstance(body, dict):
             return await self._skip(upstream, request, prep, ["bad_request"])
         plan = plan_search(body, query_params(prep.query_string), prep.indices,
@@ -358,12 +352,12 @@ class SearchService:
         if response.status != 200:
             return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
         try:
-            doc = _json.loads(decode_body(response))
-            hits = doc["hits"]["hits"]
-            if not isinstance(hits, list):
-                raise TypeError("hits.hits is not a list")
-        except (ValueError, KeyError, TypeError):
-            return self._verbatim(response, prep, [("skipped", "format")], upstream_s)
+            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
+            hits = hits_at(doc, ("hits", "hits"))
+            if hits is None:
+                raise TypeError("hits.hits is not a list of objects")
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._verbatim(response, prep, [("skipped", skip_reason(exc, "format"))], upstream_s)
         if not hits:
             return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
 
@@ -374,16 +368,19 @@ class SearchService:
         else:
             ranked, outcome, timing = await self._rank(route, [self._job(plan, window, texts)])
             scores = ranked[0] if ranked else None
-        apply_es(doc, plan, scores)
+        try:
+            apply_es(doc, plan, scores)
+        except SourceFilterTooCostly as exc:
+            return await self._skip(upstream, request, prep, [exc.reason])
         return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         prep = _Prepared(request, route, self.config.max_topn)
         try:
-            planned = plan_msearch(_request_body(request), prep.indices, query_path=route.query_path,
-                                   **self._plan_kwargs(route, prep.overrides))
-        except (OSError, EOFError, zlib.error):
-            planned = None
+            planned = plan_msearch(request_body(request, self.config.max_decoded_body), prep.indices,
+                                   query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
+        except (ValueError, OSError, EOFError, zlib.error) as exc:
+            return await self._skip(upstream, request, prep, [skip_reason(exc, "bad_request")])
         if planned is None:
             return await self._skip(upstream, request, prep, ["bad_request"])
         plans, new_body = planned
@@ -396,24 +393,26 @@ class SearchService:
             return self._verbatim(response, prep, [("skipped", "upstream_status")] * len(plans),
                                   upstream_s)
         try:
-            doc = _json.loads(decode_body(response))
+            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
             items = doc["responses"]
             if not isinstance(items, list) or len(items) != len(plans):
                 raise TypeError("responses does not match the searches")
-        except (ValueError, KeyError, TypeError):
-            return self._verbatim(response, prep, [("skipped", "format")] * len(plans), upstream_s)
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._verbatim(response, prep, [("skipped", skip_reason(exc, "format"))] * len(plans),
+                                  upstream_s)
 
         outcomes: List[Outcome] = []
         jobs: List[RankJob] = []
         ranked_items: List[Tuple[int, SearchPlan, Dict[str, Any]]] = []
+        unranked: List[Tuple[SearchPlan, Dict[str, Any]]] = []
         for i, (plan, item) in enumerate(zip(plans, items)):
             outcomes.append(("skipped", plan.skip) if plan.skip else APPLIED)
             if plan.skip:
                 continue
-            hits = value_path(item, ("hits", "hits"))
+            hits = hits_at(item, ("hits", "hits"))
             if not isinstance(item, dict) or "error" in item or item.get("status", 200) != 200:
                 outcomes[i] = ("skipped", "upstream_status")
-            elif not isinstance(hits, list):
+            elif hits is None:
                 outcomes[i] = ("skipped", "format")
             elif not hits:
                 outcomes[i] = ("skipped", "no_hits")
@@ -425,14 +424,19 @@ class SearchService:
                     ranked_items.append((i, plan, item))
                 else:
                     outcomes[i] = ("skipped", "no_doc_text")
-                    apply_es(item, plan, None)
+                    unranked.append((plan, item))
 
         timing = RankTiming()
-        if jobs:
-            scores, outcome, timing = await self._rank(route, jobs)
-            for n, (i, plan, item) in enumerate(ranked_items):
-                apply_es(item, plan, scores[n] if scores else None)
-                outcomes[i] = _applied(scores[n], len(jobs[n].docs)) if scores else outcome
+        try:
+            for plan, item in unranked:
+                apply_es(item, plan, None)
+            if jobs:
+                scores, outcome, timing = await self._rank(route, jobs)
+                for n, (i, plan, item) in enumerate(ranked_items):
+                    apply_es(item, plan, scores[n] if scores else None)
+                    outcomes[i] = _applied(scores[n], len(jobs[n].docs)) if scores else outcome
+        except SourceFilterTooCostly as exc:
+            return await self._skip(upstream, request, prep, [exc.reason] * len(plans))
         return self._answer(request, response, prep, doc, outcomes, upstream_s, timing)
 
     async def _params(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
@@ -460,12 +464,12 @@ class SearchService:
         if response.status != 200:
             return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
         try:
-            doc = _json.loads(decode_body(response))
-            hits = value_path(doc, api.hits_path)
-            if not isinstance(hits, list):
+            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
+            hits = hits_at(doc, api.hits_path)
+            if hits is None:
                 raise TypeError("no list of hits")
-        except (ValueError, TypeError):
-            return self._verbatim(response, prep, [("skipped", "format")], upstream_s)
+        except (ValueError, TypeError) as exc:
+            return self._verbatim(response, prep, [("skipped", skip_reason(exc, "format"))], upstream_s)
         if not hits:
             return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
 
