@@ -149,7 +149,7 @@ class _Plan:
                  engine: Optional[Sequence[float]], deadline: Optional[float], now: float) -> None:
         self.query = query
         # Kept free before the deadline: scoring, fusion, the answer's encoding.
-        self.reserve = (MiniLMRanker.DEADLINE_RESERVE + 0.1 * max(0.0, deadline - now)
+        self.reserve = (MiniLMRanker.DEADLINE_RESERVE + 0.05 * max(0.0, deadline - now)
                         if deadline is not None else 0.0)
         self.docs = docs
         self.keys = keys
@@ -185,7 +185,7 @@ class MiniLMRanker:
     micro_batching = True
     #: It may return scores for a prefix of the window only (a deadline).
     partial_results = True
-    #: Seconds kept in reserve before a deadline, besides a tenth of the budget:
+    #: Seconds kept in reserve before a deadline, besides a twentieth of the budget:
     #: scoring, fusion and the answer's encoding.
     DEADLINE_RESERVE = 0.005
     #: A background batch is cut at about this many seconds of model time.  A
