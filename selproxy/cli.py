@@ -1,17 +1,90 @@
-"""The ``selproxy`` command: flags map onto :class:`selproxy.config.Config`."""
+"""The ``selproxy`` command: flags map onto :class:`selproxy.config.Config`.
+
+Every mistake the command can see is reported as one line on stderr,
+``PROG: error: WHAT (WHAT TO DO)``, never as a traceback, with the exit
+status saying which kind of mistake it is (the subcommands do the same):
+
+* 2 -- the command as given cannot run: a bad flag or value, an unknown
+  ranker, a wrong ranker option, or an extra the chosen ranker or
+  subcommand needs is not installed.  Change the command or install.
+* 1 -- the command is right but running it failed: the address is in use,
+  a file cannot be read, the ranker's model fails to load, a service answers
+  with an error.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.util
 import logging
+import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from ._version import __version__
-from .config import Config
+from .config import Config, parse_listen, parse_upstream
 
-__all__ = ("main",)
+__all__ = ("main", "CommandLineParser", "CommandLineError", "EXIT_USAGE", "EXIT_FAILURE")
 
 SUBCOMMANDS = ("engine", "eval", "demo")
+
+#: The command as given cannot run (argparse's own code for usage errors).
+EXIT_USAGE = 2
+#: The command is right, but running it failed.
+EXIT_FAILURE = 1
+
+#: The extra each subcommand needs, and the modules that tell it is installed.
+SUBCOMMAND_EXTRAS = {
+    "engine": ("engine", ("starlette", "uvicorn")),
+    "eval": ("eval", ("aiohttp",)),
+    "demo": ("demo", ("starlette", "uvicorn", "aiohttp")),
+}
+
+
+class CommandLineError(Exception):
+    """A mistake to report as ``PROG: error: MESSAGE``, exit ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, with an error as one line (``PROG: error: MESSAGE``, exit 2)
+    instead of the usage block and then the error; ``--help`` has the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def report(prog: str, error: CommandLineError) -> int:
+    """Print ``error`` the one way every selproxy command does; its code."""
+    print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return error.code
+
+
+def missing_module(modules: Sequence[str]) -> Optional[str]:
+    """The first of ``modules`` that is not installed, or None.  Looks at
+    import specs only, so nothing is imported (or started) yet."""
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def needs_extra(what: str, extra: str, module: str) -> CommandLineError:
+    return CommandLineError(f"{what} needs the {extra!r} extra ({module} is not installed): "
+                            f"pip install 'selproxy[{extra}]'")
+
+
+def require_extra(what: str, extra: str, modules: Sequence[str]) -> None:
+    """Raise a :class:`CommandLineError` naming ``extra`` if it is missing."""
+    missing = missing_module(modules)
+    if missing is not None:
+        raise needs_extra(what, extra, missing)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults come from the dataclasses, so the flags cannot drift from them.
     defaults = Config(upstream="http://127.0.0.1:9200")
     sdefaults = SearchConfig()
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog="selproxy",
         description="A URL-selective reverse proxy that reranks search results. "
                     "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo' "
@@ -67,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "claims nothing but /_selproxy/status")
     search.add_argument("--ranker-option", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the ranker (repeatable)")
-    search.add_argument("--model-dir", metavar="PATH",
-                        help="for --ranker cross-encoder: a local Hugging Face-format model")
+    search.add_argument("--model-dir", metavar="DIR",
+                        help="for rankers that load a model from a directory (cross-encoder): "
+                             "a local Hugging Face-format model")
     search.add_argument("--url", metavar="URL",
                         help="for --ranker remote: a /rerank endpoint (Cohere, Jina, TEI, Infinity)")
     search.add_argument("--topn", type=int, default=sdefaults.topn, metavar="N",
@@ -136,36 +210,107 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = build_parser()
     try:
-        config = config_from_args(args)
-        search = search_from_args(args) if args.ranker else None
+        return _run(args)
+    except CommandLineError as error:
+        return report("selproxy", error)
+
+
+#: Messages of Config's checks name its fields; the user typed flags.
+_FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "workers", "max_request_line", "max_header_bytes", "max_buffered_body", "max_upstream_connections",
+    "header_timeout", "idle_timeout", "connect_timeout", "response_timeout", "body_timeout",
+    "shutdown_grace", "topn", "max_topn", "rank_deadline", "max_field_chars", "ranker_threads",
+    "max_pending_ranks")}
+
+
+def _usage_error(exc: Exception) -> CommandLineError:
+    message = str(exc)
+    name = message.split(" ", 1)[0]
+    if name in _FIELD_FLAGS:
+        message = _FIELD_FLAGS[name] + message[len(name):]
+    return CommandLineError(message)
+
+
+def _check_addresses(args: argparse.Namespace) -> None:
+    try:
+        parse_listen(args.listen)
     except ValueError as exc:
-        parser.error(str(exc))
-    from .rankers.registry import RankerUnavailable, parse_ranker_options
-    from .server import Proxy
+        raise CommandLineError(f"--listen: {exc}") from None
+    try:
+        parse_upstream(args.upstream)
+    except ValueError as exc:
+        hint = ""
+        if "://" not in args.upstream and "@" not in args.upstream:
+            hint = f"; did you mean --upstream http://{args.upstream}?"
+        raise CommandLineError(f"--upstream: {exc}{hint}") from None
+
+
+def _ranker_options(args: argparse.Namespace) -> Dict[str, Any]:
+    from .rankers.registry import parse_ranker_options
     try:
         options = parse_ranker_options(args.ranker_option)
     except ValueError as exc:
-        parser.error(str(exc))
+        raise CommandLineError(f"--ranker-option: {exc}") from None
+    given = [flag for flag, value in (("--model-dir", args.model_dir), ("--url", args.url),
+                                      ("--ranker-option", args.ranker_option)) if value]
+    if given and not args.ranker:
+        raise CommandLineError(f"{', '.join(given)} needs --ranker NAME")
     if args.model_dir:
         options["model_dir"] = args.model_dir
     if args.url:
         options["url"] = args.url
-    if options and not args.ranker:
-        parser.error("--ranker-option needs --ranker")
-    proxy = Proxy(config=config, ranker=args.ranker, ranker_options=options or None, search=search)
+    return options
+
+
+def _put_cwd_on_path() -> None:
+    """``python -m selproxy`` finds ``--ranker mymodule:Class`` in the current
+    directory because ``-m`` puts it first on sys.path; the ``selproxy``
+    script gets its own directory there instead.  Both are the same command."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _check_addresses(args)
     try:
+        config = config_from_args(args)
+        search = search_from_args(args) if args.ranker else None
+    except ValueError as exc:
+        raise _usage_error(exc) from None
+    from .rankers.registry import RankerSpecError, RankerUnavailable
+    from .server import ListenError, Proxy, StartFailed
+    options = _ranker_options(args)
+    if args.ranker and ":" in args.ranker:
+        _put_cwd_on_path()
+    try:
+        proxy = Proxy(config=config, ranker=args.ranker, ranker_options=options or None, search=search)
         proxy.run()
+    except RankerSpecError as exc:
+        raise CommandLineError(str(exc)) from None
     except RankerUnavailable as exc:
         # The model loads as the proxy starts (in each worker, after the fork).
-        parser.exit(2, f"selproxy: error: {exc}\n")
+        raise CommandLineError(str(exc), EXIT_FAILURE) from None
+    except ListenError as exc:
+        raise CommandLineError(f"{exc}; stop it or choose another --listen"
+                               if exc.errno == errno.EADDRINUSE else f"{exc}; choose another --listen",
+                               EXIT_FAILURE) from None
+    except StartFailed as exc:
+        raise CommandLineError(str(exc), EXIT_FAILURE) from None
     return 0
 
 
 def _subcommand(name: str, argv: List[str]) -> int:
+    prog = f"selproxy {name}"
+    if not any(flag in ("-h", "--help") for flag in argv):
+        extra, modules = SUBCOMMAND_EXTRAS[name]
+        try:
+            require_extra(prog, extra, modules)
+        except CommandLineError as error:
+            return report(prog, error)
     if name == "engine":
         from .engine.cli import main as engine_main
         return engine_main(argv)
