@@ -308,11 +308,14 @@ def _subcommand(name: str, argv: List[str]) -> int:
     if not any(flag in ("-h", "--help") for flag in argv):
         extra, modules = SUBCOMMAND_EXTRAS[name]
         try:
-            require_extra(prog, extra, modules)
+            require_extra("this command", extra, modules)
         except CommandLineError as error:
             return report(prog, error)
     if name == "engine":
-        from .engine.cli import main as engine_main
+        try:
+            from .engine.cli import main as engine_main
+        except ModuleNotFoundError as exc:  # the engine package needs its extra even for --help
+            return report(prog, needs_extra("this command", "engine", (exc.name or "").partition(".")[0]))
         return engine_main(argv)
     if name == "eval":
         from .evaluation.cli import main as eval_main

@@ -41,7 +41,11 @@ class ListenError(OSError):
     host, or not permitted.  ``str()`` is one line that says which."""
 
     def __init__(self, listen: str, cause: OSError) -> None:
-        reason = (cause.strerror or str(cause)).lower()
+        if cause.errno and cause.errno > 0:
+            # uvloop's strerror repeats the address: the system's words only.
+            reason = os.strerror(cause.errno).lower()
+        else:  # getaddrinfo's errors are negative: its own text
+            reason = (cause.strerror or str(cause)).lower()
         if cause.errno == errno.EADDRINUSE:
             reason = "address already in use (another process holds the port)"
         super().__init__(cause.errno, f"cannot listen on {listen}: {reason}")

@@ -92,7 +92,7 @@ def _check(args: argparse.Namespace) -> None:
             raise CommandLineError(f"{flag}: {exc}") from None
     if args.ranker == DEFAULT_RANKER:
         # The demo extra brings the default ranker's model with it.
-        require_extra(PROG, "demo", RANKER_EXTRAS["selproxy.rankers.minilm"][1])
+        require_extra(f"the default ranker ({DEFAULT_RANKER})", "demo", RANKER_EXTRAS["selproxy.rankers.minilm"][1])
     try:
         check_ranker(args.ranker)
     except RankerSpecError as exc:

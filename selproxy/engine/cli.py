@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         from .server import parse_listen, serve
     except ModuleNotFoundError as exc:
-        raise needs_extra(PROG, "engine", (exc.name or "starlette").partition(".")[0]) from None
+        raise needs_extra("this command", "engine", (exc.name or "starlette").partition(".")[0]) from None
     try:
         parse_listen(args.listen)
     except ValueError as exc:

@@ -171,7 +171,7 @@ def _main(args: argparse.Namespace) -> int:
         from ._client import UpstreamError
         from .trec import TrecFormatError
     except ModuleNotFoundError as exc:
-        raise needs_extra(PROG, "eval", (exc.name or "aiohttp").partition(".")[0]) from None
+        raise needs_extra("this command", "eval", (exc.name or "aiohttp").partition(".")[0]) from None
     _check_files(args)
     handler: Any = _load if args.command == "load" else _run
     try:
