@@ -83,6 +83,8 @@ async def _check_upstream_async(config: Config) -> Optional[str]:
 def _unreachable_reason(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.TimeoutError, socket.timeout)):
         return "no answer to connect within the timeout"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno).lower()   # the same words from any loop
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return type(exc).__name__
