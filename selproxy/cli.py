@@ -18,8 +18,10 @@ import errno
 import importlib.util
 import logging
 import os
+import ssl
 import sys
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from urllib.parse import urlsplit
 
 from ._version import __version__
 from .config import Config, parse_listen, parse_upstream
@@ -246,6 +248,19 @@ def _check_addresses(args: argparse.Namespace) -> None:
         raise CommandLineError(f"--upstream: {exc}{hint}") from None
 
 
+def _check_upstream_tls(config: Config) -> None:
+    """The CA bundle is read as the proxy starts: a path that is not there,
+    or a file that holds no certificate, is one line now instead."""
+    try:
+        config.upstream_ssl_context()
+    except ssl.SSLError as exc:  # before OSError, which it is: its errno is OpenSSL's
+        raise CommandLineError(f"--upstream-ca-file {config.upstream_ca_file}: not a PEM CA bundle "
+                               f"({exc.reason or exc})", EXIT_FAILURE) from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise CommandLineError(f"--upstream-ca-file {config.upstream_ca_file}: {reason}", EXIT_FAILURE) from None
+
+
 def _ranker_options(args: argparse.Namespace) -> Dict[str, Any]:
     from .rankers.registry import parse_ranker_options
     try:
@@ -259,6 +274,9 @@ def _ranker_options(args: argparse.Namespace) -> Dict[str, Any]:
     if args.model_dir:
         options["model_dir"] = args.model_dir
     if args.url:
+        parts = urlsplit(args.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CommandLineError(f"--url: expected http[s]://HOST[:PORT]/PATH, got {args.url!r}")
         options["url"] = args.url
     return options
 
@@ -281,6 +299,7 @@ def _run(args: argparse.Namespace) -> int:
         search = search_from_args(args) if args.ranker else None
     except ValueError as exc:
         raise _usage_error(exc) from None
+    _check_upstream_tls(config)
     from .rankers.registry import RankerSpecError, RankerUnavailable
     from .server import ListenError, Proxy, StartFailed
     options = _ranker_options(args)

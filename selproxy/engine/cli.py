@@ -38,8 +38,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..config import parse_listen
     try:
-        from .server import parse_listen, serve
+        from .server import serve
     except ModuleNotFoundError as exc:
         raise needs_extra("this command", "engine", (exc.name or "starlette").partition(".")[0]) from None
     try:

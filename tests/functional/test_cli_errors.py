@@ -305,6 +305,27 @@ def test_a_listen_address_not_of_this_host(upstream):
                              "address; choose another --listen")
 
 
+def test_a_ca_file_that_is_not_there_or_not_a_bundle(tmp_path):
+    missing = tmp_path / "ca.pem"
+    done = command("--upstream", "https://127.0.0.1:9", "--listen", "127.0.0.1:0", "--upstream-ca-file", str(missing))
+    assert_one_line(done, 1, f"selproxy: error: --upstream-ca-file {missing}: no such file or directory")
+    missing.write_text("not a certificate\n")
+    done = command("--upstream", "https://127.0.0.1:9", "--listen", "127.0.0.1:0", "--upstream-ca-file", str(missing))
+    assert_one_line(done, 1, f"selproxy: error: --upstream-ca-file {missing}: not a PEM CA bundle "
+                             "(NO_CERTIFICATE_OR_CRL_FOUND)")
+
+
+def test_a_remote_ranker_url_that_is_not_a_url(upstream):
+    done = command(*proxy_args(upstream, "--ranker", "remote", "--url", "localhost:8080/rerank"))
+    assert_one_line(done, 2, "selproxy: error: --url: expected http[s]://HOST[:PORT]/PATH, "
+                             "got 'localhost:8080/rerank'")
+
+
+def test_the_engine_with_a_port_out_of_range():
+    done = command("engine", "--listen", "127.0.0.1:70000")
+    assert_one_line(done, 2, "selproxy engine: error: --listen: port out of range in '127.0.0.1:70000'")
+
+
 def test_the_engine_with_a_data_path_that_cannot_be_opened(tmp_path):
     path = tmp_path / "no-such-dir" / "engine.sqlite3"
     done = command("engine", "--listen", "127.0.0.1:0", "--data", str(path))
