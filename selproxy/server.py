@@ -341,6 +341,9 @@ class Proxy:
         # instead of killing a half-started process (or worker).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         if self.config.workers == 1:
+            # The address is bound for good once the ranker is built (which
+            # can take seconds): say at once if another process holds it.
+            _claim_listen_socket(self.config, share=False).close()
             self._warn_upstream = True
             uvloop.run(self.serve())
             return
@@ -367,7 +370,7 @@ async def serve(upstream: str, listen: str = "127.0.0.1:9201", **options: Any) -
     await Proxy(upstream, listen, **options).serve()
 
 
-def _claim_listen_socket(config: Config) -> socket.socket:
+def _claim_listen_socket(config: Config, share: bool = True) -> socket.socket:
     """Bind the listening address for a set of workers, or raise
     :class:`ListenError` if another process holds it.
 
@@ -380,7 +383,10 @@ def _claim_listen_socket(config: Config) -> socket.socket:
     SO_REUSEPORT group.  Only then is SO_REUSEPORT set on the bound socket,
     before listen(), so that this instance's own workers can join it; a
     later instance's exclusive bind still fails.  Claim and bind are one
-    system call, so two instances starting at once cannot both win."""
+    system call, so two instances starting at once cannot both win.
+
+    With ``share=False`` the socket is only bound (a test that the address is
+    free, made before a model loads for seconds)."""
     host, port = config.listen_address
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -393,9 +399,10 @@ def _claim_listen_socket(config: Config) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        # Connections that come before the first worker serves wait here.
-        sock.listen(4096)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # Connections that come before the first worker serves wait here.
+            sock.listen(4096)
     except OSError as exc:
         sock.close()
         raise ListenError(config.listen, exc) from None
