@@ -145,8 +145,6 @@ class Proxy:
         self.search_service: Any = None
         self._warmup: Optional["asyncio.Future[Any]"] = None
         self._search: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
-        #: Set by run(): warn once, after binding, if the upstream refuses.
-        self._warn_upstream = False
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
                 from .rankers.registry import check_ranker
@@ -233,8 +231,6 @@ class Proxy:
         self._start_warmup(status)
         log.info("selproxy listening on %s, upstream %s (pid %d)",
                  self.url, self.config.upstream, os.getpid())
-        if self._warn_upstream:
-            _warn_unreachable(self.config, await _check_upstream_async(self.config))
 
     def _upstream_reachability(self) -> Any:
         """The status page's check that the upstream accepts connections,
@@ -344,7 +340,7 @@ class Proxy:
             # The address is bound for good once the ranker is built (which
             # can take seconds): say at once if another process holds it.
             _claim_listen_socket(self.config, share=False).close()
-            self._warn_upstream = True
+            _warn_unreachable(self.config, check_upstream(self.config))
             uvloop.run(self.serve())
             return
         _run_workers(self)
