@@ -80,6 +80,30 @@ async def _check_upstream_async(config: Config) -> Optional[str]:
     return None
 
 
+class _UpstreamCheck:
+    """The status page's check that the upstream accepts connections: one
+    TCP connect, its answer reused for :data:`UPSTREAM_CHECK_REUSE` seconds
+    and shared by the status requests that come while it runs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.checked_at = -UPSTREAM_CHECK_REUSE - 1.0
+        self.reason: Optional[str] = None
+        self.running: Optional["asyncio.Future[Optional[str]]"] = None
+
+    async def __call__(self) -> Optional[str]:
+        if self.running is None and time.monotonic() - self.checked_at >= UPSTREAM_CHECK_REUSE:
+            self.running = asyncio.ensure_future(_check_upstream_async(self.config))
+            try:
+                self.reason = await asyncio.shield(self.running)
+            finally:
+                self.running, self.checked_at = None, time.monotonic()
+            return self.reason
+        if self.running is not None:
+            return await asyncio.shield(self.running)
+        return self.reason
+
+
 def _unreachable_reason(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.TimeoutError, socket.timeout)):
         return "no answer to connect within the timeout"
@@ -203,7 +227,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         status = StatusPage(None, self.config)
         status.sections.update(self.status_sections)
-        status.check_upstream = self._upstream_reachability()
+        status.check_upstream = _UpstreamCheck(self.config)
         routes = list(self.routes)
         service = self._start_search()
         if service is not None:
@@ -231,19 +255,6 @@ class Proxy:
         self._start_warmup(status)
         log.info("selproxy listening on %s, upstream %s (pid %d)",
                  self.url, self.config.upstream, os.getpid())
-
-    def _upstream_reachability(self) -> Any:
-        """The status page's check that the upstream accepts connections,
-        reused for :data:`UPSTREAM_CHECK_REUSE` seconds."""
-        last: List[Any] = [None, -UPSTREAM_CHECK_REUSE - 1.0]
-
-        async def check() -> Optional[str]:
-            now = time.monotonic()
-            if now - last[1] >= UPSTREAM_CHECK_REUSE:
-                last[0] = await _check_upstream_async(self.config)
-                last[1] = time.monotonic()
-            return last[0]  # type: ignore[no-any-return]
-        return check
 
     def _start_warmup(self, status: StatusPage) -> None:
         """Warm the ranker up off the loop (a model loads and runs once); the
