@@ -317,8 +317,9 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandLineError(f"{exc}; stop it or choose another --listen"
                                if exc.errno == errno.EADDRINUSE else f"{exc}; choose another --listen",
                                EXIT_FAILURE) from None
-    except StartFailed as exc:
-        raise CommandLineError(str(exc), EXIT_FAILURE) from None
+    except StartFailed as exc:  # a worker's own bind (after the master's claim): rare
+        hint = "; choose another --listen" if str(exc).startswith("cannot listen on") else ""
+        raise CommandLineError(f"{exc}{hint}", EXIT_FAILURE) from None
     return 0
 
 
