@@ -316,6 +316,19 @@ cdef str error_kind(object exc):
     return type(exc).__name__
 
 
+cdef void _feed_copied(object protocol, object read_view, object data) except *:
+    """``data_received`` for asyncio's own loops, which call it on any
+    protocol that is not an ``asyncio.BufferedProtocol`` (uvloop sees
+    ``get_buffer`` and never does): copy into the read buffer, as uvloop
+    would have read into it, and go on as after a read."""
+    cdef Py_ssize_t start = 0, size = len(data), capacity = len(read_view), n
+    while start < size:
+        n = min(capacity, size - start)
+        read_view[:n] = data[start:start + n]
+        protocol.buffer_updated(n)
+        start += n
+
+
 @cython.internal
 cdef class ResponseSink:
     cdef void upstream_ready(self, UpstreamProtocol conn):
@@ -539,6 +552,9 @@ cdef class UpstreamProtocol:
 
     def get_buffer(self, Py_ssize_t hint):
         return self.core.read_view
+
+    def data_received(self, data):
+        _feed_copied(self, self.core.read_view, data)
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef ResponseSink sink = self.sink
@@ -1108,6 +1124,9 @@ cdef class ClientProtocol(ResponseSink):
 
     def get_buffer(self, Py_ssize_t hint):
         return self.core.read_view
+
+    def data_received(self, data):
+        _feed_copied(self, self.core.read_view, data)
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef ClientState state = self.state

@@ -1,17 +1,92 @@
-"""The ``selproxy`` command: flags map onto :class:`selproxy.config.Config`."""
+"""The ``selproxy`` command: flags map onto :class:`selproxy.config.Config`.
+
+Every mistake the command can see is reported as one line on stderr,
+``PROG: error: WHAT (WHAT TO DO)``, never as a traceback, with the exit
+status saying which kind of mistake it is (the subcommands do the same):
+
+* 2 -- the command as given cannot run: a bad flag or value, an unknown
+  ranker, a wrong ranker option, or an extra the chosen ranker or
+  subcommand needs is not installed.  Change the command or install.
+* 1 -- the command is right but running it failed: the address is in use,
+  a file cannot be read, the ranker's model fails to load, a service answers
+  with an error.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.util
 import logging
+import os
+import ssl
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from urllib.parse import urlsplit
 
 from ._version import __version__
-from .config import Config
+from .config import Config, parse_listen, parse_upstream
 
-__all__ = ("main",)
+__all__ = ("main", "CommandLineParser", "CommandLineError", "EXIT_USAGE", "EXIT_FAILURE")
 
 SUBCOMMANDS = ("engine", "eval", "demo")
+
+#: The command as given cannot run (argparse's own code for usage errors).
+EXIT_USAGE = 2
+#: The command is right, but running it failed.
+EXIT_FAILURE = 1
+
+#: The extra each subcommand needs, and the modules that tell it is installed.
+SUBCOMMAND_EXTRAS = {
+    "engine": ("engine", ("starlette", "uvicorn")),
+    "eval": ("eval", ("aiohttp",)),
+    "demo": ("demo", ("starlette", "uvicorn", "aiohttp")),
+}
+
+
+class CommandLineError(Exception):
+    """A mistake to report as ``PROG: error: MESSAGE``, exit ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, with an error as one line (``PROG: error: MESSAGE``, exit 2)
+    instead of the usage block and then the error; ``--help`` has the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def report(prog: str, error: CommandLineError) -> int:
+    """Print ``error`` the one way every selproxy command does; its code."""
+    print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return error.code
+
+
+def missing_module(modules: Sequence[str]) -> Optional[str]:
+    """The first of ``modules`` that is not installed, or None.  Looks at
+    import specs only, so nothing is imported (or started) yet."""
+    for name in modules:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def needs_extra(what: str, extra: str, module: str) -> CommandLineError:
+    return CommandLineError(f"{what} needs the {extra!r} extra ({module} is not installed): "
+                            f"pip install 'selproxy[{extra}]'")
+
+
+def require_extra(what: str, extra: str, modules: Sequence[str]) -> None:
+    """Raise a :class:`CommandLineError` naming ``extra`` if it is missing."""
+    missing = missing_module(modules)
+    if missing is not None:
+        raise needs_extra(what, extra, missing)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults come from the dataclasses, so the flags cannot drift from them.
     defaults = Config(upstream="http://127.0.0.1:9200")
     sdefaults = SearchConfig()
-    p = argparse.ArgumentParser(
+    p = CommandLineParser(
         prog="selproxy",
         description="A URL-selective reverse proxy that reranks search results. "
                     "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo' "
@@ -73,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default %(default)s)")
     search.add_argument("--ranker-option", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the ranker (repeatable)")
-    search.add_argument("--model-dir", metavar="PATH",
-                        help="for --ranker cross-encoder: a local Hugging Face-format model")
+    search.add_argument("--model-dir", metavar="DIR",
+                        help="for rankers that load a model from a directory (cross-encoder): "
+                             "a local Hugging Face-format model")
     search.add_argument("--url", metavar="URL",
                         help="for --ranker remote: a /rerank endpoint (Cohere, Jina, TEI, Infinity)")
     search.add_argument("--topn", type=int, default=sdefaults.topn, metavar="N",
@@ -98,9 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads for synchronous rankers (default %(default)s)")
     search.add_argument("--max-pending-ranks", type=int, default=sdefaults.max_pending_ranks, metavar="N",
                         help="past it searches fall back at once (default %(default)s)")
-    search.add_argument("--max-decoded-body", type=int, default=sdefaults.max_decoded_body, metavar="BYTES",
-                        help="largest search body decoded, after gzip: a request past it gets 413, "
-                             "a response is passed through unreranked (default %(default)s)")
 
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
@@ -130,8 +203,7 @@ def search_from_args(args: argparse.Namespace) -> Any:
     fields: Dict[str, Any] = dict(
         topn=args.topn, max_topn=args.max_topn, rank_deadline=args.rank_deadline,
         text_fields=tuple(args.text_field), max_field_chars=args.max_field_chars,
-        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks,
-        max_decoded_body=args.max_decoded_body)
+        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks)
     if args.include_index:
         fields["include_indices"] = tuple(args.include_index)
     if args.exclude_index:
@@ -146,21 +218,65 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = build_parser()
-    ranker = _chosen_ranker(parser, args.ranker)
     try:
-        config = config_from_args(args)
-        search = search_from_args(args) if ranker else None
+        return _run(args)
+    except CommandLineError as error:
+        return report("selproxy", error)
+
+
+#: Messages of Config's checks name its fields; the user typed flags.
+_FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "workers", "max_request_line", "max_header_bytes", "max_buffered_body", "max_upstream_connections",
+    "header_timeout", "idle_timeout", "connect_timeout", "response_timeout", "body_timeout",
+    "shutdown_grace", "topn", "max_topn", "rank_deadline", "max_field_chars", "ranker_threads",
+    "max_pending_ranks")}
+
+
+def _usage_error(exc: Exception) -> CommandLineError:
+    message = str(exc)
+    name = message.split(" ", 1)[0]
+    if name in _FIELD_FLAGS:
+        message = _FIELD_FLAGS[name] + message[len(name):]
+    return CommandLineError(message)
+
+
+def _check_addresses(args: argparse.Namespace) -> None:
+    try:
+        parse_listen(args.listen)
     except ValueError as exc:
-        parser.error(str(exc))
-    from .rankers.registry import RankerUnavailable, parse_ranker_options
-    from .server import Proxy
+        raise CommandLineError(f"--listen: {exc}") from None
+    try:
+        parse_upstream(args.upstream)
+    except ValueError as exc:
+        hint = ""
+        if "://" not in args.upstream and "@" not in args.upstream:
+            hint = f"; did you mean --upstream http://{args.upstream}?"
+        raise CommandLineError(f"--upstream: {exc}{hint}") from None
+
+
+def _check_upstream_tls(config: Config) -> None:
+    """The CA bundle is read as the proxy starts: a path that is not there,
+    or a file that holds no certificate, is one line now instead."""
+    try:
+        config.upstream_ssl_context()
+    except ssl.SSLError as exc:  # before OSError, which it is: its errno is OpenSSL's
+        raise CommandLineError(f"--upstream-ca-file {config.upstream_ca_file}: not a PEM CA bundle "
+                               f"({exc.reason or exc})", EXIT_FAILURE) from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise CommandLineError(f"--upstream-ca-file {config.upstream_ca_file}: {reason}", EXIT_FAILURE) from None
+
+
+def _ranker_options(args: argparse.Namespace, ranker: Optional[str]) -> Dict[str, Any]:
+    from .rankers.registry import parse_ranker_options
     try:
         options = parse_ranker_options(args.ranker_option)
     except ValueError as exc:
-        parser.error(str(exc))
+        raise CommandLineError(f"--ranker-option: {exc}") from None
+    given = [flag for flag, value in (("--model-dir", args.model_dir), ("--url", args.url),
+                                      ("--ranker-option", args.ranker_option)) if value]
+    if given and not ranker:
+        raise CommandLineError(f"{', '.join(given)} needs --ranker NAME")
     if ranker and _takes(ranker, "embedding_store") and "embedding_store" not in options:
         options["embedding_store"] = args.embedding_store
         if args.embedding_store == "engine":
@@ -168,19 +284,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.model_dir:
         options["model_dir"] = args.model_dir
     if args.url:
+        parts = urlsplit(args.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CommandLineError(f"--url: expected http[s]://HOST[:PORT]/PATH, got {args.url!r}")
         options["url"] = args.url
-    if options and not ranker:
-        parser.error("--ranker-option needs --ranker")
-    proxy = Proxy(config=config, ranker=ranker, ranker_options=options or None, search=search)
-    try:
-        proxy.run()
-    except RankerUnavailable as exc:
-        # The model loads as the proxy starts (in each worker, after the fork).
-        parser.exit(2, f"selproxy: error: {exc}\n")
-    return 0
+    return options
 
 
-def _chosen_ranker(parser: argparse.ArgumentParser, name: str) -> Optional[str]:
+def _put_cwd_on_path() -> None:
+    """``python -m selproxy`` finds ``--ranker mymodule:Class`` in the current
+    directory because ``-m`` puts it first on sys.path; the ``selproxy``
+    script gets its own directory there instead.  Both are the same command."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
+def _chosen_ranker(name: str) -> Optional[str]:
     """The ranker to build: ``none`` means none; ``default`` the neural
     ranker when its extra is installed, else none, said in one line."""
     if name == "none":
@@ -209,9 +329,53 @@ def _takes(ranker: str, option: str) -> bool:
     return option in params
 
 
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _check_addresses(args)
+    ranker = _chosen_ranker(args.ranker)
+    try:
+        config = config_from_args(args)
+        search = search_from_args(args) if ranker else None
+    except ValueError as exc:
+        raise _usage_error(exc) from None
+    _check_upstream_tls(config)
+    from .rankers.registry import RankerSpecError, RankerUnavailable
+    from .server import ListenError, Proxy, StartFailed
+    if ranker and ":" in ranker:
+        _put_cwd_on_path()
+    options = _ranker_options(args, ranker)
+    try:
+        proxy = Proxy(config=config, ranker=ranker, ranker_options=options or None, search=search)
+        proxy.run()
+    except RankerSpecError as exc:
+        raise CommandLineError(str(exc)) from None
+    except RankerUnavailable as exc:
+        # The model loads as the proxy starts (in each worker, after the fork).
+        raise CommandLineError(str(exc), EXIT_FAILURE) from None
+    except ListenError as exc:
+        raise CommandLineError(f"{exc}; stop it or choose another --listen"
+                               if exc.errno == errno.EADDRINUSE else f"{exc}; choose another --listen",
+                               EXIT_FAILURE) from None
+    except StartFailed as exc:  # a worker's own bind (after the master's claim): rare
+        hint = "; choose another --listen" if str(exc).startswith("cannot listen on") else ""
+        raise CommandLineError(f"{exc}{hint}", EXIT_FAILURE) from None
+    return 0
+
+
 def _subcommand(name: str, argv: List[str]) -> int:
+    prog = f"selproxy {name}"
+    if not any(flag in ("-h", "--help") for flag in argv):
+        extra, modules = SUBCOMMAND_EXTRAS[name]
+        try:
+            require_extra("this command", extra, modules)
+        except CommandLineError as error:
+            return report(prog, error)
     if name == "engine":
-        from .engine.cli import main as engine_main
+        try:
+            from .engine.cli import main as engine_main
+        except ModuleNotFoundError as exc:  # the engine package needs its extra even for --help
+            return report(prog, needs_extra("this command", "engine", (exc.name or "").partition(".")[0]))
         return engine_main(argv)
     if name == "eval":
         from .evaluation.cli import main as eval_main

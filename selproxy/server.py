@@ -3,13 +3,15 @@ signals and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import select
 import signal
 import socket
 import sys
 import time
-from typing import Any, Coroutine, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Coroutine, Dict, List, Optional, Sequence, Tuple, Type
 
 import uvloop
 
@@ -20,10 +22,10 @@ from .config import Config
 from .errors import HandlerError, ProxyError
 from .handler import Request, Response, Route
 from .rankers.adapter import call_guarded
-from .rankers.registry import RankerUnavailable
+from .rankers.registry import RankerSpecError, RankerUnavailable
 from .status import StatusPage
 
-__all__ = ("Proxy", "serve")
+__all__ = ("Proxy", "serve", "ListenError", "StartFailed", "check_upstream")
 
 log = logging.getLogger("selproxy")
 
@@ -33,6 +35,99 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: control: a ranker's close, then (all together) the tasks left on the loop,
 #: async generators and the default executor.
 TEARDOWN_SECONDS = 0.5
+
+#: Longest wait for the upstream's TCP handshake when checking that it is
+#: reachable (at start and for the status page's ``ready``).
+UPSTREAM_CHECK_TIMEOUT = 1.0
+#: How long the status page reuses its last reachability check, so a busy
+#: health checker costs the upstream at most one connection a second.
+UPSTREAM_CHECK_REUSE = 1.0
+
+
+class ListenError(OSError):
+    """The listening address cannot be had: in use, not an address of this
+    host, or not permitted.  ``str()`` is one line that says which."""
+
+    def __init__(self, listen: str, cause: OSError) -> None:
+        if cause.errno and cause.errno > 0:
+            # uvloop's strerror repeats the address: the system's words only.
+            reason = os.strerror(cause.errno).lower()
+        else:  # getaddrinfo's errors are negative: its own text
+            reason = (cause.strerror or str(cause)).lower()
+        if cause.errno == errno.EADDRINUSE:
+            reason = "address already in use (another process holds the port)"
+        super().__init__(cause.errno, f"cannot listen on {listen}: {reason}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class StartFailed(RuntimeError):
+    """A worker could not start (its message says why, in one line)."""
+
+
+def check_upstream(config: Config, timeout: float = UPSTREAM_CHECK_TIMEOUT) -> Optional[str]:
+    """None if the upstream accepts a TCP connection within ``timeout``, else
+    why not, in a few words.  Blocking: for start-up, before any loop runs."""
+    _scheme, host, port = config.upstream_address
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, config.connect_timeout)).close()
+    except OSError as exc:
+        return _unreachable_reason(exc)
+    return None
+
+
+async def _check_upstream_async(config: Config) -> Optional[str]:
+    _scheme, host, port = config.upstream_address
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), min(UPSTREAM_CHECK_TIMEOUT, config.connect_timeout))
+    except (OSError, asyncio.TimeoutError) as exc:
+        return _unreachable_reason(exc)
+    writer.close()
+    return None
+
+
+class _UpstreamCheck:
+    """The status page's check that the upstream accepts connections: one
+    TCP connect, its answer reused for :data:`UPSTREAM_CHECK_REUSE` seconds
+    and shared by the status requests that come while it runs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.checked_at = -UPSTREAM_CHECK_REUSE - 1.0
+        self.reason: Optional[str] = None
+        self.running: Optional["asyncio.Future[Optional[str]]"] = None
+
+    async def __call__(self) -> Optional[str]:
+        if self.running is None and time.monotonic() - self.checked_at >= UPSTREAM_CHECK_REUSE:
+            self.running = asyncio.ensure_future(_check_upstream_async(self.config))
+            try:
+                self.reason = await asyncio.shield(self.running)
+            finally:
+                self.running, self.checked_at = None, time.monotonic()
+            return self.reason
+        if self.running is not None:
+            return await asyncio.shield(self.running)
+        return self.reason
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, socket.timeout)):
+        return "no answer to connect within the timeout"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno).lower()   # the same words from any loop
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
+
+
+def _warn_unreachable(config: Config, reason: Optional[str]) -> None:
+    if reason is not None:
+        scheme, host, port = config.upstream_address
+        shown = f"[{host}]" if ":" in host else host
+        log.warning("upstream %s://%s:%d is not reachable (%s); requests get 502 until it is, "
+                    "and the status page says ready: false", scheme, shown, port, reason)
 
 
 class Proxy:
@@ -84,8 +179,10 @@ class Proxy:
         self._search: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
-                from .rankers.registry import load_ranker_class
-                load_ranker_class(ranker)  # an unknown name fails here, not at start
+                from .rankers.registry import check_ranker
+                # A wrong name, class, option or missing extra fails here,
+                # in one line, before anything listens.
+                ranker_options = check_ranker(ranker, ranker_options)
             elif ranker_options:
                 raise TypeError("ranker_options go with a ranker given by name")
             self._search = (ranker, ranker_options, search)
@@ -105,6 +202,8 @@ class Proxy:
             if isinstance(ranker, str):
                 try:
                     ranker = resolve_ranker(ranker, ranker_options)
+                except RankerSpecError:
+                    raise
                 except Exception as exc:
                     # The message may quote what the ranker was given (a
                     # service's URL): redacted, as every logged text is.
@@ -139,6 +238,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         status = StatusPage(None, self.config)
         status.sections.update(self.status_sections)
+        status.check_upstream = _UpstreamCheck(self.config)
         routes = list(self.routes)
         service = self._start_search()
         if service is not None:
@@ -151,11 +251,14 @@ class Proxy:
         self._upstream = core.upstream()
         self._stopping = asyncio.Event()
         if sock is not None:
-            server = await loop.create_server(core.protocol_factory, sock=sock)
+            server = await loop.create_server(core.protocol_factory, sock=sock, backlog=4096)
         else:
             host, port = self.config.listen_address
-            server = await loop.create_server(core.protocol_factory, host, port,
-                                              reuse_port=reuse_port or None, backlog=4096)
+            try:
+                server = await loop.create_server(core.protocol_factory, host, port,
+                                                  reuse_port=reuse_port or None, backlog=4096)
+            except OSError as exc:
+                raise ListenError(self.config.listen, exc) from None
         self._server = server
         self._address = server.sockets[0].getsockname()
         core.add_listen_authority(self._address[0], self._address[1])
@@ -271,6 +374,10 @@ class Proxy:
         # instead of killing a half-started process (or worker).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         if self.config.workers == 1:
+            # The address is bound for good once the ranker is built (which
+            # can take seconds): say at once if another process holds it.
+            _claim_listen_socket(self.config, share=False).close()
+            _warn_unreachable(self.config, check_upstream(self.config))
             run_bounded(self.serve())
             return
         _run_workers(self)
@@ -319,25 +426,78 @@ async def serve(upstream: str, listen: str = "127.0.0.1:9201", **options: Any) -
     await Proxy(upstream, listen, **options).serve()
 
 
+def _claim_listen_socket(config: Config, share: bool = True) -> socket.socket:
+    """Bind the listening address for a set of workers, or raise
+    :class:`ListenError` if another process holds it.
+
+    SO_REUSEPORT lets any process of the same user join a port, so a second
+    ``--workers`` instance would bind beside the first and the kernel would
+    share the connections between two proxies.  The master therefore binds
+    first *without* SO_REUSEPORT (with SO_REUSEADDR, as asyncio does, so a
+    restart is not refused by the old process's TIME_WAIT connections): that
+    bind fails while any socket holds the port, listening or in a
+    SO_REUSEPORT group.  Only then is SO_REUSEPORT set on the bound socket,
+    before listen(), so that this instance's own workers can join it; a
+    later instance's exclusive bind still fails.  Claim and bind are one
+    system call, so two instances starting at once cannot both win.
+
+    With ``share=False`` the socket is only bound (a test that the address is
+    free, made before a model loads for seconds)."""
+    host, port = config.listen_address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ListenError(config.listen, exc) from None
+    family, _type, proto, _name, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # Connections that come before the first worker serves wait here.
+            sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(config.listen, exc) from None
+    return sock
+
+
+#: A worker that cannot start writes one line, ``KIND<TAB>MESSAGE``, into a
+#: pipe; the master raises it again as the kind's class, so the command
+#: prints it once (not once per worker) with the kind's exit status.
+_START_FAILURE_KINDS: Dict[str, Type[Exception]] = {
+    "spec": RankerSpecError, "build": RankerUnavailable, "listen": StartFailed}
+
+
 def _run_workers(proxy: Proxy) -> None:
     """Fork ``workers`` processes that share the port through SO_REUSEPORT;
     the parent forwards SIGTERM/SIGINT and exits when they all have."""
-    host, port = proxy.config.listen_address
-    if port == 0:
-        # Every worker must bind the same port: pick one now.
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.bind((host, 0))
-            port = probe.getsockname()[1]
-        proxy.config = _replace_listen(proxy.config, host, port)
+    claimed = _claim_listen_socket(proxy.config)
+    _warn_unreachable(proxy.config, check_upstream(proxy.config))
+    host, port = claimed.getsockname()[:2]
+    # Every worker binds the port the claim got (port 0 picks one now).
+    proxy.config = _replace_listen(proxy.config, host, port)
+    failures_read, failures_write = os.pipe()
     children: List[int] = []
-    for _ in range(proxy.config.workers):
+    for number in range(proxy.config.workers):
         pid = os.fork()
         if pid == 0:
+            os.close(failures_read)
             code = 0
             try:
-                run_bounded(_worker(proxy))
-            except RankerUnavailable as exc:
-                log.error("worker %d: %s", os.getpid(), exc)
+                # The first worker serves on the claimed socket; the others
+                # join its SO_REUSEPORT group with sockets of their own.
+                if number != 0:
+                    claimed.close()
+                run_bounded(_worker(proxy, claimed if number == 0 else None))
+            except (RankerSpecError, RankerUnavailable, ListenError) as exc:
+                kind = ("spec" if isinstance(exc, RankerSpecError)
+                        else "listen" if isinstance(exc, ListenError) else "build")
+                line = f"{kind}\t{' '.join(str(exc).split())}\n".encode()[:select.PIPE_BUF]
+                os.write(failures_write, line)
                 code = 1
             except BaseException:
                 log.exception("worker failed")
@@ -346,6 +506,8 @@ def _run_workers(proxy: Proxy) -> None:
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
+    claimed.close()
+    os.close(failures_write)
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -366,6 +528,12 @@ def _run_workers(proxy: Proxy) -> None:
             except InterruptedError:
                 continue
         failed = failed or os.waitstatus_to_exitcode(status) != 0
+    with os.fdopen(failures_read, "rb") as failures:
+        reported = failures.read().decode(errors="replace").splitlines()
+    if reported:
+        # Every worker fails alike (the same ranker, the same machine): one line.
+        kind, _, message = reported[0].partition("\t")
+        raise _START_FAILURE_KINDS.get(kind, StartFailed)(message)
     sys.exit(1 if failed else 0)
 
 
@@ -403,8 +571,8 @@ def run_bounded(main: Coroutine[Any, Any, None]) -> None:
             loop.close()
 
 
-async def _worker(proxy: Proxy) -> None:
-    await proxy.start(reuse_port=True)
+async def _worker(proxy: Proxy, sock: Optional[socket.socket]) -> None:
+    await proxy.start(sock=sock, reuse_port=sock is None)
     await proxy.serve()
 
 

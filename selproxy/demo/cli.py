@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import sys
 from typing import Any, AsyncIterator, List, Optional, Sequence
 
-import uvloop
-
-from . import app
+from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, report, require_extra
 
 __all__ = ("main", "build_parser")
 
+PROG = "selproxy demo"
 DEFAULT_RANKER = "minilm"
 
 
-def build_parser(prog: str = "selproxy demo") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = CommandLineParser(prog=prog, description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                         help="where selproxy listens (default %(default)s)")
     parser.add_argument("--engine-listen", default="127.0.0.1:9200", metavar="HOST:PORT",
@@ -32,12 +32,31 @@ def build_parser(prog: str = "selproxy demo") -> argparse.ArgumentParser:
     return parser
 
 
-def _engine(listen: str) -> Any:
+def _listen_failure(what: str, flag: str, listen: str, exc: OSError) -> CommandLineError:
+    if exc.errno == errno.EADDRINUSE:
+        reason = "address already in use (another process holds the port)"
+    else:
+        reason = (exc.strerror or str(exc)).lower()
+    return CommandLineError(f"cannot start {what} on {listen}: {reason}; choose another with {flag} HOST:PORT",
+                            EXIT_FAILURE)
+
+
+@contextlib.asynccontextmanager
+async def _engine(listen: str) -> AsyncIterator[Any]:
     # Wiring point: the embedded engine (issue 3).
     from ..engine import Engine
+    from ..engine.server import parse_listen
 
-    host, _, port = listen.rpartition(":")
-    return Engine(data=":memory:", host=host or "127.0.0.1", port=int(port))
+    host, port = parse_listen(listen)
+    engine = Engine(data=":memory:", host=host, port=port)
+    try:
+        await engine.__aenter__()
+    except OSError as exc:
+        raise _listen_failure("the embedded engine", "--engine-listen", listen, exc) from None
+    try:
+        yield engine
+    finally:
+        await engine.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager
@@ -50,13 +69,51 @@ async def _proxy(upstream: str, listen: str, ranker_name: str,
 
     # The proxy's own defaults: the demo shows what a user gets.
     search = SearchConfig() if rank_deadline is None else SearchConfig(rank_deadline=rank_deadline)
-    async with Proxy(upstream=upstream, listen=listen, ranker=ranker_name, search=search) as proxy:
+    proxy = Proxy(upstream=upstream, listen=listen, ranker=ranker_name, search=search)
+    try:
+        await proxy.start()
+    except OSError as exc:
+        raise _listen_failure("selproxy", "--listen", listen, exc) from None
+    try:
         await proxy.ready()
         yield proxy
+    finally:
+        await proxy.stop()
+
+
+def _check(args: argparse.Namespace) -> None:
+    from ..config import parse_listen
+    from ..rankers.registry import RANKER_EXTRAS, RankerSpecError, check_ranker
+
+    for flag, value in (("--listen", args.listen), ("--engine-listen", args.engine_listen)):
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise CommandLineError(f"{flag}: {exc}") from None
+    if args.ranker == DEFAULT_RANKER:
+        # The demo extra brings the default ranker's model with it.
+        require_extra(f"the default ranker ({DEFAULT_RANKER})", "demo", RANKER_EXTRAS["selproxy.rankers.minilm"][1])
+    try:
+        check_ranker(args.ranker)
+    except RankerSpecError as exc:
+        raise CommandLineError(str(exc)) from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CommandLineError as error:
+        return report(PROG, error)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from ..rankers.registry import RankerUnavailable
+    from . import app
+
+    _check(args)
     queries: List[str] = args.queries or list(app.EXAMPLE_QUERIES)
     demo = app.run_demo(
         _engine(args.engine_listen),
@@ -69,6 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         uvloop.run(demo)
     except KeyboardInterrupt:
         print("\nstopped", file=sys.stderr)
+    except RankerUnavailable as exc:
+        raise CommandLineError(str(exc), EXIT_FAILURE) from None
     return 0
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from ._client import Upstream, UpstreamError
-from .loader import load_collection
-from .run import DEFAULT_FIELDS, evaluate
-from .trec import TrecFormatError, number_like_qrels, read_collection, read_qrels, read_topics
+from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, needs_extra, report
 
 __all__ = ("main", "build_parser")
+
+PROG = "selproxy eval"
+#: The fields of ``run`` that the ``--fields`` default fills in (kept here,
+#: so that ``--help`` works without the extra's modules).
+DEFAULT_FIELDS = ("title", "text")
 
 
 def _fields(value: str) -> List[str]:
@@ -41,8 +44,8 @@ def _proxy(value: str) -> List[str]:
     return [label, url] if sep and not label.startswith("http") else ["reranked", value]
 
 
-def build_parser(prog: str = "selproxy eval") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = CommandLineParser(
         prog=prog, description="Measure the relevance a ranker adds over the engine's order."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{load,run}")
@@ -88,6 +91,10 @@ def build_parser(prog: str = "selproxy eval") -> argparse.ArgumentParser:
 
 
 async def _load(args: argparse.Namespace) -> int:
+    from ._client import Upstream
+    from .loader import load_collection
+    from .trec import read_collection
+
     docs = read_collection(args.collection, fields=args.fields, format=args.format)
     async with Upstream(args.upstream, timeout=args.timeout) as upstream:
         report = await load_collection(upstream, args.index, docs, recreate=args.recreate, batch_docs=args.batch_size)
@@ -101,6 +108,9 @@ async def _load(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from .run import evaluate
+    from .trec import number_like_qrels, read_qrels, read_topics
+
     qrels = read_qrels(args.qrels)
     if args.topic_ids == "auto":
         topics = read_topics(args.topics, field=args.topic_field)
@@ -134,15 +144,40 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    """A file named on the command line that cannot be read is one line,
+    naming its flag, before anything is sent to the upstream."""
+    named = ([("collection", args.collection)] if args.command == "load"
+             else [("--topics", args.topics), ("--qrels", args.qrels)])
+    for flag, path in named:
+        if not os.path.isfile(path):
+            reason = "is a directory" if os.path.isdir(path) else "no such file"
+            raise CommandLineError(f"{flag} {path}: {reason}", EXIT_FAILURE)
+        if not os.access(path, os.R_OK):
+            raise CommandLineError(f"{flag} {path}: permission denied", EXIT_FAILURE)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for ``selproxy eval``; ``argv`` excludes the program and ``eval``."""
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except CommandLineError as error:
+        return report(PROG, error)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        from ._client import UpstreamError
+        from .trec import TrecFormatError
+    except ModuleNotFoundError as exc:
+        raise needs_extra("this command", "eval", (exc.name or "aiohttp").partition(".")[0]) from None
+    _check_files(args)
     handler: Any = _load if args.command == "load" else _run
     try:
         return int(asyncio.run(handler(args)))
     except (OSError, UpstreamError, TrecFormatError, ValueError) as error:
-        print(f"selproxy eval: {error}", file=sys.stderr)
-        return 1
+        raise CommandLineError(str(error), EXIT_FAILURE) from None
     except KeyboardInterrupt:
         return 130
 

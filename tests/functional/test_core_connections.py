@@ -825,7 +825,9 @@ def test_rss_stays_bounded_while_the_upstream_reads_a_large_body_slowly():
                 client = await RawClient.connect(proc.url)
                 assert (await client.request("POST", "/warm", b"w")).status == 200
                 before = rss_bytes(proc.proc.pid)
-                (conn,) = up.connections
+                # The connection that carried /warm (the command also
+                # connects once at start, to say if the upstream is down).
+                conn = up.connections[up.requests[-1].connection]
                 conn.transport.pause_reading()
                 client.send(f"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {total}"
                             "\r\n\r\n".encode())
