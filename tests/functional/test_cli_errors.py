@@ -216,8 +216,9 @@ def test_a_ranker_module_in_the_current_directory_serves_from_the_script(upstrea
     (["--ranker", "bm25", "--model-dir", "/tmp"],
      "ranker 'bm25' takes no option 'model_dir' (from --model-dir); its options: b, k1, stemmer, stopwords"),
     (["--ranker", "bm25", "--ranker-option", "k1"], "--ranker-option: ranker option 'k1' is not key=value"),
-    (["--ranker-option", "k1=1.2"], "--ranker-option needs --ranker NAME"),
-    (["--model-dir", "/tmp"], "--model-dir needs --ranker NAME"),
+    # Without --ranker the default ranker takes the options; "none" takes none.
+    (["--ranker", "none", "--ranker-option", "k1=1.2"], "--ranker-option needs --ranker NAME"),
+    (["--ranker", "none", "--model-dir", "/tmp"], "--model-dir needs --ranker NAME"),
 ])
 def test_ranker_options_are_checked_at_start(upstream, args, line):
     done = command(*proxy_args(upstream, *args))
