@@ -48,7 +48,7 @@ def test_a_bad_upstream_url_is_refused_without_echoing_its_secrets(upstream: str
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("selproxy: error: upstream must"), done.stderr
+    assert line.startswith("selproxy: error: --upstream: upstream must"), done.stderr
     assert "127.0.0.1" in line and "***" in line
     assert "hunter2" not in done.stderr and "q-secret-42" not in done.stderr
 
