@@ -136,11 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                               metavar="S", help="default %(default)s")
 
     search = p.add_argument_group("reranked search")
-    search.add_argument("--ranker", metavar="NAME|pkg.mod:Class", default="default",
+    search.add_argument("--ranker", metavar="NAME|pkg.mod:Class",
                         help="rerank claimed searches with this ranker: a registered "
                              "name (default, minilm, bi-encoder, bm25, identity, ...) or a class; "
-                             "'default' (the default) is the neural ranker when selproxy[neural] "
-                             "is installed; 'none' claims nothing but /_selproxy/status")
+                             "'default' is the neural ranker; without --ranker it runs when "
+                             "selproxy[neural] is installed, and otherwise the proxy says so and "
+                             "passes everything through; 'none' claims nothing but /_selproxy/status")
     search.add_argument("--embedding-store", default="default", metavar="PATH|default|engine|:memory:",
                         help="where a bi-encoder keeps document embeddings: 'default' is a file per "
                              "model under ~/.cache/selproxy (shared by workers and restarts), "
@@ -300,12 +301,13 @@ def _put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def _chosen_ranker(name: str) -> Optional[str]:
-    """The ranker to build: ``none`` means none; ``default`` the neural
-    ranker when its extra is installed, else none, said in one line."""
+def _chosen_ranker(name: Optional[str]) -> Optional[str]:
+    """The ranker to build: ``none`` means none; no ``--ranker`` the default
+    neural ranker when its extra is installed, else none, said in one line
+    (``--ranker default`` names it: a missing extra is then an error)."""
     if name == "none":
         return None
-    if name != "default":
+    if name is not None:
         return name
     from .rankers.registry import default_ranker_missing
     missing = default_ranker_missing()

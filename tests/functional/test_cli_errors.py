@@ -10,6 +10,7 @@ extra is simulated with ``tests/support/blocked_imports``: a test double for
 an uninstalled distribution (a ``sitecustomize`` that makes the named modules
 unimportable), so nothing has to be uninstalled.
 """
+import json
 import os
 import signal
 import socket
@@ -87,6 +88,46 @@ def test_a_ranker_without_its_extra(upstream, ranker, blocked, extra):
                    blocked=[blocked])
     assert_one_line(done, 2, f"selproxy: error: ranker {ranker!r} needs the {extra!r} extra "
                              f"({blocked} is not installed): pip install 'selproxy[{extra}]'")
+
+
+def test_without_the_neural_extra_the_default_proxy_passes_through_and_says_so_once():
+    from support.engine import engine_in_thread
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [BLOCKER, os.environ.get("PYTHONPATH")])),
+               SELPROXY_TEST_BLOCKED_IMPORTS="onnxruntime")
+    with engine_in_thread() as engine_url:
+        request = urllib.request.Request(f"{engine_url}/books/_doc/1?refresh=true", b'{"t": "wings"}',
+                                         {"Content-Type": "application/json"}, method="PUT")
+        urllib.request.urlopen(request, timeout=10).read()
+        proc = subprocess.Popen([sys.executable, "-m", "selproxy", *proxy_args(engine_url)],
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=env)
+        try:
+            assert proc.stderr is not None
+            lines = []
+            while not any("listening on" in line for line in lines):
+                line = proc.stderr.readline()
+                assert line, "".join(lines)
+                lines.append(line)
+            notices = [line for line in lines if "reranking is off" in line]
+            assert len(notices) == 1 and "Traceback" not in "".join(lines)
+            assert notices[0].rstrip().endswith(
+                "reranking is off: the default neural ranker needs the 'onnxruntime' package "
+                "(pip install 'selproxy[neural]'); --ranker none says passthrough only")
+            url = lines[-1].split("listening on ")[1].split(",")[0]
+            with urllib.request.urlopen(f"{url}/books/_search?q=wings", timeout=10) as answer:
+                assert answer.headers.get("X-Selproxy-Rerank") is None
+                assert json.loads(answer.read())["hits"]["hits"][0]["_id"] == "1"
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+def test_naming_the_default_ranker_without_its_extra_is_an_error(upstream):
+    done = command(*proxy_args(upstream, "--ranker", "default"), blocked=["onnxruntime"])
+    assert_one_line(done, 2, "selproxy: error: ranker 'default' needs the 'neural' extra "
+                             "(onnxruntime is not installed): pip install 'selproxy[neural]'")
 
 
 def test_the_remote_ranker_without_aiohttp_fails_at_start(upstream):
