@@ -115,14 +115,17 @@ class MiniLMRanker:
                  tokenizer_path: Union[str, Path, None] = None, *,
                  threads: Optional[int] = None, cache_size: int = 50_000,
                  query_cache_size: int = 1024, max_length: int = 256,
-                 fusion_weight: float = 0.0) -> None:
+                 fusion_weight: float = 0.0, pooling: str = "mean", normalize: bool = True) -> None:
         if model_path is None or tokenizer_path is None:
             default_model, default_tokenizer = default_model_files()
             model_path = model_path or default_model
             tokenizer_path = tokenizer_path or default_tokenizer
         if not 0.0 <= fusion_weight <= 1.0:
             raise ValueError("fusion_weight must be within [0, 1]")
-        self.encoder = Encoder(model_path, tokenizer_path, threads=threads, max_length=max_length)
+        self.encoder = Encoder(model_path, tokenizer_path, threads=threads, max_length=max_length,
+                               pooling=pooling, normalize=normalize)
+        #: What turns a text into a vector here (see _onnx.model_identity).
+        self.model_identity: str = self.encoder.model_identity
         self.cache = EmbeddingCache(cache_size)
         # Popular queries repeat; their embeddings are as reusable as documents'.
         self.query_cache = EmbeddingCache(query_cache_size)

@@ -34,6 +34,7 @@ BUILTIN_RANKERS: Mapping[str, str] = {
     "bm25": "selproxy.rankers.bm25:BM25Ranker",
     "minilm": "selproxy.rankers.minilm:MiniLMRanker",
     "cross-encoder": "selproxy.rankers.cross_encoder:CrossEncoderRanker",
+    "bi-encoder": "selproxy.rankers.bi_encoder:BiEncoderRanker",
     "remote": "selproxy.rankers.remote:RemoteRanker",
 }
 
