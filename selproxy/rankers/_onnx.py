@@ -250,6 +250,9 @@ class Encoder:
         self.max_length = max_length
         self.pooling = pooling
         self.normalize = normalize
+        #: Lower-case texts before :meth:`embed` tokenizes them, as
+        #: sentence-transformers does for ``do_lower_case`` models.
+        self.lowercase = False
         self.tokenizer_path = Path(tokenizer_path)
         self._embedding_head = _pooling_head(pooling, normalize)
         self.model_name = ""
@@ -302,7 +305,8 @@ class Encoder:
         """Pooled (and, by default, L2-normalised) embeddings, one row per text."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return self._run(list(texts), self._embedding_head)
+        return self._run([t.lower() for t in texts] if self.lowercase else list(texts),
+                         self._embedding_head)
 
     def pair_logits(self, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
         """One relevance logit per ``(query, text)`` pair, for cross-encoders."""

@@ -11,7 +11,8 @@ fusion), with the model's own pooling, normalisation and length:
 * ``1_Pooling/config.json`` (the Pooling module's folder): exactly one of
   ``pooling_mode_mean_tokens``, ``_cls_token``, ``_max_tokens`` or
   ``_lasttoken``.
-* ``sentence_bert_config.json``: ``max_seq_length``, the truncation length.
+* ``sentence_bert_config.json``: ``max_seq_length``, the truncation length,
+  and ``do_lower_case`` (texts are lower-cased before tokenizing).
 * ``onnx/model.onnx`` (where ``SentenceTransformer(..., backend="onnx")``
   saves the export, beside its optimised and quantised variants) or
   ``model.onnx``; ``file_name=onnx/model_O3.onnx`` picks a variant.  Weights
@@ -26,7 +27,7 @@ L2-normalised unless ``normalize=false``.  ``pooling``, ``normalize`` and
 ``max_length`` given as options override the files.  Nothing is downloaded.
 
 Not applied: ``prompts`` from ``config_sentence_transformers.json`` (models
-such as e5 or arctic-embed expect a query prefix) and ``do_lower_case``.
+such as e5 or arctic-embed expect a query prefix).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _pooling_from_config(path: Path) -> str:
 def read_model_dir(model_dir: Union[str, Path], file_name: Optional[str] = None) -> Dict[str, Any]:
     """What a sentence-transformers directory says about its model:
     ``model``, ``tokenizer`` (paths), ``pooling``, ``normalize`` and
-    ``max_length`` (None where the directory does not say), and
+    ``max_length`` (None where the directory does not say), ``lowercase``, and
     ``config_files`` (relative name -> path, for the model's identity).
 
     Raises ModelNotFound for a missing directory or file, ValueError for a
@@ -137,6 +138,10 @@ def read_model_dir(model_dir: Union[str, Path], file_name: Optional[str] = None)
         raise ModelNotFound(f"bi-encoder: {pooling_config} not found (modules.json names it)")
 
     max_length: Optional[int] = None
+    lowercase = False
+    if (root / "sentence_bert_config.json").is_file():
+        st_config = _read_json(root / "sentence_bert_config.json")
+        lowercase = isinstance(st_config, dict) and st_config.get("do_lower_case") is True
     for name, key in (("sentence_bert_config.json", "max_seq_length"),
                       ("tokenizer_config.json", "model_max_length")):
         path = root / name
@@ -151,7 +156,7 @@ def read_model_dir(model_dir: Union[str, Path], file_name: Optional[str] = None)
     if (root / "config.json").is_file():
         config_files["config.json"] = root / "config.json"
     return {"model": model, "tokenizer": tokenizer, "pooling": pooling, "normalize": normalize,
-            "max_length": max_length, "config_files": config_files}
+            "max_length": max_length, "lowercase": lowercase, "config_files": config_files}
 
 
 class BiEncoderRanker(MiniLMRanker):
@@ -181,5 +186,7 @@ class BiEncoderRanker(MiniLMRanker):
                          max_length=max_length or layout["max_length"] or _FALLBACK_MAX_LENGTH,
                          pooling=pooling, normalize=True if normalize is None else bool(normalize),
                          **options)
+        self.encoder.lowercase = layout["lowercase"]
+        # sentence_bert_config.json (do_lower_case) is among the hashed files.
         self.model_identity = self.encoder.identify(
             self.model_dir.resolve().name, layout["config_files"])

@@ -196,3 +196,24 @@ def test_invalid_directories_say_what_is_wrong(tmp_path: Path, setup: Optional[s
 def test_missing_model_dir_option() -> None:
     with pytest.raises(ValueError, match="needs --model-dir DIR"):
         BiEncoderRanker()
+
+
+def test_do_lower_case_lowers_the_texts(tmp_path: Path) -> None:
+    """The tiny tokenizer does not lower-case by itself here, so upper-case
+    words are [UNK] unless the config's do_lower_case applies."""
+    model_dir = build_st_dir(tmp_path / "m", "mean", True)
+    data = json.loads((model_dir / "tokenizer.json").read_text())
+    data["normalizer"]["lowercase"] = False
+    (model_dir / "tokenizer.json").write_text(json.dumps(data))
+    texts = ["THE CAT SAT", "Where is the Dog"]
+    cased = BiEncoderRanker(model_dir, threads=1)
+    assert cased.encoder.lowercase is False
+    assert np.allclose(cased.encoder.embed(texts), expected(model_dir, texts, "mean", True), atol=2e-5)
+    config = model_dir / "sentence_bert_config.json"
+    config.write_text(json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": True}))
+    lowered = BiEncoderRanker(model_dir, threads=1)
+    assert lowered.encoder.lowercase is True
+    assert lowered.model_identity != cased.model_identity
+    want = expected(model_dir, [t.lower() for t in texts], "mean", True)
+    assert np.allclose(lowered.encoder.embed(texts), want, atol=2e-5)
+    assert not np.allclose(want, expected(model_dir, texts, "mean", True), atol=1e-3)
