@@ -199,7 +199,7 @@ POOLING_MODES = ("mean", "cls", "max", "lasttoken")
 
 
 def model_identity(name: str, files: Mapping[str, str], *, max_length: int,
-                   pooling: str, normalize: bool) -> str:
+                   pooling: str, normalize: bool, lowercase: bool = False) -> str:
     """A string that names exactly what turns a text into a vector here.
 
     ``files`` maps each file's role (its name) to its sha256; together with
@@ -208,10 +208,14 @@ def model_identity(name: str, files: Mapping[str, str], *, max_length: int,
     store keyed by it never serves a stale vector.  Format::
 
         all-MiniLM-L6-v2@sha256:1f2e3d4c5b6a7980;max_length=256;pooling=mean;normalize=true
+
+    with ``;lowercase=true`` appended for a model whose texts are lower-cased
+    before tokenizing.
     """
     digest = hashlib.sha256("".join(f"{role}\t{files[role]}\n" for role in sorted(files)).encode())
     return (f"{name}@sha256:{digest.hexdigest()[:16]};max_length={max_length};"
-            f"pooling={pooling};normalize={'true' if normalize else 'false'}")
+            f"pooling={pooling};normalize={'true' if normalize else 'false'}"
+            + (";lowercase=true" if lowercase else ""))
 
 
 def _model_name(model_path: Path) -> str:
@@ -262,16 +266,18 @@ class Encoder:
 
     def identify(self, model_name: Optional[str] = None,
                  identity_files: Optional[Mapping[str, Union[str, Path]]] = None) -> str:
-        """Set (and return) ``model_identity`` from the name and the files'
-        hashes; a loader that read more config than the weights and the
-        tokenizer names those files here."""
+        """Set (and return) ``model_identity`` from the name, the files'
+        hashes and the settings; a loader that read more config than the
+        weights and the tokenizer names those files here, and calls this again
+        after changing a setting (``lowercase``)."""
         files = {path.name: file_sha256(path) for path in weight_files(self.model_path)}
         files["tokenizer"] = file_sha256(self.tokenizer_path)
         for role, path in (identity_files or {}).items():
             files[role] = file_sha256(path)
         self.model_name = model_name or _model_name(self.model_path)
         self.model_identity = model_identity(self.model_name, files, max_length=self.max_length,
-                                             pooling=self.pooling, normalize=self.normalize)
+                                             pooling=self.pooling, normalize=self.normalize,
+                                             lowercase=self.lowercase)
         return self.model_identity
 
     def _feed(self, encodings: Sequence[Any]) -> Dict[str, np.ndarray]:

@@ -187,6 +187,5 @@ class BiEncoderRanker(MiniLMRanker):
                          pooling=pooling, normalize=True if normalize is None else bool(normalize),
                          **options)
         self.encoder.lowercase = layout["lowercase"]
-        # sentence_bert_config.json (do_lower_case) is among the hashed files.
         self.model_identity = self.encoder.identify(
             self.model_dir.resolve().name, layout["config_files"])

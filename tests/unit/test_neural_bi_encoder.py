@@ -79,7 +79,7 @@ def test_options_override_the_files(tmp_path: Path) -> None:
 
 
 IDENTITY = re.compile(r"^(?P<name>[^@;]+)@sha256:[0-9a-f]{16};max_length=\d+;"
-                      r"pooling=(mean|cls|max|lasttoken);normalize=(true|false)$")
+                      r"pooling=(mean|cls|max|lasttoken);normalize=(true|false)(;lowercase=true)?$")
 
 
 def test_model_identity_changes_with_everything_that_changes_a_vector(tmp_path: Path) -> None:
@@ -214,6 +214,7 @@ def test_do_lower_case_lowers_the_texts(tmp_path: Path) -> None:
     lowered = BiEncoderRanker(model_dir, threads=1)
     assert lowered.encoder.lowercase is True
     assert lowered.model_identity != cased.model_identity
+    assert lowered.model_identity.endswith(";normalize=true;lowercase=true")
     want = expected(model_dir, [t.lower() for t in texts], "mean", True)
     assert np.allclose(lowered.encoder.embed(texts), want, atol=2e-5)
     assert not np.allclose(want, expected(model_dir, texts, "mean", True), atol=1e-3)

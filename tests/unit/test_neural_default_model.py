@@ -88,6 +88,8 @@ def test_identity_format() -> None:
     assert identity != model_identity("m", files, max_length=128, pooling="cls", normalize=True)
     assert identity != model_identity("m", files, max_length=128, pooling="mean", normalize=False)
     assert identity != model_identity("n", files, max_length=128, pooling="mean", normalize=True)
+    assert model_identity("m", files, max_length=128, pooling="mean", normalize=True,
+                          lowercase=True) == identity + ";lowercase=true"
 
 
 def test_the_installed_package_matches_the_pins() -> None:
