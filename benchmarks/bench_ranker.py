@@ -296,6 +296,7 @@ def print_table(env: Dict[str, Any], latency: Dict[str, Any], rows: List[Dict[st
                 rss_mb: float, args: argparse.Namespace) -> None:
     print(f"# bench_ranker  {env['date']}  {env['cpu']} x{env['cores']}  python {env['python']}  "
           f"onnxruntime {env['onnxruntime']}  threads {args.threads or 'default'}")
+    print(f"model {env['model']}")
     if latency:
         bare = min(p50(latency["bare_one_batch"]), p50(latency["bare_chunked"]))
         print(f"\nlatency: {latency['window']} docs x {args.words} words "
@@ -353,6 +354,7 @@ def main() -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     reference = reference_check(ranker, args.reference_dir) if args.reference_dir else {}
     env = environment()
+    env["model"] = ranker.model_identity
     if args.json:
         print(json.dumps({"env": env, "args": vars(args), "latency": latency,
                           "throughput": rows, "max_rss_mb": rss_mb, "reference": reference},

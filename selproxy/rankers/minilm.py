@@ -203,7 +203,7 @@ class MiniLMRanker:
                  tokenizer_path: Union[str, Path, None] = None, *,
                  threads: Optional[int] = None, cache_size: int = 50_000,
                  query_cache_size: int = 1024, max_length: int = 128,
-                 fusion_weight: float = 0.3,
+                 fusion_weight: float = 0.3, pooling: str = "mean", normalize: bool = True,
                  embedding_store: Union[str, VectorStore, None] = "default",
                  store_max_entries: int = 1_000_000, store_dtype: str = "int8",
                  store_upstream: Optional[str] = None,
@@ -214,9 +214,10 @@ class MiniLMRanker:
             tokenizer_path = tokenizer_path or default_tokenizer
         if not 0.0 <= fusion_weight <= 1.0:
             raise ValueError("fusion_weight must be within [0, 1]")
-        if max_length < 8:
-            raise ValueError("max_length must be >= 8 tokens")
-        self.encoder = Encoder(model_path, tokenizer_path, threads=threads, max_length=max_length)
+        if max_length < 3:
+            raise ValueError("max_length must be >= 3 tokens ([CLS], one token, [SEP])")
+        self.encoder = Encoder(model_path, tokenizer_path, threads=threads, max_length=max_length,
+                               pooling=pooling, normalize=normalize)
         self.max_length = max_length
         self.cache = EmbeddingCache(cache_size)
         # Popular queries repeat; their embeddings are as reusable as documents'.

