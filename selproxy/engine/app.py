@@ -8,6 +8,7 @@ clients do) in that same media type.
 """
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -17,10 +18,12 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .contexts import DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_OPEN, SearchContext, SearchContexts, Target, parse_time_value
 from .errors import (ActionRequestValidation, DocumentParsingError, EngineError, IllegalArgument, IndexNotFound,
-                     ParsingError, ResourceNotFound, UnsupportedFeature)
-from .search import filter_source, parse_msearch, parse_search, parse_source, run_count, run_search
-from .store import Store, Txn, get_doc, index_stats
+                     ParsingError, ResourceNotFound, SearchContextMissing, UnsupportedFeature)
+from .mget import parse_mget, run_mget
+from .search import SearchRequest, Walk, filter_source, parse_msearch, parse_search, parse_source, run_count, run_search
+from .store import IndexMeta, Store, Txn, get_doc, high_waters, index_stats
 
 __all__ = ("EngineApp", "VERSION_INFO")
 
@@ -53,6 +56,8 @@ class Call:
         self.params = params
         self.raw = body
         self.parts = parts
+        # Deprecation warnings, sent back as Elasticsearch's ``Warning: 299`` headers.
+        self.warnings: List[str] = []
 
     def json(self, required: bool = False) -> Any:
         if not self.raw.strip():
@@ -81,9 +86,11 @@ def _route_key(pattern: str) -> List[str]:
 class EngineApp:
     """ASGI application over a :class:`~selproxy.engine.store.Store`."""
 
-    def __init__(self, store: Store, name: str = "selproxy-engine") -> None:
+    def __init__(self, store: Store, name: str = "selproxy-engine", max_open_contexts: int = DEFAULT_MAX_OPEN,
+                 max_keep_alive: float = DEFAULT_MAX_KEEP_ALIVE) -> None:
         self.store = store
         self.name = name
+        self.contexts = SearchContexts(max_open_contexts, max_keep_alive)
         self.routes: List[Tuple[List[str], Dict[str, Handler]]] = []
         r = self._route
         r("/", GET=self.info, HEAD=self.info)
@@ -91,6 +98,12 @@ class EngineApp:
         r("/_cluster/health/{index}", GET=self.health)
         r("/_bulk", POST=self.bulk, PUT=self.bulk)
         r("/{index}/_bulk", POST=self.bulk, PUT=self.bulk)
+        r("/_search/scroll", GET=self.scroll, POST=self.scroll, DELETE=self.clear_scroll)
+        r("/_search/scroll/{scroll_id}", GET=self.scroll, POST=self.scroll, DELETE=self.clear_scroll)
+        r("/_pit", DELETE=self.close_pit)
+        r("/{index}/_pit", POST=self.open_pit)
+        r("/_mget", GET=self.mget, POST=self.mget)
+        r("/{index}/_mget", GET=self.mget, POST=self.mget)
         r("/_search", GET=self.search, POST=self.search)
         r("/{index}/_search", GET=self.search, POST=self.search)
         r("/_msearch", GET=self.msearch, POST=self.msearch)
@@ -154,6 +167,7 @@ class EngineApp:
                 break
         pretty = "pretty" in request.query_params and request.query_params.get("pretty") != "false"
         methods, parts = self._match(path)
+        warnings: List[str] = []
         try:
             if methods is None:
                 return self._render(400, {"error": f"no handler found for uri [{path}] and method [{method}]",
@@ -169,6 +183,7 @@ class EngineApp:
                 body = gzip.decompress(body)
             call = Call(method, path, dict(request.query_params), body, parts)
             status, payload = await handler(call)
+            warnings = call.warnings
         except EngineError as exc:
             status, payload = exc.status, exc.body()
         except Exception as exc:
@@ -177,7 +192,10 @@ class EngineApp:
         if isinstance(payload, str):
             return Response(payload.encode(), status, headers=self._headers(compat, text=True),
                             media_type=None)
-        return self._render(status, payload, compat, method, pretty)
+        response = self._render(status, payload, compat, method, pretty)
+        for warning in warnings:
+            response.headers.append("Warning", f'299 Elasticsearch-{VERSION_INFO["number"]}-selproxy "{warning}"')
+        return response
 
     def _headers(self, compat: str, text: bool = False) -> Dict[str, str]:
         if text:
@@ -218,7 +236,13 @@ class EngineApp:
         body = call.json() or {}
         if not isinstance(body, dict):
             raise ParsingError("request body must be a JSON object")
-        return 200, await self.store.write(self.store.create_index, call.parts["index"], body)
+        result = await self.store.write(self.store.create_index, call.parts["index"], body)
+        name = call.parts["index"]
+        if name.startswith(".") and not self.store.indices[name].hidden:
+            # As Elasticsearch 8 warns; a hidden dot-index is not warned about.
+            call.warnings.append(f"index name [{name}] starts with a dot '.', in the next major version, index "
+                                 "names starting with a dot are reserved for hidden indices and system indices")
+        return 200, result
 
     async def delete_index(self, call: Call) -> Tuple[int, Any]:
         return 200, await self.store.write(self.store.delete_index, call.parts["index"])
@@ -232,17 +256,18 @@ class EngineApp:
 
     async def get_index(self, call: Call) -> Tuple[int, Any]:
         out = {}
-        for meta in self.store.resolve(call.parts["index"]):
-            out[meta.name] = {"aliases": {}, "mappings": {"properties": meta.props} if meta.props else {},
-                              "settings": {"index": {"number_of_shards": "1", "number_of_replicas": "1",
-                                                     "uuid": meta.uuid, "provided_name": meta.name,
-                                                     "creation_date": str(meta.created),
-                                                     "version": {"created": "9000000"}}}}
+        for meta in self.store.resolve(call.parts["index"], hidden=_expands_hidden(call.params)):
+            index_settings = {"number_of_shards": "1", "number_of_replicas": "1", "uuid": meta.uuid,
+                              "provided_name": meta.name, "creation_date": str(meta.created),
+                              "version": {"created": "9000000"}}
+            if meta.hidden:
+                index_settings["hidden"] = "true"
+            out[meta.name] = {"aliases": {}, "mappings": meta.mappings(), "settings": {"index": index_settings}}
         return 200, out
 
     async def get_mapping(self, call: Call) -> Tuple[int, Any]:
-        metas = self.store.resolve(call.parts.get("index"))
-        return 200, {m.name: {"mappings": {"properties": m.props} if m.props else {}} for m in metas}
+        metas = self.store.resolve(call.parts.get("index"), hidden=_expands_hidden(call.params))
+        return 200, {m.name: {"mappings": m.mappings()} for m in metas}
 
     async def put_mapping(self, call: Call) -> Tuple[int, Any]:
         body = call.json(required=True)
@@ -257,7 +282,8 @@ class EngineApp:
         return 200, {"_shards": {"total": 2 * n, "successful": n, "failed": 0}}
 
     async def cat_indices(self, call: Call) -> Tuple[int, Any]:
-        metas = self.store.resolve(call.parts.get("index"))
+        # _cat/indices lists hidden indices too (its expand_wildcards defaults to all).
+        metas = self.store.resolve(call.parts.get("index"), hidden=True)
         stats = await self.store.read(index_stats, metas)
         rows = [{"health": "green", "status": "open", "index": meta.name, "uuid": meta.uuid, "pri": "1",
                  "rep": "0", "docs.count": str(count), "docs.deleted": "0", "store.size": _human(size),
@@ -331,15 +357,159 @@ class EngineApp:
         body = call.json()
         if body is not None and not isinstance(body, dict):
             raise ParsingError("request body must be a JSON object")
-        if "scroll" in call.params:
-            raise UnsupportedFeature("scroll is not supported by selproxy.engine; page with from/size or "
-                                     "search_after")
         req = parse_search(body, call.params)
+        if req.pit is not None:
+            return await self._search_pit(call, req)
+        if "scroll" in call.params:
+            return await self._open_scroll(call, body or {}, req)
         metas = self._search_targets(call.parts.get("index"), call.params)
         return 200, await self.store.read(lambda conn, indices: run_search(conn, metas, req))
 
+    # -- walking an index: point in time and scroll (see contexts.py) ---------------------------
+
+    def _keep_alive(self, value: Any, setting: str) -> float:
+        seconds = parse_time_value(value, setting)
+        self.contexts.check_keep_alive(seconds, str(value))
+        return seconds
+
+    @staticmethod
+    def _context_metas(ctx: SearchContext, indices: Dict[str, IndexMeta]) -> List[IndexMeta]:
+        """The indices a context covers, as they are now; gone if any was deleted."""
+        metas = []
+        for target in ctx.targets:
+            meta = indices.get(target.name)
+            if meta is None or meta.num != target.num:
+                raise SearchContextMissing(str(ctx.number))
+            metas.append(meta)
+        return metas
+
+    async def open_pit(self, call: Call) -> Tuple[int, Any]:
+        if "keep_alive" not in call.params:
+            raise ActionRequestValidation("Validation Failed: 1: [keep_alive] is not specified;")
+        keep_alive = self._keep_alive(call.params["keep_alive"], "keep_alive")
+        body = call.json()
+        if body:
+            raise UnsupportedFeature("a body (index_filter) on open point in time is not supported by "
+                                     "selproxy.engine")
+        metas = self._search_targets(call.parts["index"], call.params)
+        marks = await self.store.read(high_waters, metas)
+        ctx = self.contexts.open("pit", [Target(m.name, m.num, h) for m, h in zip(metas, marks)], keep_alive)
+        n = len(metas)
+        return 200, {"id": ctx.id, "_shards": {"total": n, "successful": n, "skipped": 0, "failed": 0}}
+
+    async def close_pit(self, call: Call) -> Tuple[int, Any]:
+        body = call.json()
+        pit_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(pit_id, str):
+            raise ActionRequestValidation("Validation Failed: 1: point in time id must be provided;")
+        freed = self.contexts.close(pit_id, "pit")
+        # Elasticsearch answers 404 when nothing was freed (as for clear scroll).
+        return (200 if freed else 404), {"succeeded": True, "num_freed": freed}
+
+    async def _search_pit(self, call: Call, req: SearchRequest) -> Tuple[int, Any]:
+        if call.parts.get("index"):
+            raise ActionRequestValidation("Validation Failed: 1: [indices] cannot be used with point in time. Do "
+                                          "not specify any index with point in time.;")
+        if "scroll" in call.params:
+            raise ActionRequestValidation("Validation Failed: 1: using [point in time] is not allowed in a scroll "
+                                          "context;")
+        assert req.pit is not None
+        keep_alive = self._keep_alive(req.pit["keep_alive"], "keep_alive") if "keep_alive" in req.pit else None
+        ctx = self.contexts.get(req.pit["id"], "pit")
+        self.contexts.extend(ctx, keep_alive)
+        walk = Walk([t.high_water for t in ctx.targets])
+        result = await self.store.read(
+            lambda conn, indices: run_search(conn, self._context_metas(ctx, indices), req, walk))
+        return 200, {"pit_id": ctx.id, **result}
+
+    async def _open_scroll(self, call: Call, body: Dict[str, Any], req: SearchRequest) -> Tuple[int, Any]:
+        keep_alive = self._keep_alive(call.params["scroll"], "scroll")
+        problems = []
+        if req.offset > 0:
+            problems.append("using [from] is not allowed in a scroll context")
+        if req.search_after is not None:
+            problems.append("[search_after] cannot be used in a scroll context")
+        if req.size == 0:
+            problems.append("[size] cannot be [0] in a scroll context")
+        if req.track_total is False:
+            problems.append("disabling [track_total_hits] is not allowed in a scroll context")
+        if problems:
+            raise ActionRequestValidation("Validation Failed: " + "".join(
+                f"{n}: {problem};" for n, problem in enumerate(problems, 1)))
+        if "track_total_hits" not in body and "track_total_hits" not in call.params:
+            req.track_total = True  # a scroll counts every hit, as in Elasticsearch
+        metas = self._search_targets(call.parts.get("index"), call.params)
+        # Opened first, so that the cap holds before any work is done.
+        ctx = self.contexts.open("scroll", [], keep_alive, request=req)
+        walk = Walk([], show_tiebreak=False)
+
+        def first_page(conn: Any, indices: Any) -> Dict[str, Any]:
+            marks = high_waters(conn, indices, metas)
+            ctx.targets = [Target(m.name, m.num, h) for m, h in zip(metas, marks)]
+            walk.high_water = marks
+            return run_search(conn, metas, req, walk)
+
+        try:
+            result = await self.store.read(first_page)
+        except BaseException:
+            self.contexts.close(ctx.id, "scroll")
+            raise
+        ctx.after, ctx.total, ctx.done = walk.last_sort, walk.known_total, walk.last_sort is None
+        return 200, {"_scroll_id": ctx.id, **result}
+
+    async def scroll(self, call: Call) -> Tuple[int, Any]:
+        body = call.json() or {}
+        if not isinstance(body, dict):
+            raise ParsingError("request body must be a JSON object")
+        scroll_id = body.get("scroll_id", call.params.get("scroll_id", call.parts.get("scroll_id")))
+        if not scroll_id:
+            raise ActionRequestValidation("Validation Failed: 1: scrollId is missing;")
+        keep_text = body.get("scroll", call.params.get("scroll"))
+        keep_alive = self._keep_alive(keep_text, "scroll") if keep_text is not None else None
+        ctx = self.contexts.get(scroll_id, "scroll")
+        self.contexts.extend(ctx, keep_alive)
+        if ctx.lock is None:
+            ctx.lock = asyncio.Lock()
+        async with ctx.lock:
+            req = ctx.request
+            started = time.monotonic()
+            if ctx.done:
+                result = _empty_page(req, len(ctx.targets), ctx.total, started)
+            else:
+                walk = Walk([t.high_water for t in ctx.targets], show_tiebreak=False, after=ctx.after,
+                            known_total=ctx.total)
+                result = await self.store.read(
+                    lambda conn, indices: run_search(conn, self._context_metas(ctx, indices), req, walk))
+                if walk.last_sort is None:
+                    ctx.done = True
+                else:
+                    ctx.after = walk.last_sort
+        return 200, {"_scroll_id": ctx.id, **result}
+
+    async def clear_scroll(self, call: Call) -> Tuple[int, Any]:
+        body = call.json() or {}
+        if not isinstance(body, dict):
+            raise ParsingError("request body must be a JSON object")
+        ids = body.get("scroll_id", call.params.get("scroll_id", call.parts.get("scroll_id")))
+        if isinstance(ids, str):
+            ids = [part for part in ids.split(",") if part]
+        if not ids or not isinstance(ids, list):
+            raise ActionRequestValidation("Validation Failed: 1: no scroll ids specified;")
+        if "_all" in ids:
+            freed = self.contexts.close_all("scroll")
+        else:
+            freed = sum(self.contexts.close(scroll_id, "scroll") for scroll_id in ids)
+        return (200 if freed else 404), {"succeeded": True, "num_freed": freed}
+
+    # -- multi get -----------------------------------------------------------------------------
+
+    async def mget(self, call: Call) -> Tuple[int, Any]:
+        items = parse_mget(call.json(), call.params, call.parts.get("index"))
+        return 200, await self.store.read(run_mget, items)
+
     def _search_targets(self, expr: Optional[str], params: Dict[str, str]) -> List[Any]:
-        return self.store.resolve(expr, allow_missing=params.get("ignore_unavailable") == "true")
+        return self.store.resolve(expr, allow_missing=params.get("ignore_unavailable") == "true",
+                                  hidden=_expands_hidden(params))
 
     async def count(self, call: Call) -> Tuple[int, Any]:
         body = call.json()
@@ -374,6 +544,17 @@ class EngineApp:
 
         responses = await self.store.read(run_all)
         return 200, {"took": int((time.monotonic() - started) * 1000), "responses": responses}
+
+
+def _expands_hidden(params: Dict[str, str]) -> bool:
+    return bool({"all", "hidden"} & set(params.get("expand_wildcards", "").split(",")))
+
+
+def _empty_page(req: SearchRequest, shards: int, total: Any, started: float) -> Dict[str, Any]:
+    value, relation, max_score = total
+    return {"took": int((time.monotonic() - started) * 1000), "timed_out": False,
+            "_shards": {"total": shards, "successful": shards, "skipped": 0, "failed": 0},
+            "hits": {"total": {"value": value, "relation": relation}, "max_score": max_score, "hits": []}}
 
 
 def _human(size: int) -> str:

@@ -15,6 +15,7 @@ __all__ = (
     "ResourceAlreadyExists", "VersionConflict", "DocumentMissing",
     "DocumentParsingError", "MapperParsingError", "InvalidIndexName",
     "ActionRequestValidation", "QueryShardError", "ResourceNotFound", "UnsupportedFeature",
+    "StrictDynamicMapping", "SearchContextMissing", "TooManySearchContexts", "ElasticsearchParseError",
 )
 
 
@@ -108,3 +109,39 @@ class UnsupportedFeature(EngineError):
     """A valid Elasticsearch request that this small engine does not implement."""
     status = 400
     es_type = "illegal_argument_exception"
+
+
+class StrictDynamicMapping(EngineError):
+    status = 400
+    es_type = "strict_dynamic_mapping_exception"
+
+
+class SearchContextMissing(EngineError):
+    """A scroll or point-in-time id that expired, was closed or never existed.
+
+    Elasticsearch reports it as a search that failed on every shard, with the
+    missing context as the root cause; the clients raise ``NotFoundError``."""
+    status = 404
+    es_type = "search_context_missing_exception"
+
+    def __init__(self, context_id: str) -> None:
+        super().__init__(f"No search context found for id [{context_id}]")
+
+    def body(self) -> Dict[str, Any]:
+        cause = self.cause()
+        return {"error": {"root_cause": [cause], "type": "search_phase_execution_exception",
+                          "reason": "all shards failed", "phase": "query", "grouped": True,
+                          "failed_shards": [{"shard": -1, "index": None, "reason": cause}]},
+                "status": self.status}
+
+
+class TooManySearchContexts(EngineError):
+    """More open scrolls or points in time than the engine keeps (Elasticsearch's
+    ``search.max_open_scroll_context``, 500 by default, answers 429 too)."""
+    status = 429
+    es_type = "too_many_scroll_contexts_exception"
+
+
+class ElasticsearchParseError(EngineError):
+    status = 400
+    es_type = "parse_exception"

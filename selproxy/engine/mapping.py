@@ -9,6 +9,16 @@ Each leaf field has a *kind*, which decides where its values go:
 ``text`` → an FTS5 table of its own; ``keyword`` (and ``boolean``) → the
 keyword table; ``number`` and ``date`` (as epoch milliseconds) → the numeric
 table; ``none`` → kept in ``_source`` only.
+
+Stored-only data costs no index rows: a ``binary`` field (base64 text, never
+searchable, as in Elasticsearch), a ``text`` field with ``"index": false``, any
+leaf with both ``"index": false`` and ``"doc_values": false``, everything under
+an object with ``"enabled": false``, and, under ``"dynamic": false`` (at the
+root or on an object), every field the mapping does not name.  A keyword,
+number, date or boolean with ``"index": false`` alone is still indexed: its
+rows are this engine's doc values, which Elasticsearch 8 also searches.
+``"dynamic": "strict"`` refuses unmapped fields; ``"runtime"`` is taken as
+``false``.
 """
 from __future__ import annotations
 
@@ -17,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .analysis import has_token, looks_like_date, parse_date
-from .errors import DocumentParsingError, IllegalArgument, MapperParsingError
+from .errors import DocumentParsingError, IllegalArgument, MapperParsingError, StrictDynamicMapping
 
-__all__ = ("Field", "flatten", "validate_properties", "merge_properties",
+__all__ = ("Field", "flatten", "validate_properties", "merge_properties", "validate_root", "dynamic_mode",
            "DocRows", "analyse_document", "leaf_plans")
 
 _KINDS = {
@@ -37,6 +47,50 @@ _KINDS = {
 }
 _INTEGER_TYPES = {"long", "integer", "short", "byte", "unsigned_long"}
 _OBJECT_TYPES = {"object", "nested"}
+_DYNAMIC = {True: "true", False: "false", "true": "true", "false": "false", "strict": "strict", "runtime": "runtime"}
+# Mapping attributes kept at the root (beside "properties"); others are accepted and ignored.
+ROOT_KEYS = ("dynamic", "enabled", "_meta")
+
+
+def _is_false(value: Any) -> bool:
+    return value is False or value == "false"
+
+
+def _spec_type(spec: Dict[str, Any]) -> Optional[str]:
+    if "type" in spec:
+        return str(spec["type"])
+    if "properties" in spec or "enabled" in spec or "dynamic" in spec:
+        return "object"
+    return None
+
+
+def _kind(ftype: str, spec: Dict[str, Any]) -> str:
+    kind = _KINDS.get(ftype, "none")
+    if _is_false(spec.get("index", True)) and (kind == "text" or _is_false(spec.get("doc_values", True))):
+        return "none"
+    return kind
+
+
+def dynamic_mode(value: Any, path: str = "_doc") -> str:
+    """``"true"``, ``"false"``, ``"strict"`` or ``"runtime"`` from a mapping's ``dynamic``."""
+    mode = _DYNAMIC.get(value) if isinstance(value, (bool, str)) else None
+    if mode is None:
+        raise MapperParsingError(f"Could not convert [{path}.dynamic] to boolean")
+    return mode
+
+
+def validate_root(mappings: Dict[str, Any]) -> Dict[str, Any]:
+    """The root attributes of a mapping this engine keeps, checked."""
+    root: Dict[str, Any] = {}
+    if "dynamic" in mappings:
+        root["dynamic"] = dynamic_mode(mappings["dynamic"])
+    if "enabled" in mappings:
+        if not isinstance(mappings["enabled"], bool):
+            raise MapperParsingError("Failed to parse value [enabled] as only [true] or [false] are allowed.")
+        root["enabled"] = mappings["enabled"]
+    if "_meta" in mappings:
+        root["_meta"] = mappings["_meta"]
+    return root
 
 
 @dataclass(frozen=True)
@@ -62,12 +116,20 @@ def validate_properties(props: Any, prefix: str = "") -> None:
         if not isinstance(spec, dict):
             raise MapperParsingError(f"Expected map for property [fields] on field [{path}] but got a "
                                      f"{type(spec).__name__}")
-        ftype = spec.get("type", "object" if "properties" in spec else None)
+        ftype = _spec_type(spec)
         if ftype is None:
             raise MapperParsingError(f"No type specified for field [{path}]")
         if ftype in _OBJECT_TYPES:
+            if "dynamic" in spec:
+                dynamic_mode(spec["dynamic"], path)
+            if "enabled" in spec and not isinstance(spec["enabled"], bool):
+                raise MapperParsingError("Failed to parse value [enabled] as only [true] or [false] are allowed.")
             validate_properties(spec.get("properties", {}), path + ".")
             continue
+        for flag in ("index", "doc_values"):
+            if flag in spec and not isinstance(spec[flag], bool) and spec[flag] not in ("true", "false"):
+                raise MapperParsingError(f"Failed to parse value [{spec[flag]}] as only [true] or [false] are "
+                                         f"allowed.")
         if ftype not in _KINDS:
             raise MapperParsingError(f"No handler for type [{ftype}] declared on field [{path}]")
         if "fields" in spec:
@@ -85,12 +147,13 @@ def flatten(props: Dict[str, Any]) -> Tuple[Dict[str, Field], Dict[str, Dict[str
             specs[path] = spec
             ftype = spec.get("type", "object")
             if ftype in _OBJECT_TYPES:
-                walk(spec.get("properties", {}), path + ".")
+                if spec.get("enabled", True) is not False:
+                    walk(spec.get("properties", {}), path + ".")
                 continue
-            fields[path] = Field(path, path, ftype, _KINDS[ftype], spec.get("ignore_above"))
+            fields[path] = Field(path, path, ftype, _kind(ftype, spec), spec.get("ignore_above"))
             for sub, sub_spec in spec.get("fields", {}).items():
                 stype = sub_spec.get("type", "text")
-                fields[path + "." + sub] = Field(path + "." + sub, path, stype, _KINDS.get(stype, "none"),
+                fields[path + "." + sub] = Field(path + "." + sub, path, stype, _kind(stype, sub_spec),
                                                  sub_spec.get("ignore_above"))
 
     walk(props, "")
@@ -165,11 +228,16 @@ def leaf_plans(fields: Dict[str, Field]) -> Dict[str, List[Field]]:
 def analyse_document(source: Dict[str, Any], props: Dict[str, Any], fields: Dict[str, Field],
                      specs: Dict[str, Dict[str, Any]], doc_id: str,
                      plans: Optional[Dict[str, List[Field]]] = None,
+                     root: Optional[Dict[str, Any]] = None,
                      ) -> Tuple[DocRows, Optional[Dict[str, Any]]]:
     """The index rows for ``source`` and, when it brings unmapped fields, the
     updated ``properties`` (``None`` when the mapping is unchanged).  ``plans``
     is :func:`leaf_plans` of ``fields``, precomputed by callers that index many
-    documents against one mapping."""
+    documents against one mapping; ``root`` holds the mapping's root
+    attributes (``dynamic``, ``enabled``)."""
+    root = root or {}
+    if root.get("enabled", True) is False:
+        return DocRows({}, [], []), None
     if plans is None:
         plans = leaf_plans(fields)
     texts: Dict[str, List[str]] = {}
@@ -210,13 +278,15 @@ def analyse_document(source: Dict[str, Any], props: Dict[str, Any], fields: Dict
                 numbers.append((field.name, parse_date(value)))
             except Exception:
                 raise fail(field.name, field.type, value) from None
+        elif field.type == "binary" and not isinstance(value, str):
+            raise fail(field.name, field.type, value)
 
-    def visit(path: str, value: Any) -> None:
+    def visit(path: str, value: Any, dynamic: str) -> None:
         if value is None:
             return
         if isinstance(value, list):
             for item in value:
-                visit(path, item)
+                visit(path, item, dynamic)
             return
         plan = plans.get(path)
         if plan is not None:
@@ -227,16 +297,25 @@ def analyse_document(source: Dict[str, Any], props: Dict[str, Any], fields: Dict
             return
         spec = specs.get(path) or added.get(path)
         if spec is None:
+            if dynamic == "strict":
+                parent, _, name = path.rpartition(".")
+                raise StrictDynamicMapping(f"[{path}] mapping set to strict, dynamic introduction of [{name}] "
+                                           f"within [{parent or '_doc'}] is not allowed")
+            if dynamic != "true":
+                return  # dynamic false (or runtime): kept in _source, neither mapped nor indexed
             spec = _dynamic_spec(value)
             added[path] = spec
         ftype = spec.get("type", "object")
         if ftype in _OBJECT_TYPES:
+            if spec.get("enabled", True) is False:
+                return  # stored in _source only, whatever it holds
             if not isinstance(value, dict):
                 raise DocumentParsingError(
                     f"object mapping for [{path}] tried to parse field [{path}] as object, "
                     f"but found a concrete value")
+            inner = dynamic_mode(spec["dynamic"], path) if "dynamic" in spec else dynamic
             for key, sub in value.items():
-                visit(path + "." + key, sub)
+                visit(path + "." + key, sub, inner)
             return
         if isinstance(value, dict):
             raise fail(path, ftype, value)
@@ -245,11 +324,12 @@ def analyse_document(source: Dict[str, Any], props: Dict[str, Any], fields: Dict
         for sub, sub_spec in spec.get("fields", {}).items():
             name = path + "." + sub
             add_leaf(fields.get(name) or Field(name, path, sub_spec.get("type", "text"),
-                                               _KINDS.get(sub_spec.get("type", "text"), "none"),
+                                               _kind(sub_spec.get("type", "text"), sub_spec),
                                                sub_spec.get("ignore_above")), value)
 
+    top = dynamic_mode(root["dynamic"]) if "dynamic" in root else "true"
     for key, value in source.items():
-        visit(key, value)
+        visit(key, value, top)
 
     new_props: Optional[Dict[str, Any]] = None
     if added:
@@ -263,7 +343,7 @@ def analyse_document(source: Dict[str, Any], props: Dict[str, Any], fields: Dict
 
 def _leaf(path: str, spec: Dict[str, Any]) -> Field:
     ftype = spec["type"]
-    return Field(path, path, ftype, _KINDS[ftype], spec.get("ignore_above"))
+    return Field(path, path, ftype, _kind(ftype, spec), spec.get("ignore_above"))
 
 
 def _scalar(value: Any) -> str:

@@ -14,16 +14,17 @@ from .errors import IllegalArgument, ParsingError, QueryShardError, UnsupportedF
 from .query import Compiler, Sql
 from .store import IndexMeta
 
-__all__ = ("SearchRequest", "parse_search", "parse_source", "filter_source", "run_search", "run_count", "parse_msearch")
+__all__ = ("SearchRequest", "Walk", "parse_search", "parse_source", "filter_source", "run_search", "run_count",
+           "parse_msearch")
 
 MAX_RESULT_WINDOW = 10000
 DEFAULT_TRACK_TOTAL = 10000
 
 _BODY_KEYS = {"query", "size", "from", "_source", "sort", "track_total_hits", "timeout", "track_scores",
               "min_score", "explain", "version", "seq_no_primary_term", "profile", "stored_fields",
-              "terminate_after", "search_after"}
+              "terminate_after", "search_after", "pit"}
 _UNSUPPORTED_BODY = {"aggs", "aggregations", "highlight", "suggest", "rescore", "collapse", "knn", "rank",
-                     "retriever", "post_filter", "script_fields", "docvalue_fields", "fields", "pit",
+                     "retriever", "post_filter", "script_fields", "docvalue_fields", "fields",
                      "runtime_mappings", "indices_boost", "slice", "stats", "ext"}
 
 
@@ -48,6 +49,32 @@ class SearchRequest:
     version: bool
     seq_no: bool
     search_after: Optional[List[Any]]
+    pit: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class Walk:
+    """How a scroll page or a point-in-time search runs (see ``contexts.py``).
+
+    ``high_water[i]`` cuts ``metas[i]`` to the documents present when the
+    context opened; ``tiebreak`` appends ``_shard_doc`` to the sort, and
+    ``show_tiebreak`` shows it in each hit's ``sort`` (a point in time does,
+    a scroll does not); ``after`` continues a scroll where its last page
+    ended; ``known_total`` is the scroll's first-page (total, relation,
+    max_score), so later pages need not count.  ``last_sort`` is set to the
+    full sort values of the page's last hit."""
+    high_water: List[int]
+    tiebreak: bool = True
+    show_tiebreak: bool = True
+    after: Optional[List[Any]] = None
+    known_total: Optional[Tuple[int, str, Optional[float]]] = None
+    last_sort: Optional[List[Any]] = None
+
+
+# Elasticsearch's _shard_doc packs the shard's position in the request above
+# the Lucene doc id: (shard << 32) | doc.  Here a "shard" is one index of the
+# search and the doc id is the document's rid.
+SHARD_DOC_SHIFT = 1 << 32
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -140,11 +167,15 @@ def parse_search(body: Optional[Mapping[str, Any]], params: Mapping[str, str]) -
     if isinstance(track, str):
         track = True if track == "true" else False if track == "false" else _as_int(track, "track_total_hits")
     min_score = body.get("min_score")
+    pit = body.get("pit")
+    if pit is not None and (not isinstance(pit, dict) or not isinstance(pit.get("id"), str)
+                            or set(pit) - {"id", "keep_alive"}):
+        raise ParsingError("[pit] must be an object with an [id] and an optional [keep_alive]")
     return SearchRequest(query, size, offset, source, _parse_sort(sort_spec), track,
                          bool(body.get("track_scores", False)), None if min_score is None else float(min_score),
                          bool(body.get("version", params.get("version") == "true")),
                          bool(body.get("seq_no_primary_term", params.get("seq_no_primary_term") == "true")),
-                         body.get("search_after"))
+                         body.get("search_after"), pit)
 
 
 # -- _source filtering ---------------------------------------------------------------------------
@@ -182,6 +213,8 @@ def _sort_column(meta: IndexMeta, key: SortKey, position: int) -> Tuple[str, Lis
         return "q.score", []
     if key.field == "_doc":
         return "q.rid", []
+    if key.field == "_shard_doc":
+        return f"({position * SHARD_DOC_SHIFT} + q.rid)", []
     if key.field == "_id":
         return f"(SELECT id FROM {meta.docs} WHERE rid = q.rid)", []
     fld = meta.fields.get(key.field)
@@ -210,6 +243,8 @@ def _sort_value(meta: IndexMeta, key: SortKey, value: Any) -> Any:
     fld = meta.fields.get(key.field)
     if key.field in ("_score",):
         return float(value)
+    if key.field in ("_doc", "_shard_doc"):
+        return int(value)
     if fld is not None and fld.kind in ("number", "date"):
         return int(value) if fld.kind == "date" or fld.integer else float(value)
     if fld is not None and fld.type == "boolean":
@@ -238,28 +273,45 @@ class _Page:
 
 
 def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest, limit: int, offset: int,
-                  keys: List[SortKey]) -> _Page:
+                  keys: List[SortKey], after: Optional[List[Any]] = None, position: int = 0,
+                  high_water: Optional[int] = None, count: bool = True) -> _Page:
     compiler = Compiler(conn, meta)
     scoring = req.sort is None or req.track_scores or any(k.field == "_score" for k in keys)
     query = compiler.compile(req.query, scoring)
     if req.min_score is not None:
         query = Sql(f"SELECT rid, score FROM ({query.text}) WHERE score >= ?", query.params + [req.min_score])
+    # The total and max score are over every match, before search_after cuts.
+    windows = count and (req.track_total is not False or _shows_scores(req))
+    bounds, bound_params = [], []  # type: List[str], List[Any]
+    if high_water is not None:
+        bounds.append("rid <= ?")
+        bound_params.append(high_water)
+    if after is not None and not windows and keys[0].field in ("_doc", "_shard_doc") and after[0] is not None:
+        # PERF(engine): a walk in document order starts each page from its rid,
+        # on the primary key, instead of reading every earlier document again.
+        first = int(after[0]) - (position * SHARD_DOC_SHIFT if keys[0].field == "_shard_doc" else 0)
+        bounds.append("rid <= ?" if keys[0].desc else "rid >= ?")
+        bound_params.append(first)
+    if bounds:
+        query = Sql(f"SELECT rid, score FROM ({query.text}) WHERE {' AND '.join(bounds)}",
+                    query.params + bound_params)
     columns, col_params, order = [], [], []
     for i, key in enumerate(keys):
-        expr, params = _sort_column(meta, key, i)
+        expr, params = _sort_column(meta, key, position)
         columns.append(f"{expr} AS s{i}")
         col_params += params
         null_order = f"s{i} IS NOT NULL" if key.missing_first else f"s{i} IS NULL"
         order.append(f"{null_order}, s{i} {'DESC' if key.desc else 'ASC'}")
     order.append("rid ASC")
     where, where_params = "", []  # type: str, List[Any]
-    if req.search_after is not None:
-        where, where_params = _search_after(keys, req.search_after)
+    if after is not None:
+        where, where_params = _search_after(keys, after)
     # PERF(engine): the query runs once; the window functions count and take the
     # best score over every match before the page is cut, and only the page is
     # joined to the stored documents.
-    ranked = (f"SELECT q.rid AS rid, q.score AS score{''.join(', ' + c for c in columns)}, "
-              f"count(*) OVER () AS _total, max(q.score) OVER () AS _max FROM ({query.text}) AS q")
+    window = ", count(*) OVER () AS _total, max(q.score) OVER () AS _max" if windows else ""
+    ranked = (f"SELECT q.rid AS rid, q.score AS score{''.join(', ' + c for c in columns)}{window} "
+              f"FROM ({query.text}) AS q")
     page = f"SELECT * FROM ({ranked}) {where} ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
     sql = (f"SELECT d.id, d.source, d.version, d.seq_no, p.* FROM ({page}) AS p "
            f"JOIN {meta.docs} AS d ON d.rid = p.rid ORDER BY {', '.join(order)}")
@@ -270,13 +322,15 @@ def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest,
     for row in conn.execute(sql, col_params + query.params + where_params + [limit, offset]):
         doc_id, source, version, seq_no, _rid, score = row[:6]
         sort_values = [_sort_value(meta, key, v) for key, v in zip(keys, row[6:6 + n_keys])]
-        total, max_score = row[6 + n_keys], row[7 + n_keys]
+        if windows:
+            total, max_score = row[6 + n_keys], row[7 + n_keys]
         rows.append((sort_values, {"_index": meta.name, "_id": doc_id, "_score": score, "_source": source,
                                    "_version": version, "_seq_no": seq_no}))
-    if total is None:
+    if total is None and windows:
         # An empty page (size 0, or past the end): count and score separately.
         total, max_score = conn.execute(f"SELECT count(*), max(score) FROM ({query.text})",
                                         query.params).fetchone()
+    total = total or 0
     relation = "eq"
     if req.track_total is False:
         total = 0
@@ -305,27 +359,53 @@ def _shows_scores(req: SearchRequest) -> bool:
     return req.sort is None or req.track_scores or any(k.field == "_score" for k in req.sort)
 
 
-def run_search(conn: sqlite3.Connection, metas: List[IndexMeta], req: SearchRequest) -> Dict[str, Any]:
+def run_search(conn: sqlite3.Connection, metas: List[IndexMeta], req: SearchRequest,
+               walk: Optional[Walk] = None) -> Dict[str, Any]:
     started = time.monotonic()
     keys = req.sort if req.sort is not None else [SortKey("_score", True, False)]
-    if req.search_after is not None and req.sort is None:
-        raise IllegalArgument("[search_after] requires a [sort]")
+    shown = len(keys) if req.sort is not None else 0
+    if walk is None:
+        if any(k.field == "_shard_doc" for k in keys):
+            raise IllegalArgument("[_shard_doc] sort field cannot be used without [point in time]")
+        after = req.search_after
+        if after is not None and req.sort is None:
+            raise IllegalArgument("[search_after] requires a [sort]")
+    else:
+        if walk.tiebreak and keys[-1].field != "_shard_doc":
+            keys = keys + [SortKey("_shard_doc", False, False)]
+            if walk.show_tiebreak:
+                shown += 1
+        after = walk.after if walk.after is not None else req.search_after
+        if req.search_after is not None and req.sort is None:
+            raise IllegalArgument("[search_after] requires a [sort]")
+    count = walk is None or walk.known_total is None
     pages = []
     single = len(metas) == 1
-    for meta in metas:
+    for i, meta in enumerate(metas):
+        high_water = walk.high_water[i] if walk is not None else None
         if single:
-            pages.append(_search_index(conn, meta, req, req.size, req.offset, keys))
+            pages.append(_search_index(conn, meta, req, req.size, req.offset, keys, after, i, high_water, count))
         else:
-            pages.append(_search_index(conn, meta, req, req.offset + req.size, 0, keys))
+            pages.append(_search_index(conn, meta, req, req.offset + req.size, 0, keys, after, i, high_water,
+                                       count))
     rows = [row for page in pages for row in page.rows]
     if not single:
         rows.sort(key=functools.cmp_to_key(lambda a, b: _compare(keys, a[0], b[0])))  # type: ignore[index]
         rows = rows[req.offset:req.offset + req.size]
-    total = sum(p.total for p in pages)
-    relation = "gte" if any(p.relation == "gte" for p in pages) else "eq"
-    if req.track_total not in (True, False) and total > int(req.track_total):
-        total, relation = int(req.track_total), "gte"
-    scores = [p.max_score for p in pages if p.max_score is not None]
+    if count:
+        total = sum(p.total for p in pages)
+        relation = "gte" if any(p.relation == "gte" for p in pages) else "eq"
+        if req.track_total not in (True, False) and total > int(req.track_total):
+            total, relation = int(req.track_total), "gte"
+        scores = [p.max_score for p in pages if p.max_score is not None]
+        max_score = (max(scores) if scores and req.size > 0 else None) if _shows_scores(req) else None
+    else:
+        assert walk is not None and walk.known_total is not None
+        total, relation, max_score = walk.known_total
+    if walk is not None:
+        walk.last_sort = rows[-1][0] if rows else None
+        if count:
+            walk.known_total = (total, relation, max_score)
     hits = []
     for sort_values, hit in rows:
         source = json.loads(hit["_source"])
@@ -340,13 +420,13 @@ def run_search(conn: sqlite3.Connection, metas: List[IndexMeta], req: SearchRequ
             out["_source"] = source
         elif req.source is not False:
             out["_source"] = filter_source(source, req.source[0], req.source[1])
-        if req.sort is not None:
-            out["sort"] = sort_values
+        if shown:
+            out["sort"] = sort_values[:shown]
         hits.append(out)
     hits_obj: Dict[str, Any] = {}
     if req.track_total is not False:
         hits_obj["total"] = {"value": total, "relation": relation}
-    hits_obj["max_score"] = (max(scores) if scores and req.size > 0 else None) if _shows_scores(req) else None
+    hits_obj["max_score"] = max_score
     hits_obj["hits"] = hits
     return {"took": int((time.monotonic() - started) * 1000), "timed_out": False,
             "_shards": {"total": len(metas), "successful": len(metas), "skipped": 0, "failed": 0},

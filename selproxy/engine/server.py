@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 import uvicorn
 
 from .app import EngineApp
+from .contexts import DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_OPEN
 from .store import Store
 
 __all__ = ("Engine", "serve", "parse_listen")
@@ -42,14 +43,19 @@ class Engine:
     ``port=0`` (the default) binds a free port.  ``data`` is a SQLite file
     path, or ``":memory:"``.  ``log_level`` other than None makes uvicorn
     configure logging; by default the embedding program's configuration stands.
+    ``max_open_contexts`` caps the open scrolls, and separately the open points
+    in time; ``max_keep_alive`` (seconds) caps their keep-alive.
     """
 
     def __init__(self, data: str = ":memory:", host: str = "127.0.0.1", port: int = 0,
-                 log_level: Optional[str] = None) -> None:
+                 log_level: Optional[str] = None, max_open_contexts: int = DEFAULT_MAX_OPEN,
+                 max_keep_alive: float = DEFAULT_MAX_KEEP_ALIVE) -> None:
         self.data = data
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.max_open_contexts = max_open_contexts
+        self.max_keep_alive = max_keep_alive
         self.store: Optional[Store] = None
         self._server: Optional[uvicorn.Server] = None
         self._task: Optional["asyncio.Task[None]"] = None
@@ -69,7 +75,8 @@ class Engine:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._sock = sock
-        config = _config(EngineApp(self.store), self.host, self.port, self.log_level)
+        app = EngineApp(self.store, max_open_contexts=self.max_open_contexts, max_keep_alive=self.max_keep_alive)
+        config = _config(app, self.host, self.port, self.log_level)
         config.load()
         server = uvicorn.Server(config)
         # NOTE(engine): Server.serve() would also take over SIGINT/SIGTERM, which

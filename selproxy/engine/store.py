@@ -44,7 +44,8 @@ from .analysis import TOKENIZE
 from .errors import (ActionRequestValidation, DocumentMissing, DocumentParsingError, EngineError,
                      IllegalArgument, IndexNotFound, InvalidIndexName, ParsingError, ResourceAlreadyExists,
                      UnsupportedFeature, VersionConflict)
-from .mapping import Field, analyse_document, flatten, leaf_plans, merge_properties, validate_properties
+from .mapping import (ROOT_KEYS, Field, analyse_document, dynamic_mode, flatten, leaf_plans, merge_properties,
+                      validate_properties, validate_root)
 
 __all__ = ("Store", "IndexMeta")
 
@@ -67,9 +68,23 @@ class IndexMeta:
     fields: Dict[str, Field] = dataclasses.field(default_factory=dict)
     specs: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     plans: Dict[str, List[Field]] = dataclasses.field(default_factory=dict)
+    # The mapping's root attributes beside "properties" (mapping.ROOT_KEYS).
+    root: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.set_props(self.props)
+
+    @property
+    def hidden(self) -> bool:
+        """``index.hidden``: left out of wildcard and ``_all`` expansion."""
+        return _setting(self.settings, "hidden") in (True, "true")
+
+    def mappings(self) -> Dict[str, Any]:
+        """The mapping as ``GET /<index>/_mapping`` shows it."""
+        out: Dict[str, Any] = {key: self.root[key] for key in ROOT_KEYS if key in self.root}
+        if self.props:
+            out["properties"] = self.props
+        return out
 
     def set_props(self, props: Dict[str, Any]) -> None:
         self.props = props
@@ -104,9 +119,19 @@ CREATE TABLE IF NOT EXISTS indices (
     seq_no INTEGER NOT NULL,
     mapping TEXT NOT NULL,
     settings TEXT NOT NULL,
-    fts TEXT NOT NULL
+    fts TEXT NOT NULL,
+    mapping_root TEXT NOT NULL DEFAULT '{}'
 );
 """
+
+
+def _setting(settings: Dict[str, Any], name: str) -> Any:
+    """An index setting given as ``{"index": {name: v}}``, ``{"index.name": v}`` or ``{name: v}``."""
+    index = settings.get("index")
+    if isinstance(index, dict) and name in index:
+        return index[name]
+    return settings.get("index." + name, settings.get(name))
+
 
 _BAD_NAME_CHARS = set('\\/*?"<>| ,#:')
 
@@ -195,8 +220,9 @@ class Txn:
     def finish(self) -> None:
         self.flush()
         for meta in self._touched.values():
-            self.conn.execute("UPDATE indices SET seq_no = ?, mapping = ?, fts = ? WHERE num = ?",
-                              (meta.seq_no, json.dumps(meta.props), json.dumps(meta.fts), meta.num))
+            self.conn.execute("UPDATE indices SET seq_no = ?, mapping = ?, fts = ?, mapping_root = ? WHERE num = ?",
+                              (meta.seq_no, json.dumps(meta.props), json.dumps(meta.fts), json.dumps(meta.root),
+                               meta.num))
 
 
 class Store:
@@ -292,11 +318,14 @@ class Store:
     def _load(self) -> None:
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        # Databases written before mappings kept root attributes get the column.
+        if "mapping_root" not in {row[1] for row in conn.execute("PRAGMA table_info(indices)")}:
+            conn.execute("ALTER TABLE indices ADD COLUMN mapping_root TEXT NOT NULL DEFAULT '{}'")
         indices = {}
-        for num, name, uid, created, seq_no, mapping, settings, fts in conn.execute(
-                "SELECT num, name, uuid, created, seq_no, mapping, settings, fts FROM indices"):
+        for num, name, uid, created, seq_no, mapping, settings, fts, root in conn.execute(
+                "SELECT num, name, uuid, created, seq_no, mapping, settings, fts, mapping_root FROM indices"):
             indices[name] = IndexMeta(name, num, uid, created, json.loads(mapping), json.loads(settings),
-                                      json.loads(fts), seq_no)
+                                      json.loads(fts), seq_no, root=json.loads(root))
         self.indices = indices
 
     async def close(self) -> None:
@@ -318,11 +347,15 @@ class Store:
     # -- index names ---------------------------------------------------------------------------
 
     def resolve(self, expr: Optional[str], indices: Optional[Dict[str, IndexMeta]] = None,
-                allow_missing: bool = False) -> List[IndexMeta]:
-        """The indices an index expression (``a,b``, ``logs-*``, ``_all``) names."""
+                allow_missing: bool = False, hidden: bool = False) -> List[IndexMeta]:
+        """The indices an index expression (``a,b``, ``logs-*``, ``_all``) names.
+
+        Wildcards and ``_all`` skip hidden indices unless ``hidden`` (the
+        ``expand_wildcards=all|hidden`` of Elasticsearch) or, for a dot-prefixed
+        index, unless the pattern itself starts with a dot; a name always works."""
         indices = self.indices if indices is None else indices
         if not expr or expr in ("_all", "*"):
-            return [indices[name] for name in sorted(indices)]
+            return [indices[name] for name in sorted(indices) if hidden or not indices[name].hidden]
         out: Dict[str, IndexMeta] = {}
         excluded: Set[str] = set()
         import fnmatch
@@ -331,8 +364,11 @@ class Store:
                 excluded.update(n for n in indices if fnmatch.fnmatchcase(n, part[1:]))
             elif "*" in part:
                 for name in sorted(indices):
+                    meta = indices[name]
+                    if meta.hidden and not hidden and not (part.startswith(".") and name.startswith(".")):
+                        continue
                     if fnmatch.fnmatchcase(name, part):
-                        out[name] = indices[name]
+                        out[name] = meta
             elif part in indices:
                 out[part] = indices[part]
             elif not allow_missing:
@@ -391,9 +427,13 @@ class Store:
             mappings = mappings["_doc"]
         props = mappings.get("properties", {})
         validate_properties(props)
+        root = validate_root(mappings)
         settings = body.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ParsingError("Failed to parse settings: settings must be an object")
         self._create_index(txn, name, copy.deepcopy(props), settings)
-        txn.meta(name)
+        meta = txn.meta(name)
+        meta.root = copy.deepcopy(root)
         return {"acknowledged": True, "shards_acknowledged": True, "index": name}
 
     def delete_index(self, txn: Txn, expr: str) -> Dict[str, Any]:
@@ -408,9 +448,12 @@ class Store:
     def put_mapping(self, txn: Txn, expr: str, body: Dict[str, Any]) -> Dict[str, Any]:
         props = body.get("properties", {})
         validate_properties(props)
+        dynamic = dynamic_mode(body["dynamic"]) if "dynamic" in body else None
         for found in self.resolve(expr, txn.indices):
             meta = txn.meta(found.name)
             self._apply_props(txn, meta, merge_properties(meta.props, props))
+            if dynamic is not None:
+                meta.root = {**meta.root, "dynamic": dynamic}
         return {"acknowledged": True}
 
     # -- documents (writer thread) -------------------------------------------------------------
@@ -441,7 +484,8 @@ class Store:
 
     def _write_doc(self, txn: Txn, meta: IndexMeta, doc_id: str, source: Dict[str, Any],
                    current: Optional[Tuple[int, int, int, str]], raw: Optional[str] = None) -> Tuple[int, int]:
-        rows, new_props = analyse_document(source, meta.props, meta.fields, meta.specs, doc_id, meta.plans)
+        rows, new_props = analyse_document(source, meta.props, meta.fields, meta.specs, doc_id, meta.plans,
+                                           meta.root)
         if new_props is not None:
             self._apply_props(txn, meta, new_props)
         conn = txn.conn
@@ -593,6 +637,12 @@ def get_doc(conn: sqlite3.Connection, indices: Dict[str, IndexMeta], index: str,
         return 404, {"_index": index, "_id": doc_id, "found": False}
     return 200, {"_index": index, "_id": doc_id, "_version": row[0], "_seq_no": row[1],
                  "_primary_term": PRIMARY_TERM, "found": True, "_source": json.loads(row[2])}
+
+
+def high_waters(conn: sqlite3.Connection, indices: Dict[str, IndexMeta], metas: List[IndexMeta]) -> List[int]:
+    """The largest document number (``rid``) in each index: what a scroll or
+    point in time opened now sees (see ``contexts.py``)."""
+    return [conn.execute(f"SELECT coalesce(max(rid), 0) FROM {meta.docs}").fetchone()[0] for meta in metas]
 
 
 def index_stats(conn: sqlite3.Connection, indices: Dict[str, IndexMeta],
