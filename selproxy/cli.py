@@ -11,7 +11,7 @@ from .config import Config
 
 __all__ = ("main",)
 
-SUBCOMMANDS = ("engine", "eval", "demo")
+SUBCOMMANDS = ("engine", "eval", "demo", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="selproxy",
         description="A URL-selective reverse proxy that reranks search results. "
-                    "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo' "
+                    "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo', "
+                    "'selproxy embed' "
                     "(each has its own --help).")
     p.add_argument("--version", action="version", version=f"selproxy {__version__}")
     p.add_argument("--listen", default=defaults.listen, metavar="HOST:PORT",
@@ -212,5 +213,8 @@ def _subcommand(name: str, argv: List[str]) -> int:
     if name == "eval":
         from .evaluation.cli import main as eval_main
         return eval_main(argv)
+    if name == "embed":
+        from .embed import main as embed_main
+        return embed_main(argv)
     from .demo.cli import main as demo_main
     return demo_main(argv)
