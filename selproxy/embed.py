@@ -37,8 +37,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 __all__ = ("main", "build_parser", "EmbedError", "EngineHTTP", "IndexWalk", "redact_url", "embed_index")
 
-#: How long the engine keeps the walk's point in time or scroll between pages.
-KEEP_ALIVE = "1m"
+#: How long the engine keeps the walk's point in time or scroll between pages:
+#: a page waits for the model to embed it, minutes on a slow or busy machine.
+KEEP_ALIVE = "10m"
 #: Seconds between progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_INTERVAL = 5.0
 
@@ -182,8 +183,10 @@ class IndexWalk:
     :meth:`close` frees the engine's context; call it in any case."""
 
     def __init__(self, http: EngineHTTP, index: str, *, page_size: int,
-                 source: Any = None, fields: Optional[List[str]] = None) -> None:
+                 source: Any = None, fields: Optional[List[str]] = None,
+                 keep_alive: str = KEEP_ALIVE) -> None:
         self.http = http
+        self.keep_alive = keep_alive
         self.index = index
         self.page_size = page_size
         self.source = source
@@ -197,10 +200,15 @@ class IndexWalk:
             return EmbedError(f"no index {self.index!r} at {self.http.display}")
         return exc
 
+    def _expired(self, what: str) -> EmbedError:
+        return EmbedError(f"the engine's {what} expired between two pages (a page took longer to embed than "
+                          f"--keep-alive {self.keep_alive}); run again with a longer one: what is stored "
+                          f"is skipped")
+
     def open(self) -> None:
         """Open the point in time (or note that a scroll will be used)."""
         try:
-            answer = self.http.call("POST", _index_path(self.index, f"_pit?keep_alive={KEEP_ALIVE}"))
+            answer = self.http.call("POST", _index_path(self.index, f"_pit?keep_alive={self.keep_alive}"))
         except EngineStatusError as exc:
             if exc.status == 404 and exc.error_type == "index_not_found_exception":
                 raise self._missing_index(exc) from None
@@ -242,11 +250,16 @@ class IndexWalk:
         after: Optional[List[Any]] = None
         while True:
             body = self._body()
-            body.update(pit={"id": self._pit, "keep_alive": KEEP_ALIVE}, sort=[{"_shard_doc": "asc"}],
+            body.update(pit={"id": self._pit, "keep_alive": self.keep_alive}, sort=[{"_shard_doc": "asc"}],
                         track_total_hits=False)
             if after is not None:
                 body["search_after"] = after
-            answer = self.http.call("POST", "/_search", body)
+            try:
+                answer = self.http.call("POST", "/_search", body)
+            except EngineStatusError as exc:
+                if exc.status == 404 and after is not None:
+                    raise self._expired("point in time") from None
+                raise
             if isinstance(answer.get("pit_id"), str):
                 self._pit = answer["pit_id"]  # the engine may hand back a new id
             hits = _hits_of(answer, self.http.display)
@@ -263,7 +276,7 @@ class IndexWalk:
         body = self._body()
         body["sort"] = ["_doc"]
         try:
-            answer = self.http.call("POST", _index_path(self.index, f"_search?scroll={KEEP_ALIVE}"), body)
+            answer = self.http.call("POST", _index_path(self.index, f"_search?scroll={self.keep_alive}"), body)
         except EngineStatusError as exc:
             raise self._missing_index(exc) from None
         while True:
@@ -273,7 +286,14 @@ class IndexWalk:
             if not hits:
                 return
             yield hits
-            answer = self.http.call("POST", "/_search/scroll", {"scroll": KEEP_ALIVE, "scroll_id": self._scroll})
+            try:
+                answer = self.http.call("POST", "/_search/scroll",
+                                        {"scroll": self.keep_alive, "scroll_id": self._scroll})
+            except EngineStatusError as exc:
+                if exc.status == 404:
+                    self._scroll = None
+                    raise self._expired("scroll") from None
+                raise
 
     def close(self) -> None:
         """Free the point in time or scroll; best effort (it expires anyway)."""
@@ -480,7 +500,9 @@ def build_parser(prog: str = "selproxy embed") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=256, metavar="N",
                    help="texts per model call (default %(default)s)")
     p.add_argument("--page-size", type=_positive, default=None, metavar="N",
-                   help="hits per page of the walk (default: the batch size, at least 500)")
+                   help="hits per page of the walk (default: the batch size)")
+    p.add_argument("--keep-alive", default=KEEP_ALIVE, metavar="TIME",
+                   help="how long the engine keeps the walk open between pages (default %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="seconds per request to the engine (default %(default)s)")
     p.add_argument("--upstream-ca-file", metavar="PATH", help="CA bundle to verify the engine's certificate")
@@ -600,8 +622,8 @@ def _run(args: argparse.Namespace) -> int:
     source, fields = source_request(specs)
     http = EngineHTTP(args.upstream, timeout=args.timeout, ca_file=args.upstream_ca_file,
                       verify=not args.upstream_insecure)
-    page_size = args.page_size or max(args.batch_size, 500)
-    walk = IndexWalk(http, args.index, page_size=page_size, source=source, fields=fields)
+    walk = IndexWalk(http, args.index, page_size=args.page_size or args.batch_size, source=source,
+                     fields=fields, keep_alive=args.keep_alive)
     totals = Totals()
     ranker = None
     try:

@@ -246,3 +246,30 @@ def test_after_embedding_with_the_real_model_a_search_encodes_nothing(engine, tm
         assert ranker.store.stats()["hits"] == 50
     finally:
         ranker.close()
+
+
+def test_a_point_in_time_that_expires_between_pages_is_one_line_and_keeps_what_was_stored(engine, tmp_path):
+    store = tmp_path / "vectors.sqlite3"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    proc = subprocess.Popen(embed_argv(engine, "docs", store, "--batch-size", "4", "--keep-alive", "1s",
+                                       "--ranker-option", f"gate_dir={gate}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env=env(tmp_path))
+    try:
+        deadline = time.monotonic() + 60
+        while not (gate / "second-batch").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the second batch never started"
+            time.sleep(0.01)
+        time.sleep(1.5)  # past the keep-alive, while the second page is being embedded
+        (gate / "go").touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert err == ("selproxy: error: the engine's point in time expired between two pages (a page took longer "
+                   "to embed than --keep-alive 1s); run again with a longer one: what is stored is skipped\n")
+    assert len(stored(store)) == 8
