@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -441,7 +442,12 @@ def embed_index(walk: IndexWalk, embed: Callable[[List[str]], Any], store: Any, 
         began = time.perf_counter()
         vectors = embed(texts)
         totals.encode_seconds += time.perf_counter() - began
+        errors = store.stats().get("errors", 0)
         store.put_many(list(zip(keys, vectors)))
+        # A store that keeps searches alive by swallowing its errors (the
+        # engine's) counts them instead: here a lost write must stop the run.
+        if store.stats().get("errors", 0) != errors:
+            raise EmbedError(f"the embedding store failed to write {len(keys)} vectors; see the warning above")
         totals.embedded += len(keys)
 
     for page in walk.pages():
@@ -606,6 +612,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _run(args)
     except EmbedError as exc:
         sys.stderr.write(f"selproxy: error: {exc}\n")
+        return 1
+    except Exception as exc:
+        # The store's file or engine (the walk's own client raises EmbedError).
+        from .rankers.engine_store import EngineError
+        if not isinstance(exc, (OSError, sqlite3.Error, http.client.HTTPException, EngineError)):
+            raise
+        sys.stderr.write(f"selproxy: error: the embedding store failed: {type(exc).__name__}: {exc}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("selproxy embed: interrupted\n")

@@ -273,3 +273,17 @@ def test_a_point_in_time_that_expires_between_pages_is_one_line_and_keeps_what_w
     assert err == ("selproxy: error: the engine's point in time expired between two pages (a page took longer "
                    "to embed than --keep-alive 1s); run again with a longer one: what is stored is skipped\n")
     assert len(stored(store)) == 8
+
+
+def test_the_engine_store_is_filled_in_a_sidecar_index_and_resumed_from(engine, tmp_path):
+    first = embed(tmp_path, engine, "docs", "engine", "--batch-size", "32")
+    assert first.returncode == 0, first.stderr
+    shown = totals(first.stdout)
+    assert shown["embedded"] == "60"
+    sidecar = re.match(r"index (\S+) of the engine$", shown["store"])
+    assert sidecar and sidecar.group(1).startswith(".selproxy-vectors-gated-"), shown["store"]
+    _, _, counted = request("POST", f"{engine}/{sidecar.group(1)}/_count")
+    assert counted["count"] == N_DOCS
+    again = embed(tmp_path, engine, "docs", "engine", "--batch-size", "32")
+    assert again.returncode == 0, again.stderr
+    assert (totals(again.stdout)["embedded"], totals(again.stdout)["skipped (already stored)"]) == ("0", "60")
