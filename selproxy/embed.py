@@ -227,7 +227,10 @@ class IndexWalk:
         try:
             answer = self.http.call("POST", _index_path(self.index, "_count"))
         except EngineStatusError as exc:
-            raise self._missing_index(exc) from None
+            error = self._missing_index(exc)
+            if error is not exc or exc.status in (401, 403):
+                raise error from None
+            return None  # no count here: the walk itself says what is wrong, if anything
         count = answer.get("count") if isinstance(answer, dict) else None
         return count if isinstance(count, int) else None
 

@@ -287,3 +287,18 @@ def test_the_engine_store_is_filled_in_a_sidecar_index_and_resumed_from(engine, 
     again = embed(tmp_path, engine, "docs", "engine", "--batch-size", "32")
     assert again.returncode == 0, again.stderr
     assert (totals(again.stdout)["embedded"], totals(again.stdout)["skipped (already stored)"]) == ("0", "60")
+
+
+def test_urls_lose_their_password_and_text_fields_ask_only_for_what_they_read():
+    from selproxy.embed import EmbedError, redact_url, source_request
+    from selproxy.search.extract import parse_field_spec
+
+    assert redact_url("https://elastic:s3cret@es.example:9243/prefix") == "https://es.example:9243/prefix"
+    assert redact_url("http://user@[::1]:9200") == "http://[::1]:9200"
+    assert redact_url("http://127.0.0.1:9200") == "http://127.0.0.1:9200"
+    assert source_request([]) == (None, None)
+    specs = [parse_field_spec(s) for s in ("title", "meta.abstract:100", "fields.tags", "title:5")]
+    assert source_request(specs) == (["title", "meta.abstract"], ["tags"])
+    assert source_request([parse_field_spec("fields.tags")]) == (False, ["tags"])
+    with pytest.raises(EmbedError, match="highlight"):
+        source_request([parse_field_spec("highlight.body")])
