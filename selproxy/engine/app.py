@@ -43,6 +43,8 @@ VERSION_INFO = {
 
 logger = logging.getLogger("selproxy.engine")
 
+_MAX_COUNTS_PER_PIT = 16  # distinct queries whose totals a point in time remembers
+
 Handler = Callable[["Call"], Awaitable[Tuple[int, Any]]]
 
 
@@ -417,9 +419,13 @@ class EngineApp:
         keep_alive = self._keep_alive(req.pit["keep_alive"], "keep_alive") if "keep_alive" in req.pit else None
         ctx = self.contexts.get(req.pit["id"], "pit")
         self.contexts.extend(ctx, keep_alive)
-        walk = Walk([t.high_water for t in ctx.targets])
+        counted = json.dumps([req.query, req.min_score, req.track_total, req.track_scores,
+                              [(k.field, k.desc) for k in req.sort or []]], sort_keys=True, default=str)
+        walk = Walk([t.high_water for t in ctx.targets], known_total=ctx.totals.get(counted))
         result = await self.store.read(
             lambda conn, indices: run_search(conn, self._context_metas(ctx, indices), req, walk))
+        if walk.known_total is not None and len(ctx.totals) < _MAX_COUNTS_PER_PIT:
+            ctx.totals[counted] = walk.known_total
         return 200, {"pit_id": ctx.id, **result}
 
     async def _open_scroll(self, call: Call, body: Dict[str, Any], req: SearchRequest) -> Tuple[int, Any]:
@@ -474,7 +480,7 @@ class EngineApp:
             req = ctx.request
             started = time.monotonic()
             if ctx.done:
-                result = _empty_page(req, len(ctx.targets), ctx.total, started)
+                result = _empty_page(len(ctx.targets), ctx.total, started)
             else:
                 walk = Walk([t.high_water for t in ctx.targets], show_tiebreak=False, after=ctx.after,
                             known_total=ctx.total)
@@ -533,6 +539,9 @@ class EngineApp:
                     params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in header.items()
                               if k in ("ignore_unavailable",)}
                     req = parse_search(body, {})
+                    if req.pit is not None:
+                        raise UnsupportedFeature("[pit] in _msearch is not supported by selproxy.engine; send "
+                                                 "point-in-time searches to _search")
                     metas = self.store.resolve(index, indices, allow_missing=params.get("ignore_unavailable")
                                                == "true")
                     result = run_search(conn, metas, req)
@@ -550,7 +559,7 @@ def _expands_hidden(params: Dict[str, str]) -> bool:
     return bool({"all", "hidden"} & set(params.get("expand_wildcards", "").split(",")))
 
 
-def _empty_page(req: SearchRequest, shards: int, total: Any, started: float) -> Dict[str, Any]:
+def _empty_page(shards: int, total: Any, started: float) -> Dict[str, Any]:
     value, relation, max_score = total
     return {"took": int((time.monotonic() - started) * 1000), "timed_out": False,
             "_shards": {"total": shards, "successful": shards, "skipped": 0, "failed": 0},

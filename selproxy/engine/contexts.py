@@ -20,7 +20,12 @@ documents numbered at or below that mark, so:
   reuses the number of a deleted document above every other (SQLite hands out
   ``max(rid) + 1``);
 - an index deleted (or deleted and created again) after the context opened
-  makes the context's searches fail with ``search_context_missing_exception``.
+  makes the context's searches fail with ``search_context_missing_exception``;
+- ``hits.total`` is counted once per query (a scroll's on its first page, a
+  point in time's on the first search with that query) and then repeated, as
+  Elasticsearch's frozen view reports it; so later pages cost no count.
+
+A search that names no keep-alive renews the one the context has.
 """
 from __future__ import annotations
 
@@ -76,6 +81,9 @@ class SearchContext:
     after: Optional[List[Any]] = None
     total: Optional[Tuple[int, str, Optional[float]]] = None
     done: bool = False             # a page came back empty: the scroll is exhausted
+    # A point in time's hit counts, by query: counted on the first page that asks, then
+    # reported as they were (Elasticsearch's totals over a point in time do not move).
+    totals: Dict[str, Tuple[int, str, Optional[float]]] = dataclasses.field(default_factory=dict)
     lock: Any = None               # the app's asyncio.Lock: one page of a scroll at a time
 
 

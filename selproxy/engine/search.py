@@ -60,9 +60,10 @@ class Walk:
     context opened; ``tiebreak`` appends ``_shard_doc`` to the sort, and
     ``show_tiebreak`` shows it in each hit's ``sort`` (a point in time does,
     a scroll does not); ``after`` continues a scroll where its last page
-    ended; ``known_total`` is the scroll's first-page (total, relation,
-    max_score), so later pages need not count.  ``last_sort`` is set to the
-    full sort values of the page's last hit."""
+    ended; ``known_total`` is the (total, relation, max_score) counted
+    earlier (a scroll's first page, a point in time's first search with this
+    query), so this page need not count; it is set when this page counted.
+    ``last_sort`` is set to the full sort values of the page's last hit."""
     high_water: List[int]
     tiebreak: bool = True
     show_tiebreak: bool = True
@@ -300,6 +301,11 @@ def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest,
         expr, params = _sort_column(meta, key, position)
         columns.append(f"{expr} AS s{i}")
         col_params += params
+        if key.field in ("_doc", "_shard_doc"):
+            # PERF(engine): within one index both orders are rid's, never null; said so, SQLite
+            # reads a document-order page straight off the primary key and stops at the limit.
+            order.append(f"rid {'DESC' if key.desc else 'ASC'}")
+            continue
         null_order = f"s{i} IS NOT NULL" if key.missing_first else f"s{i} IS NULL"
         order.append(f"{null_order}, s{i} {'DESC' if key.desc else 'ASC'}")
     order.append("rid ASC")
@@ -373,11 +379,11 @@ def run_search(conn: sqlite3.Connection, metas: List[IndexMeta], req: SearchRequ
     else:
         if walk.tiebreak and keys[-1].field != "_shard_doc":
             keys = keys + [SortKey("_shard_doc", False, False)]
-            if walk.show_tiebreak:
-                shown += 1
+        if walk.show_tiebreak:
+            # A point in time sorts by (sort or _score, then _shard_doc) and shows all of it,
+            # so that any hit's sort values can be its next search_after.
+            shown = len(keys)
         after = walk.after if walk.after is not None else req.search_after
-        if req.search_after is not None and req.sort is None:
-            raise IllegalArgument("[search_after] requires a [sort]")
     count = walk is None or walk.known_total is None
     pages = []
     single = len(metas) == 1

@@ -130,6 +130,20 @@ def test_pit_with_a_field_sort_gets_the_shard_doc_tiebreaker(es: Elasticsearch, 
         es.close_point_in_time(id=pit["id"])
 
 
+def test_pit_without_a_sort_pages_by_score_then_shard_doc(es: Elasticsearch, walk: str) -> None:
+    pit = es.open_point_in_time(index=walk, keep_alive="1m")
+    try:
+        query = {"bool": {"should": [{"match": {"t": "word2"}}, {"match": {"t": "common"}}]}}
+        hits = pit_walk(es, pit["id"], 300, query=query)
+        assert len(hits) == N_DOCS == len({h["_id"] for h in hits})
+        assert all(len(h["sort"]) == 2 and h["sort"][0] == h["_score"] for h in hits)  # [_score, _shard_doc]
+        word2 = {f"d{i}" for i in range(2, N_DOCS, 7)}
+        assert {h["_id"] for h in hits[:len(word2)]} == word2  # the better-scored documents come first
+        assert [h["sort"] for h in hits] == sorted((h["sort"] for h in hits), key=lambda s: (-s[0], s[1]))
+    finally:
+        es.close_point_in_time(id=pit["id"])
+
+
 def test_pit_sees_the_documents_present_when_it_opened(es: Elasticsearch) -> None:
     index = fresh()
     fill(es, index, 100)
@@ -138,12 +152,17 @@ def test_pit_sees_the_documents_present_when_it_opened(es: Elasticsearch) -> Non
     def change(page: int) -> None:
         if page == 0:  # after the first page of 0..9: documents below and above the walk's position change
             es.index(index=index, id="new-1", document={"n": 1000}, refresh=True)
+            es.index(index=index, id="new-2", document={"n": 1001}, refresh=True)
             es.delete(index=index, id="50")
             es.index(index=index, id="60", document={"n": 60, "changed": True})
             es.index(index=index, id="5", document={"n": 5, "changed": True})
 
     try:
         hits = pit_walk(es, pit["id"], 10, during=change, sort=["_shard_doc"])
+        # The total is the one counted when the walk began, as over Elasticsearch's frozen view.
+        again = es.search(pit={"id": pit["id"]}, size=1, sort=["_shard_doc"])
+        assert again["hits"]["total"] == {"value": 100, "relation": "eq"}
+        assert es.count(index=index)["count"] == 101
     finally:
         es.close_point_in_time(id=pit["id"])
     seen = [h["_id"] for h in hits]
@@ -161,6 +180,8 @@ def test_pit_search_rules(es: Elasticsearch, walk: str) -> None:
         with pytest.raises(BadRequestError) as caught:
             es.search(index=walk, sort=["_shard_doc"])
         assert caught.value.body["error"]["reason"] == "[_shard_doc] sort field cannot be used without [point in time]"
+        resp = es.msearch(searches=[{}, {"pit": {"id": pit["id"]}}])
+        assert resp["responses"][0]["error"]["reason"].startswith("[pit] in _msearch is not supported")
         with pytest.raises(BadRequestError) as caught:
             es.open_point_in_time(index=walk, keep_alive="2d")
         assert caught.value.body["error"]["reason"].startswith("Keep alive for request (2d) is too large.")
