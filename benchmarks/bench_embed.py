@@ -120,11 +120,17 @@ def batches(items: List[str], size: int) -> Iterator[List[str]]:
         yield items[start:start + size]
 
 
-def time_bare(encoder: Any, texts: List[str], batch_size: int) -> float:
+def cpu_seconds(children: bool = False) -> float:
+    t = os.times()
+    return t.children_user + t.children_system if children else t.user + t.system
+
+
+def time_bare(encoder: Any, texts: List[str], batch_size: int) -> Dict[str, float]:
+    cpu = cpu_seconds()
     started = time.perf_counter()
     for chunk in batches(texts, batch_size):
         encoder.embed(chunk)
-    return time.perf_counter() - started
+    return {"bare_s": time.perf_counter() - started, "bare_cpu_s": cpu_seconds() - cpu}
 
 
 def time_embed(url: str, index: str, batch_size: int, text_fields: List[str]) -> Dict[str, Any]:
@@ -134,15 +140,18 @@ def time_embed(url: str, index: str, batch_size: int, text_fields: List[str]) ->
                 "--ranker", "minilm", "--embedding-store", store, "--batch-size", str(batch_size)]
         for field in text_fields:
             argv += ["--text-field", field]
+        cpu, engine_cpu = cpu_seconds(children=True), cpu_seconds()
         started = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=tmp,
                               stdin=subprocess.DEVNULL, timeout=3600)
         wall = time.perf_counter() - started
+        # The command's CPU, and the engine's (in this process) serving its walk.
+        cpu = cpu_seconds(children=True) - cpu + cpu_seconds() - engine_cpu
     if done.returncode != 0:
         raise RuntimeError(f"selproxy embed exited with {done.returncode}: {done.stderr[-2000:]}")
     totals = dict(re.findall(r"^([a-z/ ()]+):\s+(.*)$", done.stdout, re.M))
-    return {"wall_s": wall, "run_s": float(totals["seconds"]), "embedded": int(totals["embedded"]),
-            "command": " ".join(argv[1:])}
+    return {"wall_s": wall, "run_s": float(totals["seconds"]), "model_s": float(totals["model seconds"]),
+            "cpu_s": cpu, "embedded": int(totals["embedded"]), "command": " ".join(argv[1:])}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -152,14 +161,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--text-field", action="append", default=[], metavar="SPEC")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=0, metavar="N",
+                        help="index only the first N documents (a quick run)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
 
     from selproxy.rankers.minilm import MiniLMRanker
 
     with EngineThread() as engine:
+        collection = os.path.join(args.data, "cran.all.1400.xml")
+        if args.limit:
+            from selproxy.evaluation.trec import read_collection
+            collection = os.path.join(tempfile.mkdtemp(prefix="bench-embed-"), "docs.jsonl")
+            with open(collection, "w") as out:
+                for n, doc in enumerate(read_collection(os.path.join(args.data, "cran.all.1400.xml"))):
+                    if n >= args.limit:
+                        break
+                    out.write(json.dumps(doc) + "\n")
         load = subprocess.run([sys.executable, "-m", "selproxy", "eval", "load", "--upstream", engine.url,
-                               "--index", args.index, os.path.join(args.data, "cran.all.1400.xml")],
+                               "--index", args.index, collection],
                               capture_output=True, text=True, env=child_env(), stdin=subprocess.DEVNULL,
                               timeout=600)
         if load.returncode != 0:
@@ -175,18 +195,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             for step in (("bare", "embed") if n % 2 == 0 else ("embed", "bare")):
                 print(f"round {n + 1}: {step}", file=sys.stderr)
                 if step == "bare":
-                    result["bare_s"] = time_bare(ranker.encoder, texts, args.batch_size)
+                    result.update(time_bare(ranker.encoder, texts, args.batch_size))
                 else:
                     result.update(time_embed(engine.url, args.index, args.batch_size, args.text_field))
             if result["embedded"] != len(texts):
                 raise SystemExit(f"selproxy embed embedded {result['embedded']} of {len(texts)} documents")
             result["ratio_run"] = result["run_s"] / result["bare_s"]
             result["ratio_wall"] = result["wall_s"] / result["bare_s"]
+            result["ratio_cpu"] = result["cpu_s"] / result["bare_cpu_s"]
+            # What selproxy embed spends besides the model (walk, keys, store), in its own run.
+            result["overhead_s"] = result["run_s"] - result["model_s"]
             rounds.append(result)
         ranker.close()
 
     median = {k: statistics.median(r[k] for r in rounds)
-              for k in ("bare_s", "run_s", "wall_s", "ratio_run", "ratio_wall")}
+              for k in ("bare_s", "run_s", "wall_s", "ratio_run", "ratio_wall", "bare_cpu_s", "cpu_s",
+                        "ratio_cpu", "overhead_s")}
     report = {"documents": len(texts), "batch_size": args.batch_size, "rounds": rounds, "median": median,
               "python": platform.python_version(), "cpus": os.cpu_count(),
               "loadavg": os.getloadavg(), "command": rounds[0]["command"]}
@@ -194,14 +218,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     docs = len(texts)
-    print(f"{docs} Cranfield documents, batch size {args.batch_size}, {len(rounds)} round(s); "
+    print(f"{docs} Cranfield documents with text, batch size {args.batch_size}, {len(rounds)} round(s); "
           f"load average {report['loadavg'][0]:.2f}")
     print(f"{'round':>5} | {'bare s':>7} | {'bare doc/s':>10} | {'embed s (run)':>13} | {'doc/s':>6} | "
-          f"{'embed s (wall)':>14} | {'x bare (run)':>12} | {'x bare (wall)':>13}")
+          f"{'embed s (wall)':>14} | {'x bare (run)':>12} | {'x bare (wall)':>13} | {'CPU s bare/embed':>16} | "
+          f"{'x bare (CPU)':>12} | {'not model s':>11}")
     for n, r in enumerate(rounds + [dict(median)], 1):
         label = str(n) if n <= len(rounds) else "med"
         print(f"{label:>5} | {r['bare_s']:7.2f} | {docs / r['bare_s']:10.1f} | {r['run_s']:13.2f} | "
-              f"{docs / r['run_s']:6.1f} | {r['wall_s']:14.2f} | {r['ratio_run']:12.3f} | {r['ratio_wall']:13.3f}")
+              f"{docs / r['run_s']:6.1f} | {r['wall_s']:14.2f} | {r['ratio_run']:12.3f} | {r['ratio_wall']:13.3f} | "
+              f"{r['bare_cpu_s']:7.1f}/{r['cpu_s']:<8.1f} | {r['ratio_cpu']:12.3f} | {r['overhead_s']:11.2f}")
     return 0
 
 

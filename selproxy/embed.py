@@ -597,6 +597,7 @@ def print_totals(totals: Totals, walk: IndexWalk, store: Any, stream: Any) -> No
         ("without text", str(totals.empty)),
         ("seconds", f"{totals.seconds:.2f}"),
         ("docs/s", f"{rate:.1f}"),
+        ("model seconds", f"{totals.encode_seconds:.2f}"),
         ("model docs/s", f"{encode_rate:.1f}"),
         ("store", _store_line(store)),
     ]
