@@ -28,7 +28,7 @@ from .config import Config, parse_listen, parse_upstream
 
 __all__ = ("main", "CommandLineParser", "CommandLineError", "EXIT_USAGE", "EXIT_FAILURE")
 
-SUBCOMMANDS = ("engine", "eval", "demo")
+SUBCOMMANDS = ("engine", "eval", "demo", "embed")
 
 #: The command as given cannot run (argparse's own code for usage errors).
 EXIT_USAGE = 2
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = CommandLineParser(
         prog="selproxy",
         description="A URL-selective reverse proxy that reranks search results. "
-                    "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo' "
+                    "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo', "
+                    "'selproxy embed' "
                     "(each has its own --help).")
     p.add_argument("--version", action="version", version=f"selproxy {__version__}")
     p.add_argument("--listen", default=defaults.listen, metavar="HOST:PORT",
@@ -382,5 +383,8 @@ def _subcommand(name: str, argv: List[str]) -> int:
     if name == "eval":
         from .evaluation.cli import main as eval_main
         return eval_main(argv)
+    if name == "embed":
+        from .embed import main as embed_main
+        return embed_main(argv)
     from .demo.cli import main as demo_main
     return demo_main(argv)

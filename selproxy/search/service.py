@@ -33,7 +33,7 @@ from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search,
 from .routes import default_routes, split_indices
 from .source_filter import SourceFilterTooCostly
 
-__all__ = ("SearchService", "SearchStats", "document_key")
+__all__ = ("SearchService", "SearchStats", "document_key", "hit_texts")
 
 log = logging.getLogger("selproxy.search")
 
@@ -105,6 +105,25 @@ def document_key(hit: Any, text: str) -> Tuple[str, str, str]:
     index = hit.get("_index") if isinstance(hit, dict) else None
     digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
     return (str(index or ""), str(doc_id if doc_id is not None else ""), digest)
+
+
+def hit_texts(hits: Sequence[Any], fields: Sequence[FieldSpec], max_chars: int,
+              source_key: str = "_source", drop: Sequence[str] = ()) -> List[str]:
+    """The text the ranker gets for each hit: ``fields`` (parsed
+    ``--text-field`` specs; empty: every string of the source), each truncated
+    to ``max_chars``.  The search path and ``selproxy embed`` both call this,
+    so the text hashes in their store keys agree.  ``drop`` names keys of a
+    hit that is itself the document (Solr) that are not its text."""
+    texts = []
+    for hit in hits:
+        if not isinstance(hit, dict):
+            texts.append("")
+        elif drop and not fields:
+            doc = {k: v for k, v in hit.items() if k not in drop}
+            texts.append(document_text({"_source": doc}, None, max_chars))
+        else:
+            texts.append(document_text(hit, fields, max_chars, source_key))
+    return texts
 
 
 def _applied(scores: Sequence[float], window: int) -> Outcome:
@@ -277,18 +296,8 @@ class SearchService:
 
     def _texts(self, hits: Sequence[Any], route: SearchRoute, source_key: str = "_source",
                drop: Sequence[str] = ()) -> List[str]:
-        fields = self._field_specs(route)
-        limit = self.config.max_field_chars
-        texts = []
-        for hit in hits:
-            if not isinstance(hit, dict):
-                texts.append("")
-            elif drop and not fields:
-                doc = {k: v for k, v in hit.items() if k not in drop}
-                texts.append(document_text({"_source": doc}, None, limit))
-            else:
-                texts.append(document_text(hit, fields, limit, source_key))
-        return texts
+        return hit_texts(hits, self._field_specs(route), self.config.max_field_chars,
+                         source_key, drop)
 
     def _job(self, plan: SearchPlan, hits: Sequence[Any], texts: List[str]) -> RankJob:
         keys = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from typing import AsyncIterator, Iterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 import uvloop
 
@@ -26,11 +26,12 @@ async def running_engine(data: str = ":memory:") -> AsyncIterator[Engine]:
 
 
 @contextlib.contextmanager
-def engine_in_thread(data: str = ":memory:", timeout: float = 30.0) -> Iterator[str]:
-    """Run an engine in a background thread; yields its base URL."""
+def engine_in_thread(data: str = ":memory:", timeout: float = 30.0, **options: Any) -> Iterator[str]:
+    """Run an engine in a background thread; yields its base URL.  ``options``
+    go to :class:`Engine` (``max_open_contexts=1``...)."""
     loop = uvloop.new_event_loop()
     ready = threading.Event()
-    engine = Engine(data=data)
+    engine = Engine(data=data, **options)
     stop: Optional[asyncio.Event] = None
     failure: list = []
 
