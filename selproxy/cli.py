@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--ranker", metavar="NAME|pkg.mod:Class",
                         help="rerank claimed searches with this ranker: a registered "
                              "name (default, minilm, bi-encoder, bm25, identity, ...) or a class; "
-                             "'default' is the neural ranker; without --ranker it runs when "
-                             "selproxy[neural] is installed, and otherwise the proxy says so and "
-                             "passes everything through; 'none' claims nothing but /_selproxy/status")
+                             "'default' is the neural ranker, which runs without --ranker (when its "
+                             "packages are missing the proxy says so and passes everything through); "
+                             "'none' claims nothing but /_selproxy/status")
     search.add_argument("--embedding-store", default="default", metavar="PATH|default|engine|:memory:",
                         help="where a bi-encoder keeps document embeddings: 'default' is a file per "
                              "model under ~/.cache/selproxy (shared by workers and restarts), "

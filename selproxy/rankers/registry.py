@@ -57,7 +57,7 @@ class NotARanker(RankerSpecError, TypeError):
 
 #: Used when the package's entry points are not installed (a source checkout).
 BUILTIN_RANKERS: Mapping[str, str] = {
-    # The ranker a proxy uses when none is named, with selproxy[neural].
+    # The ranker a proxy uses when none is named.
     "default": "selproxy.rankers.minilm:MiniLMRanker",
     "identity": "selproxy.rankers.identity:IdentityRanker",
     "bm25": "selproxy.rankers.bm25:BM25Ranker",
