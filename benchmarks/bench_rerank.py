@@ -181,7 +181,8 @@ def summary(label: str, results: Sequence[Dict[str, Any]], qrels: Dict[str, Dict
     ndcg = sum(ndcg_at(r["ids"], qrels[r["topic"]], 10) for r in judged) / max(1, len(judged))
     over = sum(1 for x in rank if x > deadline_ms + 50)
     seconds = results[0]["pass_seconds"] if results else 0.0
-    return {"label": label, "searches": len(results), "outcomes": kinds,
+    fallbacks = [r["timing"] for r in results if (r["rerank"] or "").startswith("fallback")]
+    return {"fallback_timings": fallbacks[:8], "label": label, "searches": len(results), "outcomes": kinds,
             "applied_or_partial": round((kinds.get("applied", 0) + kinds.get("partial", 0))
                                         / max(1, len(results)), 4),
             "fully_applied": round(kinds.get("applied", 0) / max(1, len(results)), 4),

@@ -368,7 +368,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _subcommand(name: str, argv: List[str]) -> int:
     prog = f"selproxy {name}"
-    if not any(flag in ("-h", "--help") for flag in argv):
+    # ``embed`` needs only the neural ranker's packages, which come with selproxy.
+    if name in SUBCOMMAND_EXTRAS and not any(flag in ("-h", "--help") for flag in argv):
         extra, modules = SUBCOMMAND_EXTRAS[name]
         try:
             require_extra("this command", extra, modules)

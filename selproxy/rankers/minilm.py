@@ -191,10 +191,11 @@ class MiniLMRanker:
     #: A background batch is cut at about this many seconds of model time.  A
     #: search that arrives meanwhile stops it (onnxruntime's terminate flag)
     #: and takes the model at once; the batch's documents go back to the queue.
-    BACKGROUND_SLICE = 0.25
-    #: Documents a search with a deadline embeds per model call, choosing the
-    #: next ones with the cost measured on the last.
-    FOREGROUND_CHUNK = 4
+    BACKGROUND_SLICE = 0.06
+    #: Documents a search with a deadline embeds per model call, call after
+    #: call (then the last size again), choosing the next ones with the cost
+    #: measured on the last.  A call still running at the deadline is stopped.
+    FOREGROUND_CHUNKS = (2, 4)
     #: Seconds per token assumed until a call has been measured (about three
     #: times what 2 cores of a current x86 server take).
     UNMEASURED_COST_PER_TOKEN = 0.001
@@ -247,7 +248,8 @@ class MiniLMRanker:
         self._closed = False
         self.counters: Dict[str, int] = {"encoded_foreground": 0, "encoded_background": 0,
                                          "queued_background": 0, "dropped_background": 0,
-                                         "preempted_background": 0, "partial": 0}
+                                         "preempted_background": 0, "stopped_at_deadline": 0,
+                                         "partial": 0}
 
     def _identity(self) -> str:
         identity = getattr(self.encoder, "model_identity", None)
@@ -450,13 +452,24 @@ class MiniLMRanker:
         query_vectors = self.embed_queries([p.query for p in plans if p.docs])
         encoded = 0
         # Embed in small chunks, choosing again after each with the cost just
-        # measured: the budget follows the machine's load as it is now.
-        timed = any(plan.deadline is not None for plan in plans)
+        # measured: the budget follows the machine's load as it is now.  The
+        # first chunk is the smallest: the window's top counts most.
+        deadlines = [p.deadline - p.reserve / 2 for p in plans if p.deadline is not None]
+        cutoff = min(deadlines) if deadlines else None
+        sizes = iter(self.FOREGROUND_CHUNKS)
+        size = next(sizes)
         while True:
             chosen = self._choose(plans, time.perf_counter())
             if not chosen:
                 break
-            encoded += self._embed_chosen(plans, chosen[:self.FOREGROUND_CHUNK] if timed else chosen)
+            if cutoff is None:
+                encoded += self._embed_chosen(plans, chosen)
+            else:
+                done = self._embed_before(plans, chosen[:size], cutoff)
+                if done is None:
+                    break  # the estimate was wrong, and the deadline came first
+                encoded += done
+                size = next(sizes, size)
             for plan in plans:
                 plan.missing = [i for i in plan.missing if plan.vectors[i] is None]
         self.counters["encoded_foreground"] += encoded
@@ -478,13 +491,38 @@ class MiniLMRanker:
             scores.encoded = encoded
         return results
 
-    def _embed_chosen(self, plans: Sequence[_Plan], chosen: Sequence[Tuple[int, int]]) -> int:
+    def _embed_before(self, plans: Sequence[_Plan], chosen: Sequence[Tuple[int, int]],
+                      cutoff: float) -> Optional[int]:
+        """:meth:`_embed_chosen`, stopped at ``cutoff`` (a ``perf_counter``
+        instant) if it runs that long: onnxruntime's terminate flag, set by a
+        timer.  None when it was stopped (its documents stay missing)."""
+        from onnxruntime import RunOptions
+
+        left = cutoff - time.perf_counter()
+        if left <= 0:
+            return None
+        options = RunOptions()
+        timer = threading.Timer(left, setattr, (options, "terminate", True))
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._embed_chosen(plans, chosen, options)
+        except Exception:
+            if options.terminate:
+                self.counters["stopped_at_deadline"] += 1
+                return None
+            raise
+        finally:
+            timer.cancel()
+
+    def _embed_chosen(self, plans: Sequence[_Plan], chosen: Sequence[Tuple[int, int]],
+                      run_options: Any = None) -> int:
         """One model call for the chosen ``(search, position)`` documents, each
         distinct key once; returns how many texts were embedded."""
         todo: Dict[Hashable, str] = {}
         for n, i in chosen:
             todo.setdefault(plans[n].keys[i], plans[n].docs[i])
-        fresh = dict(zip(todo, self._embed(list(todo.values()))))
+        fresh = dict(zip(todo, self._embed(list(todo.values()), run_options=run_options)))
         self._remember(list(fresh.items()))
         for plan in plans:
             for i in plan.missing:

@@ -97,7 +97,15 @@ def test_a_cold_proxy_answers_on_time_with_a_partial_rerank_then_converges(tmp_p
                     break
                 time.sleep(0.2)
             assert converged is not None, "the window never became fully embedded"
-            assert timing(converged)["encode"] < 50
+            model = status(proxy.url)["search"]["model"]
+            # The background did part of it, between searches.
+            assert model["encoded_background"] > 0, model
+            # Now the window costs no embedding at all.
+            headers, _ = post(f"{proxy.url}/papers/_search", QUERY)
+            assert headers["X-Selproxy-Rerank"] == "applied"
+            after = status(proxy.url)["search"]["model"]
+            assert after["encoded_foreground"] == model["encoded_foreground"]
+            assert after["encoded_background"] == model["encoded_background"]
         # A restart (and any other worker) finds the vectors in the store.
         with ProxyProcess(args + ["--workers", "2"], timeout=60, passthrough_only=False) as proxy:
             proxy.wait_for_workers(2, timeout=60)

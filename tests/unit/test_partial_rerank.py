@@ -154,3 +154,24 @@ def test_a_search_stops_a_background_batch_and_takes_the_model_at_once():
         assert model.counters["encoded_background"] + model.counters["encoded_foreground"] == 48
     finally:
         model.close()
+
+
+def test_a_model_call_still_running_at_the_deadline_is_stopped(ranker):
+    docs = [f"{PASSAGE} long {n} " * 3 for n in range(48)]
+    keys = [("stop", str(n), "h") for n in range(48)]
+    # A wrong estimate (far too cheap) and one chunk of all 48 documents: the
+    # call would take most of a second; the deadline stops it.
+    ranker.cost_per_token, ranker.cost_per_call = 1e-9, 0.0
+    record, chunks = ranker._record_cost, ranker.FOREGROUND_CHUNKS
+    ranker._record_cost = lambda tokens, seconds: None
+    ranker.FOREGROUND_CHUNKS = (48,)
+    stopped = ranker.counters["stopped_at_deadline"]
+    try:
+        started = time.perf_counter()
+        scores = ranker.batch_rank([("wing", docs)], keys=[keys], deadlines=[started + 0.15])[0]
+        elapsed = time.perf_counter() - started
+    finally:
+        ranker._record_cost, ranker.FOREGROUND_CHUNKS = record, chunks
+    assert ranker.counters["stopped_at_deadline"] == stopped + 1
+    assert list(scores) == [] and scores.encoded == 0
+    assert elapsed < 0.15 + 0.1, elapsed
