@@ -39,7 +39,7 @@ import numpy as np
 
 from ._onnx import Encoder, default_model_files
 from .base import Scores
-from .store import DocKey, VectorStore, open_store
+from .store import DocKey, VectorStore, decode_vector, encode_vector, open_store
 
 __all__ = ("MiniLMRanker", "EmbeddingCache", "fuse_scores", "estimate_tokens")
 
@@ -332,13 +332,21 @@ class MiniLMRanker:
                 self.cache.put_many(fresh)
         return found
 
-    def _remember(self, items: Sequence[Tuple[Hashable, np.ndarray]]) -> None:
+    def _remember(self, items: Sequence[Tuple[Hashable, np.ndarray]]) -> Dict[Hashable, np.ndarray]:
+        """Keep fresh vectors in the LRU and the store; returns them as the
+        store gives them back (int8 or fp16), so that a document scores the
+        same whether it was embedded now, read from the store, or embedded
+        ahead of time by ``selproxy embed``."""
+        dtype = getattr(self.store, "dtype", None)
+        if dtype is not None:
+            items = [(k, decode_vector(*encode_vector(v, dtype), dtype)) for k, v in items]
         self.cache.put_many(items)
         if self.store is not None and items:
             try:
                 self.store.put_many([(_store_key(k), v) for k, v in items])
             except Exception as exc:  # a full disk must not fail searches
                 log.warning("embedding store write failed: %s", type(exc).__name__)
+        return dict(items)
 
     def embed_documents(self, docs: Sequence[str],
                         keys: Optional[Sequence[Hashable]] = None) -> np.ndarray:
@@ -365,8 +373,7 @@ class MiniLMRanker:
         if not todo:
             return 0
         fresh = self._embed([docs[n] for n in todo.values()], run_options=run_options)
-        computed = dict(zip(todo, fresh))
-        self._remember(list(computed.items()))
+        computed = self._remember(list(zip(todo, fresh)))
         for n in positions:
             if found[n] is None:
                 found[n] = computed[keys[n]]
@@ -522,8 +529,8 @@ class MiniLMRanker:
         todo: Dict[Hashable, str] = {}
         for n, i in chosen:
             todo.setdefault(plans[n].keys[i], plans[n].docs[i])
-        fresh = dict(zip(todo, self._embed(list(todo.values()), run_options=run_options)))
-        self._remember(list(fresh.items()))
+        fresh = self._remember(list(zip(todo, self._embed(list(todo.values()),
+                                                          run_options=run_options))))
         for plan in plans:
             for i in plan.missing:
                 vector = fresh.get(plan.keys[i])

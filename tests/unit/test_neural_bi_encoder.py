@@ -31,7 +31,7 @@ from support.tiny_bi_encoder import (  # noqa: E402
 @pytest.mark.parametrize("normalize", [True, False])
 def test_embeddings_match_the_numpy_reference(tmp_path: Path, pooling: str, normalize: bool) -> None:
     model_dir = build_st_dir(tmp_path / f"tiny-{pooling}", pooling, normalize)
-    ranker = BiEncoderRanker(model_dir, threads=1)
+    ranker = BiEncoderRanker(model_dir, threads=1, embedding_store=":memory:")  # exact fp32 scores
     assert (ranker.encoder.pooling, ranker.encoder.normalize) == (pooling, normalize)
     assert ranker.encoder.max_length == MAX_SEQ_LENGTH
     # One batch with texts of every length: padding must not leak into pooling.
@@ -141,7 +141,8 @@ def test_file_name_picks_a_variant(tmp_path: Path) -> None:
 
 def test_resolves_by_name_with_micro_batching(tmp_path: Path) -> None:
     model_dir = build_st_dir(tmp_path / "m", "mean", True)
-    ranker = resolve_ranker("bi-encoder", {"model_dir": str(model_dir), "threads": 1})
+    ranker = resolve_ranker("bi-encoder", {"model_dir": str(model_dir), "threads": 1,
+                                           "embedding_store": ":memory:"})  # exact fp32 scores
     assert type(ranker).__name__ == "MicroBatcher"
     assert isinstance(ranker.ranker, BiEncoderRanker)
     scores = ranker.ranker.rank("the cat", ["the cat sat", "a bird flew"])

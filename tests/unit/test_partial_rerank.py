@@ -175,3 +175,17 @@ def test_a_model_call_still_running_at_the_deadline_is_stopped(ranker):
     assert ranker.counters["stopped_at_deadline"] == stopped + 1
     assert list(scores) == [] and scores.encoded == 0
     assert elapsed < 0.15 + 0.1, elapsed
+
+
+def test_a_document_scores_the_same_embedded_now_or_read_from_the_store(tmp_path):
+    docs = [f"{PASSAGE} stored {n}" for n in range(5)]
+    keys = [("same", str(n), "h") for n in range(5)]
+    path = str(tmp_path / "v.sqlite3")
+    first = MiniLMRanker(threads=1, embedding_store=path)
+    embedded_now = first.rank("wing lift", docs, keys=keys)
+    first.close()
+    second = MiniLMRanker(threads=1, embedding_store=path)
+    from_the_store = second.rank("wing lift", docs, keys=keys)
+    assert second.counters["encoded_foreground"] == 0 and second.store.stats()["hits"] == 5
+    second.close()
+    assert from_the_store == embedded_now
