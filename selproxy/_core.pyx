@@ -24,6 +24,7 @@ from selproxy._http cimport (
     MessageHead, BodyFraming, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
     BODY_UNTIL_CLOSE, new_request_head, new_response_head, analyse_request,
     analyse_raw_response, request_head_bytes, response_head_bytes, chunk_size_line,
+    field_error, target_error,
 )
 from selproxy._routes cimport RouteTable, RouteMatch
 from selproxy._debug cimport SELPROXY_DEBUG
@@ -68,7 +69,8 @@ from uvloop.loop import TCPTransport as UVTCPTransport
 from selproxy.errors import (
     ProxyError, BadRequest, RequestLineTooLong, HeadersTooLarge, BodyTooLarge,
     MethodNotAllowed, MisdirectedRequest, UpstreamUnavailable, UpstreamTimeout,
-    UpstreamProtocolError, HandlerError,
+    UpstreamProtocolError, HandlerError, RequestTimeout, UpstreamQueueFull,
+    UpstreamQueueTimeout, BodyBudgetExceeded,
 )
 from selproxy.handler import Request as _Request, Response as _Response
 
@@ -168,6 +170,8 @@ cdef class Counters:
             "upstream_connections": self.upstream_connections,
             "upstream_idle": self.upstream_idle,
             "upstream_connects": self.upstream_connects,
+            "upstream_waiters": self.upstream_waiters,
+            "buffered_bodies": self.buffered_bodies,
             "errors": dict(self.errors),
         }
 
@@ -254,6 +258,7 @@ cdef class TransportWriter:
                 if sent:
                     data = data[sent:]
         self.transport_may_hold = True
+        self.handed += <unsigned long long>PyBytes_GET_SIZE(data)
         self.transport_write(data)
 
     cdef void writelines(self, list pieces):
@@ -277,7 +282,29 @@ cdef class TransportWriter:
                     else:
                         return
         self.transport_may_hold = True
+        for item in pieces:
+            self.handed += <unsigned long long>len(item)
         self.transport.writelines(pieces)
+
+    cdef bint stalled(self, double now, double limit):
+        """Have bytes waited in the transport for ``limit`` seconds with none
+        of them taken by the peer?  Checked by the sweep, not per write: the
+        transport's bytes left so far are what it was handed less what it
+        still holds."""
+        cdef Py_ssize_t waiting
+        cdef unsigned long long left
+        if not self.transport_may_hold or self.transport is None:
+            return False
+        waiting = self.transport.get_write_buffer_size()
+        if waiting == 0:
+            self.stalled_since = 0
+            return False
+        left = self.handed - <unsigned long long>waiting
+        if self.stalled_since == 0 or left != self.sent_mark:
+            self.sent_mark = left
+            self.stalled_since = now
+            return False
+        return now - self.stalled_since >= limit
 
     cdef void write_all(self, list pieces):
         """Held writes, in one go."""
@@ -314,6 +341,11 @@ cdef void _tune_transport(object transport):
 
 cdef str error_kind(object exc):
     return type(exc).__name__
+
+
+cdef object _budget_exceeded():
+    return BodyBudgetExceeded(
+        "the bodies this worker buffers for claimed requests are at max_buffered_bodies")
 
 
 @cython.internal
@@ -381,8 +413,45 @@ cdef class UpstreamPool:
                 return
         if self.total < self.core.max_upstream:
             self._open(sink)
+        elif len(self.waiters) >= self.core.max_upstream_waiters:
+            # Envoy's max_pending_requests: a queue without a bound is a
+            # wait without one, for every request behind it.
+            self.core.counters.count_error("upstream_queue_full")
+            sink.upstream_failed(UpstreamQueueFull(
+                f"{len(self.waiters)} requests already wait for an upstream connection"))
         else:
+            sink.queued_at = monotonic()
             self.waiters.append(sink)
+            self.core.counters.upstream_waiters += 1
+
+    cdef ResponseSink _next_waiter(self):
+        cdef ResponseSink sink = <ResponseSink>self.waiters.popleft()
+        sink.queued_at = 0
+        self.core.counters.upstream_waiters -= 1
+        return sink
+
+    cdef void unqueue(self, ResponseSink sink):
+        """``sink`` no longer wants a connection (its client left, its
+        request was answered otherwise)."""
+        if sink.queued_at == 0:
+            return
+        sink.queued_at = 0
+        try:
+            self.waiters.remove(sink)
+            self.core.counters.upstream_waiters -= 1
+        except ValueError:
+            pass
+
+    cdef void expire_waiters(self, double now):
+        """504 for the waiters that waited upstream_queue_timeout (HAProxy's
+        timeout queue); the oldest are first."""
+        cdef ResponseSink sink
+        cdef double limit = self.core.upstream_queue_timeout
+        while self.waiters and now - (<ResponseSink>self.waiters[0]).queued_at >= limit:
+            sink = self._next_waiter()
+            self.core.counters.count_error("upstream_queue_timeout")
+            sink.upstream_failed(UpstreamQueueTimeout(
+                f"no upstream connection was free within {limit:g}s"))
 
     cdef void _open(self, ResponseSink sink):
         self.total += 1
@@ -394,7 +463,7 @@ cdef class UpstreamPool:
         conn.sink = None
         if reusable and conn.state == UP_BUSY and not self.core.draining:
             if self.waiters:
-                waiter = <ResponseSink>self.waiters.popleft()
+                waiter = self._next_waiter()
                 conn.reused = True
                 waiter.upstream_ready(conn)
                 return
@@ -422,7 +491,7 @@ cdef class UpstreamPool:
             except ValueError:
                 pass
         if self.waiters and self.total < self.core.max_upstream and not self.core.draining:
-            waiter = <ResponseSink>self.waiters.popleft()
+            waiter = self._next_waiter()
             self._open(waiter)
 
     def close_idle(self):
@@ -468,7 +537,7 @@ async def _connect(UpstreamPool pool, ResponseSink sink):
 
 cdef void _serve_waiter(UpstreamPool pool):
     if pool.waiters and pool.total < pool.core.max_upstream:
-        pool._open(<ResponseSink>pool.waiters.popleft())
+        pool._open(pool._next_waiter())
 
 
 @cython.final
@@ -569,6 +638,8 @@ cdef class UpstreamProtocol:
         try:
             self.feed_data(self.core.read_view[start:nbytes])
         except HttpParserUpgrade as exc:
+            if self.state != UP_BUSY:
+                return     # the sink refused the 101 and closed this connection
             offset = start + exc.args[0]
             self.state = UP_TUNNEL
             self.deadline_kind = DEADLINE_NONE
@@ -678,6 +749,8 @@ cdef class UpstreamProtocol:
             if head.status != 101:
                 self.deadline_kind = DEADLINE_RESPONSE
             sink.response_head(head)
+            if self.state != UP_BUSY:
+                return     # refused by the sink (a 101 it did not ask for)
             if sink.request_method == b"HEAD":
                 raise HeadResponseEnd()
             if head.framing == BODY_CHUNKED:
@@ -761,6 +834,10 @@ cdef class UpstreamProtocol:
         if on and self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
+            if self.deadline_kind == DEADLINE_RESPONSE:
+                # The response clock stood still while the proxy itself held
+                # the upstream back (a slow client): it restarts now.
+                self.deadline = monotonic() + self.core.response_timeout
         elif not on and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -795,7 +872,16 @@ cdef class UpstreamProtocol:
             if now - self.idle_since > self.core.upstream_idle_timeout:
                 self.close()
             return
+        if self.state == UP_BUSY and self.out is not None and self.out.stalled(
+                now, self.core.send_timeout):
+            self.deadline_kind = DEADLINE_NONE
+            self._fail(UpstreamTimeout(
+                f"the upstream took none of the request for {self.core.send_timeout:g}s"))
+            return
         if self.deadline_kind == DEADLINE_RESPONSE and now >= self.deadline:
+            if self.reading_paused:
+                # Not the upstream's silence: the proxy is not reading.
+                return
             self.deadline_kind = DEADLINE_NONE
             self._fail(UpstreamTimeout(
                 f"the upstream did not answer within {self.core.response_timeout:g}s"))
@@ -885,6 +971,7 @@ cdef class Collector(ResponseSink):
     cdef MessageHead head
     cdef list parts
     cdef Py_ssize_t size
+    cdef Py_ssize_t budgeted       # of size, counted in core.counters.buffered_bodies
     cdef bint retried
 
     def __cinit__(self, ProxyCore core, bytes method, bytes data):
@@ -907,20 +994,39 @@ cdef class Collector(ResponseSink):
             self.future.set_exception(exc)
 
     cdef void response_head(self, MessageHead head):
+        if head.status == 101:
+            # Nothing here asked for an upgrade, and a tunnel has no end to
+            # wait for: the connection is dropped and the handler gets a 502.
+            if self.conn is not None:
+                self.conn._fail(UpstreamProtocolError(
+                    "the upstream answered 101 to a request that asked for no upgrade"))
+            return
         self.head = head
 
     cdef void response_body(self, bytes data):
-        self.size += PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        self.size += size
         if self.size > self.core.max_buffered_response:
             if self.conn is not None:
                 self.conn._fail(UpstreamProtocolError(
                     "the upstream response is larger than max_buffered_response"))
             return
+        self.budgeted += size
+        if not self.core.take_budget(size):
+            if self.conn is not None:
+                self.conn._fail(BodyBudgetExceeded(
+                    "the worker holds max_buffered_bodies bytes of buffered bodies"))
+            return
         self.parts.append(data)
+
+    cdef void _release_budget(self):
+        self.core.counters.buffered_bodies -= self.budgeted
+        self.budgeted = 0
 
     cdef void response_complete(self, list trailers):
         cdef MessageHead head = self.head
         self.conn = None
+        self._release_budget()
         if self.future.done() or head is None:
             return
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.pairs()]
@@ -929,6 +1035,7 @@ cdef class Collector(ResponseSink):
     cdef void response_failed(self, object exc, bint head_seen):
         cdef UpstreamProtocol conn = self.conn
         self.conn = None
+        self._release_budget()
         if self.future.done():
             return
         if (conn is not None and conn.reused and not conn.any_response_bytes
@@ -945,6 +1052,8 @@ cdef class Collector(ResponseSink):
     def cancel(self):
         cdef UpstreamProtocol conn = self.conn
         self.conn = None
+        self._release_budget()
+        self.core.pool.unqueue(self)
         if conn is not None:
             conn.sink = None
             conn.abort()
@@ -964,7 +1073,15 @@ cdef class CoreUpstream:
         cdef MessageHead head = new_request_head(method.upper().encode("ascii"),
                                                  target.encode("latin-1"))
         cdef Collector collector
+        cdef bytes name, value
+        problem = target_error(head.method, head.target)
+        if problem is not None:
+            raise ValueError(f"cannot send this request upstream: {problem}")
         head.headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        for name, value in head.headers:
+            problem = field_error(name, value)
+            if problem is not None:
+                raise ValueError(f"cannot send this request upstream: {problem}")
         head.collect()
         if head.host is None:
             head.end_to_end = head.end_to_end + [(b"Host", self.host_header)]
@@ -992,6 +1109,12 @@ cdef class CoreUpstream:
 
 
 cdef object STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+# Fields of a response the proxy makes that it sets itself (framing) or
+# that are hop-by-hop (RFC 9110 section 7.6.1): dropped from a handler's.
+cdef frozenset ANSWER_DROPPED = frozenset((
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"te",
+    b"trailer", b"upgrade", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization"))
 
 
 @cython.internal
@@ -1004,28 +1127,75 @@ cdef class _HandlerDone:
         self.ex = ex
 
     def __call__(self, task):
+        """Every end of a handler ends in an answer (or a closed client):
+        a result that cannot be written is a 500, never silence."""
         cdef ClientProtocol client = self.client
         cdef Exchange ex = self.ex
         if client.handler_task is task:
             client.handler_task = None
-        if task.cancelled() or client.state == CLIENT_CLOSED:
+        if client.state == CLIENT_CLOSED:
             return
-        exc = task.exception()
-        if exc is not None:
-            if not isinstance(exc, ProxyError):
+        try:
+            if task.cancelled():
+                # Not by the core (it cancels only for a closed client).
+                exc = HandlerError("the handler failed: CancelledError")
+                client.core.counters.count_error("handler_error")
+                log.error("handler for %s %s was cancelled", ex.head.method.decode("latin-1"),
+                          ex.head.target.decode("latin-1"))
+            else:
+                exc = task.exception()
+            if exc is None:
+                try:
+                    status, headers, body = _response_parts(task.result())
+                except Exception as bad:
+                    client.core.counters.count_error("handler_bad_response")
+                    log.error("handler for %s %s returned a response that cannot be sent",
+                              ex.head.method.decode("latin-1"),
+                              ex.head.target.decode("latin-1"), exc_info=bad)
+                    # The kind only: the text may hold what the client sent.
+                    exc = HandlerError(
+                        f"the handler's response cannot be sent: {type(bad).__name__}")
+                else:
+                    client._answer(ex, status, headers, body)
+                    return
+            elif not isinstance(exc, ProxyError):
                 client.core.counters.count_error("handler_error")
                 log.error("handler for %s %s failed", ex.head.method.decode("latin-1"),
                           ex.head.target.decode("latin-1"), exc_info=exc)
-                exc = HandlerError(f"the handler failed: {type(exc).__name__}: {exc}")
+                exc = HandlerError(f"the handler failed: {type(exc).__name__}")
             client._answer_error(ex, exc)
-            return
-        response = task.result()
-        headers = [(n.encode("latin-1"), str(v).encode("latin-1"))
-                   for n, v in response.headers]
-        body = response.body
-        if isinstance(body, str):
-            body = body.encode()
-        client._answer(ex, response.status, headers, bytes(body))
+        except Exception:
+            # Nothing may escape a done callback: the loop would only log it,
+            # and this client would wait forever.
+            log.exception("answering %s %s failed", ex.head.method.decode("latin-1"),
+                          ex.head.target.decode("latin-1"))
+            client.abort()
+
+
+cdef tuple _response_parts(object response):
+    """A handler's Response as (status, [(name, value)], body) in bytes,
+    checked: raises if any of it cannot go into a response as it is."""
+    cdef list headers = []
+    cdef bytes name, value
+    status = response.status
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ValueError("the status is not an int from 200 to 599")
+    for pair in response.headers:
+        raw_name, raw_value = pair
+        if type(raw_name) is not str:
+            raise TypeError("a header name is not a str")
+        name = raw_name.encode("latin-1")
+        value = str(raw_value).encode("latin-1")
+        problem = field_error(name, value)
+        if problem is not None:
+            raise ValueError(problem)
+        headers.append((name, value))
+    body = response.body
+    if isinstance(body, str):
+        body = body.encode()
+    elif not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("the body is not bytes or str")
+    return status, headers, bytes(body)
 
 
 @cython.final
@@ -1063,7 +1233,12 @@ cdef class ClientProtocol(ResponseSink):
 
     def connection_lost(self, exc):
         cdef UpstreamProtocol up = self.upstream
+        cdef Exchange ex
         self.state = CLIENT_CLOSED
+        self.core.pool.unqueue(self)
+        for ex in self.exchanges:
+            self.core.counters.buffered_bodies -= ex.budgeted
+            ex.budgeted = 0
         self.core.clients.discard(self)
         self.core.counters.client_connections -= 1
         self.transport = None
@@ -1113,7 +1288,7 @@ cdef class ClientProtocol(ResponseSink):
         cdef ClientState state = self.state
         if state == CLIENT_OPEN:
             if self.deadline_kind == DEADLINE_BODY:
-                self.deadline = monotonic() + self.core.body_timeout
+                self.body_window_bytes += nbytes
             self._feed_corked(nbytes)
             if self.in_head:
                 # httptools joins a header's pieces itself before calling
@@ -1237,6 +1412,10 @@ cdef class ClientProtocol(ResponseSink):
         self.paused &= ~reason
         if self.paused == 0 and self.transport is not None:
             self.transport.resume_reading()
+            if self.deadline_kind == DEADLINE_BODY:
+                # The body window counts only time the proxy was reading.
+                self.deadline = monotonic() + self.core.body_timeout
+                self.body_window_bytes = 0
 
     # httptools callbacks ---------------------------------------------------
 
@@ -1306,8 +1485,10 @@ cdef class ClientProtocol(ResponseSink):
                 elif head.content_length > core.max_buffered_body:
                     err = BodyTooLarge(
                         f"the request body is larger than {core.max_buffered_body} bytes")
-                else:
-                    ex.body_parts = []
+                elif head.framing != BODY_NONE and (
+                        core.counters.buffered_bodies + max(head.content_length, 0)
+                        > core.max_buffered_bodies):
+                    err = _budget_exceeded()
         if err is not None:
             self.receiving = None
             self._stop_parsing(err)
@@ -1327,6 +1508,7 @@ cdef class ClientProtocol(ResponseSink):
         else:
             self.deadline_kind = DEADLINE_BODY
             self.deadline = monotonic() + core.body_timeout
+            self.body_window_bytes = 0
         self._queue(ex)
 
     cdef bint _may_ask_keep_alive(self, MessageHead head):
@@ -1365,15 +1547,29 @@ cdef class ClientProtocol(ResponseSink):
 
     def on_body(self, bytes data):
         cdef Exchange ex = self.receiving
+        cdef Py_ssize_t size
         if ex is None:
             return
         if ex.claim is not None:
-            ex.body_size += PyBytes_GET_SIZE(data)
+            size = PyBytes_GET_SIZE(data)
+            ex.body_size += size
             if ex.body_size > self.core.max_buffered_body:
                 self._last_error = BodyTooLarge(
                     f"the request body is larger than {self.core.max_buffered_body} bytes")
                 raise self._last_error
-            ex.body_parts.append(data)
+            ex.budgeted += size
+            if not self.core.take_budget(size):
+                self._last_error = _budget_exceeded()
+                raise self._last_error
+            # One growing buffer, not a list of pieces: a body sent a byte
+            # at a time must not cost an object per byte.
+            if ex.body is None:
+                ex.body = data
+            elif type(ex.body) is bytes:
+                ex.body = bytearray(ex.body)
+                ex.body += data
+            else:
+                ex.body += data
             return
         ex.body_size += PyBytes_GET_SIZE(data)
         if ex.answered:
@@ -1421,8 +1617,11 @@ cdef class ClientProtocol(ResponseSink):
                     last += (name, b": ", value, CRLF)
             last.append(CRLF)
             self._body_piece(ex, b"".join(last))
-        if self.first is ex and self.upstream is not None:
-            self.upstream.request_sent()
+        if self.first is ex:
+            if ex.body_first:
+                self._acquire_upstream(ex)
+            elif self.upstream is not None:
+                self.upstream.request_sent()
 
     # exchanges -------------------------------------------------------------
 
@@ -1446,6 +1645,9 @@ cdef class ClientProtocol(ResponseSink):
         self.backlog_size += size
         if self.backlog_size > BACKLOG_HIGH:
             self._pause(PAUSE_BACKLOG)
+        if ex.body_first and ex.pending_size > self.core.request_buffer_size and self.first is ex:
+            # A chunked body past the buffer: stream the rest.
+            self._acquire_upstream(ex)
 
     cdef void _queue(self, Exchange ex):
         self.exchanges.append(ex)
@@ -1470,7 +1672,22 @@ cdef class ClientProtocol(ResponseSink):
             return
         core.counters.requests_passed += 1
         self.request_method = ex.head.method
+        if (not ex.request_complete and not ex.head.expect_continue and not ex.upgrade
+                and (ex.head.framing == BODY_CHUNKED
+                     or ex.head.content_length <= core.request_buffer_size)
+                and ex.pending_size <= core.request_buffer_size):
+            # Like nginx (proxy_request_buffering), a small body is read
+            # whole before an upstream connection is taken: a slow client
+            # holds only its own connection.  A client that waits for
+            # 100 Continue is let through at once (the engine sends it).
+            ex.body_first = True
+            return
         core.pool.acquire(self)
+
+    cdef void _acquire_upstream(self, Exchange ex):
+        """The body of ``ex`` is read, or past the buffer: take an upstream."""
+        ex.body_first = False
+        self.core.pool.acquire(self)
 
     cdef void upstream_ready(self, UpstreamProtocol conn):
         cdef Exchange ex
@@ -1661,8 +1878,12 @@ cdef class ClientProtocol(ResponseSink):
     cdef void run_handler(self, Exchange ex):
         cdef MessageHead head = ex.head
         cdef ProxyCore core = self.core
-        body = b"".join(ex.body_parts) if ex.body_parts else b""
-        ex.body_parts = None
+        body = ex.body
+        ex.body = None
+        if body is None:
+            body = EMPTY
+        elif type(body) is not bytes:
+            body = bytes(body)
         request = Request(
             head.method.decode("ascii"), head.target.decode("latin-1"),
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.end_to_end],
@@ -1678,13 +1899,14 @@ cdef class ClientProtocol(ResponseSink):
                            or not ex.request_complete or self._last_one())
         if self.transport is None:
             return
+        if self.queued_at != 0:
+            self.core.pool.unqueue(self)
+        ex.body_first = False
         ex.close_after = close
         out = [b"HTTP/1.1 ", str(status).encode(), b" ",
                STATUS_PHRASES.get(status, b"Unknown"), CRLF]
         for name, value in headers:
-            lname = name.lower()
-            if (lname == b"content-length" or lname == b"transfer-encoding"
-                    or lname == b"connection" or lname == b"keep-alive"):
+            if name.lower() in ANSWER_DROPPED:
                 continue
             out += (name, b": ", value, CRLF)
         if status == 204 or status == 304 or status < 200:
@@ -1705,8 +1927,10 @@ cdef class ClientProtocol(ResponseSink):
             self.core.logger.warning("%s %s -> %d %s", ex.head.method.decode("latin-1")
                                      if ex.head.method else "-",
                                      ex.head.target.decode("latin-1"), exc.status, exc.reason)
-        self._answer(ex, exc.status, [(b"Content-Type", b"application/json")],
-                     exc.body())
+        headers = [(b"Content-Type", b"application/json")]
+        if exc.retry_after is not None:
+            headers.append((b"Retry-After", str(exc.retry_after).encode()))
+        self._answer(ex, exc.status, headers, exc.body())
 
     cdef void _finish(self, Exchange ex):
         """The active exchange's response is written: on to the next."""
@@ -1716,6 +1940,9 @@ cdef class ClientProtocol(ResponseSink):
                             ex.head.target.decode("latin-1"),
                             (monotonic() - ex.started_at) * 1000.0)
         ex.answered = True
+        if ex.budgeted:
+            self.core.counters.buffered_bodies -= ex.budgeted
+            ex.budgeted = 0
         if self.first is ex:
             self.exchanges.popleft()
             self.first = self.exchanges[0] if self.exchanges else None
@@ -1764,15 +1991,39 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void check_deadline(self, double now):
         cdef Deadline kind = self.deadline_kind
+        cdef ProxyCore core = self.core
+        if self.out is not None and self.out.transport_may_hold and self.out.stalled(
+                now, core.send_timeout):
+            # nginx's send_timeout: the client took nothing of what waits
+            # for it.  Its pace, not the upstream's: the upstream is paused.
+            core.counters.count_error("client_send_timeout")
+            if core.logger is not None:
+                core.logger.warning("client %s read nothing for %gs: connection closed",
+                                    self.peer[0] if self.peer else "-", core.send_timeout)
+            self.abort()
+            return
         if kind == DEADLINE_NONE or now < self.deadline:
+            return
+        if kind == DEADLINE_BODY and (self.paused != 0 or (
+                self.body_window_bytes > 0 and self.body_window_bytes >= core.body_window_min)):
+            # Enough came in this window (or the proxy was not reading):
+            # a new window starts.  A byte now and then is not enough, so a
+            # trickling client cannot hold its exchange for ever.
+            self.deadline = now + core.body_timeout
+            self.body_window_bytes = 0
             return
         self.deadline_kind = DEADLINE_NONE
         if kind == DEADLINE_IDLE:
             self.close()
         elif kind == DEADLINE_BODY:
-            self.core.counters.count_error("body_timeout")
+            core.counters.count_error("body_timeout")
             if self.receiving is not None and self.receiving.answered:
                 self.close()   # the answer is out; let it reach the client
+            elif self.state == CLIENT_OPEN and self.receiving is not None:
+                # RFC 9110 section 15.5.9, nginx's client_body_timeout: 408.
+                self._stop_parsing(RequestTimeout(
+                    f"the request body came slower than {core.body_window_min} bytes "
+                    f"per {core.body_timeout:g}s"))
             else:
                 self.abort()
         elif kind == DEADLINE_HEAD:
@@ -1856,11 +2107,17 @@ cdef class ProxyCore:
         self.response_timeout = config.response_timeout
         self.body_timeout = config.body_timeout
         self.upstream_idle_timeout = config.upstream_idle_timeout
+        self.send_timeout = config.send_timeout
+        self.upstream_queue_timeout = config.upstream_queue_timeout
+        self.max_upstream_waiters = config.max_upstream_waiters
+        self.body_window_min = int(config.min_body_rate * config.body_timeout)
+        self.request_buffer_size = config.request_buffer_size
+        self.max_buffered_bodies = config.max_buffered_bodies
         self.forwarded_headers = config.forwarded_headers
         self.access_log = config.access_log
         self.sweep_interval = min(1.0, max(0.05, min(
             self.header_timeout, self.idle_timeout, self.response_timeout, self.body_timeout,
-            self.upstream_idle_timeout) / 4.0))
+            self.upstream_idle_timeout, self.send_timeout, self.upstream_queue_timeout) / 4.0))
 
     def protocol_factory(self):
         return ClientProtocol(self)
@@ -1881,12 +2138,19 @@ cdef class ProxyCore:
     def _sweep_cb(self):
         self._sweep()
 
+    cdef bint take_budget(self, Py_ssize_t size):
+        """Count ``size`` more buffered bytes; False once over the budget."""
+        self.counters.buffered_bodies += size
+        return self.counters.buffered_bodies <= self.max_buffered_bodies
+
     cdef void _sweep(self):
         """Fire the deadlines that have passed.  PERF(selproxy): one timer
         per worker, instead of two timer calls per request."""
         cdef double now = monotonic()
         cdef ClientProtocol client
         cdef UpstreamProtocol conn
+        if self.pool.waiters:
+            self.pool.expire_waiters(now)
         for client in list(self.clients):
             client.check_deadline(now)
         for conn in list(self.pool.connections):
