@@ -59,6 +59,7 @@ import collections
 import http
 import logging
 import socket
+import ssl
 
 from httptools import HttpRequestParser, HttpResponseParser
 from httptools.parser.errors import (
@@ -516,16 +517,17 @@ async def _connect(UpstreamPool pool, ResponseSink sink):
         sink.upstream_failed(UpstreamTimeout(
             f"connecting to the upstream took longer than {core.connect_timeout:g}s"))
         _serve_waiter(pool)
-    except (OSError, asyncio.CancelledError) as exc:
+    except (Exception, asyncio.CancelledError) as exc:
+        # The client learns the kind of failure; the log has its text (an
+        # OS error names the upstream's address, a TLS one its certificate).
         pool.total -= 1
         core.counters.count_error("upstream_connect_failed")
-        sink.upstream_failed(UpstreamUnavailable(
-            f"cannot connect to the upstream: {exc}"))
-        _serve_waiter(pool)
-    except Exception as exc:
-        pool.total -= 1
-        core.counters.count_error("upstream_connect_failed")
-        sink.upstream_failed(UpstreamUnavailable(f"cannot connect to the upstream: {exc!r}"))
+        log.warning("cannot connect to the upstream %s:%s: %r", core.upstream_host,
+                    core.upstream_port, exc)
+        what = type(exc).__name__
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            what = f"its TLS certificate cannot be verified ({what})"
+        sink.upstream_failed(UpstreamUnavailable(f"cannot connect to the upstream: {what}"))
         _serve_waiter(pool)
     else:
         if conn.state == UP_CLOSED:
@@ -872,8 +874,8 @@ cdef class UpstreamProtocol:
             if now - self.idle_since > self.core.upstream_idle_timeout:
                 self.close()
             return
-        if self.state == UP_BUSY and self.out is not None and self.out.stalled(
-                now, self.core.send_timeout):
+        if (self.state == UP_BUSY or self.state == UP_TUNNEL) and self.out is not None \
+                and self.out.stalled(now, self.core.send_timeout):
             self.deadline_kind = DEADLINE_NONE
             self._fail(UpstreamTimeout(
                 f"the upstream took none of the request for {self.core.send_timeout:g}s"))

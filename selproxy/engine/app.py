@@ -173,7 +173,8 @@ class EngineApp:
             status, payload = exc.status, exc.body()
         except Exception as exc:
             logger.exception("internal error serving %s %s", method, path)
-            status, payload = 500, EngineError(f"{type(exc).__name__}: {exc}").body()
+            # The kind only: the text may hold internals (paths, SQL, data).
+            status, payload = 500, EngineError(type(exc).__name__).body()
         if isinstance(payload, str):
             return Response(payload.encode(), status, headers=self._headers(compat, text=True),
                             media_type=None)
