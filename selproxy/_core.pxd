@@ -205,6 +205,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef Py_ssize_t raw_head_size
     cdef Py_ssize_t url_size
     cdef Py_ssize_t body_window_bytes   # body bytes read in this body_timeout window
+    cdef Py_ssize_t framing_bytes  # bytes read since the last body piece (chunk lines, trailers)
     cdef bint in_head
     cdef list tunnel_pending
     cdef Exchange upgrading

@@ -1291,6 +1291,17 @@ cdef class ClientProtocol(ResponseSink):
         if state == CLIENT_OPEN:
             if self.deadline_kind == DEADLINE_BODY:
                 self.body_window_bytes += nbytes
+                self.framing_bytes += nbytes
+                self._feed_corked(nbytes)
+                if (self.framing_bytes > self.core.max_header_bytes + 4096
+                        and self.deadline_kind == DEADLINE_BODY):
+                    # Reads that bring no body byte: chunk lines and trailers.
+                    # httptools joins a trailer's pieces itself, so an endless
+                    # one would grow unseen, as a head's would (see below).
+                    self._stop_parsing(HeadersTooLarge(
+                        f"the request trailers are larger than "
+                        f"{self.core.max_header_bytes} bytes"))
+                return
             self._feed_corked(nbytes)
             if self.in_head:
                 # httptools joins a header's pieces itself before calling
@@ -1442,6 +1453,12 @@ cdef class ClientProtocol(ResponseSink):
     def on_header(self, bytes name, bytes value):
         cdef Exchange ex
         if not self.in_head:
+            # Trailers (RFC 9112 section 7.1.2): bounded like a head.
+            self.head_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+            if self.head_size > self.core.max_header_bytes:
+                self._last_error = HeadersTooLarge(
+                    f"the request trailers are larger than {self.core.max_header_bytes} bytes")
+                raise self._last_error
             ex = self.receiving
             if ex is not None:
                 if ex.trailers is None:
@@ -1511,6 +1528,7 @@ cdef class ClientProtocol(ResponseSink):
             self.deadline_kind = DEADLINE_BODY
             self.deadline = monotonic() + core.body_timeout
             self.body_window_bytes = 0
+            self.framing_bytes = 0
         self._queue(ex)
 
     cdef bint _may_ask_keep_alive(self, MessageHead head):
@@ -1550,6 +1568,7 @@ cdef class ClientProtocol(ResponseSink):
     def on_body(self, bytes data):
         cdef Exchange ex = self.receiving
         cdef Py_ssize_t size
+        self.framing_bytes = 0
         if ex is None:
             return
         if ex.claim is not None:
@@ -1594,6 +1613,7 @@ cdef class ClientProtocol(ResponseSink):
         self.receiving = None
         if self.deadline_kind == DEADLINE_BODY:
             self.deadline_kind = DEADLINE_NONE
+        self.framing_bytes = 0
         if ex.upgrade and self.upgrade_body_left > 0:
             # llhttp skipped this body: it arrives through _upgrade_bytes.
             return
