@@ -1314,6 +1314,7 @@ cdef class ClientProtocol(ResponseSink):
                         f"the request header block is larger than "
                         f"{self.core.max_header_bytes} bytes"))
         elif state == CLIENT_TUNNEL:
+            self.tunnel_moved = True
             if self.upstream is not None:
                 self.upstream.write(bytes(self.core.read_view[:nbytes]))
         elif state == CLIENT_UPGRADING:
@@ -1822,6 +1823,7 @@ cdef class ClientProtocol(ResponseSink):
         if self.transport is None:
             return
         if self.state == CLIENT_TUNNEL:
+            self.tunnel_moved = True
             self.out.write(data)
             return
         ex = self.first
@@ -1857,7 +1859,11 @@ cdef class ClientProtocol(ResponseSink):
     cdef void response_upgrade(self, bytes rest):
         cdef Exchange ex = self.first
         self.state = CLIENT_TUNNEL
-        self.deadline_kind = DEADLINE_NONE
+        # A tunnel with no byte either way for idle_timeout is closed, as an
+        # idle keep-alive connection is: it holds an upstream connection
+        # (nginx's proxy_read_timeout, HAProxy's timeout tunnel).
+        self.deadline_kind = DEADLINE_IDLE
+        self.deadline = monotonic() + self.core.idle_timeout
         if rest:
             self._write(rest)
         if self.tunnel_pending:
@@ -2025,6 +2031,10 @@ cdef class ClientProtocol(ResponseSink):
             self.abort()
             return
         if kind == DEADLINE_NONE or now < self.deadline:
+            return
+        if self.state == CLIENT_TUNNEL and self.tunnel_moved:
+            self.tunnel_moved = False
+            self.deadline = now + core.idle_timeout
             return
         if kind == DEADLINE_BODY and (self.paused != 0 or (
                 self.body_window_bytes > 0 and self.body_window_bytes >= core.body_window_min)):

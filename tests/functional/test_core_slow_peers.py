@@ -273,3 +273,42 @@ def test_a_client_that_reads_nothing_is_cut_after_send_timeout_and_blamed():
     assert counters["errors"]["client_send_timeout"] == 1
     assert "UpstreamTimeout" not in counters["errors"]
     assert innocent.status == 200 and innocent_time < 2
+
+
+SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+          b"Upgrade: websocket\r\n\r\n")
+
+
+def test_an_idle_tunnel_is_closed_after_idle_timeout_and_a_busy_one_is_not():
+    def respond(req):
+        return [SWITCH, ("tunnel", lambda data: data.upper())]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with RecordingUpstream(respond) as up:
+            async with in_process(up.url, idle_timeout=0.4) as proxy:
+                client = await RawClient.connect(proxy.url)
+                client.send(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                            b"Upgrade: websocket\r\n\r\n")
+                assert (await asyncio.wait_for(client.read_response(), 5)).status == 101
+                # Busy for three times the idle timeout: it stays open.
+                started = loop.time()
+                while loop.time() - started < 1.2:
+                    client.send(b"ping")
+                    assert await asyncio.wait_for(client.reader.readexactly(4), 5) == b"PING"
+                    await asyncio.sleep(0.1)
+                # Then idle: closed, and the upstream connection with it.
+                idle_from = loop.time()
+                closed = await client.at_eof(timeout=5)
+                idle_for = loop.time() - idle_from
+                for _ in range(200):
+                    if up.open_connections == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                client.close()
+                return closed, idle_for, up.open_connections
+
+    closed, idle_for, open_upstream = run(main())
+    assert closed
+    assert 0.3 <= idle_for < 3
+    assert open_upstream == 0
