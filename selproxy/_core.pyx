@@ -105,6 +105,10 @@ cdef Py_ssize_t JOIN_MAX = 16 * 1024
 # gets Connection: close with the answer; a chunked one, of unknown size,
 # is cut once this much has been dropped.
 cdef long long DRAIN_MAX = 1024 * 1024
+# Queued request body pieces smaller than this, once this many are queued,
+# go into one buffer (see ClientProtocol._body_piece).
+cdef Py_ssize_t PENDING_SMALL = 1024
+cdef Py_ssize_t PENDING_MERGE_FROM = 8
 
 # Live objects, counted in debug builds only: tests assert they return to
 # zero once a proxy has stopped (a leaked connection or exchange shows here).
@@ -1660,7 +1664,21 @@ cdef class ClientProtocol(ResponseSink):
             return
         if ex.pending is None:
             ex.pending = []
-        if chunk:
+        if size < PENDING_SMALL and len(ex.pending) >= PENDING_MERGE_FROM:
+            # A body arriving in many tiny reads is queued in one buffer, not
+            # as an object per read (and three per chunk): what it costs to
+            # hold stays close to its size.
+            merged = ex.pending[-1]
+            if type(merged) is not bytearray:
+                merged = bytearray()
+                ex.pending.append(merged)
+            if chunk:
+                merged += chunk_size_line(size)
+                merged += data
+                merged += CRLF
+            else:
+                merged += data
+        elif chunk:
             ex.pending += (chunk_size_line(size), data, CRLF)
         else:
             ex.pending.append(data)
@@ -1749,7 +1767,11 @@ cdef class ClientProtocol(ResponseSink):
         if conn.writing_paused:
             self._pause(PAUSE_UPSTREAM_FULL)
         if ex.pending:
-            conn.writelines(ex.pending)
+            if len(ex.pending) > PENDING_MERGE_FROM:
+                conn.writelines([bytes(piece) if type(piece) is bytearray else piece
+                                 for piece in ex.pending])
+            else:
+                conn.writelines(ex.pending)
             self.backlog_size -= ex.pending_size
             ex.pending = None
             ex.pending_size = 0
