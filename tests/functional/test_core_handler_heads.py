@@ -217,3 +217,38 @@ def test_a_101_to_a_handler_call_is_a_prompt_502_and_the_connection_is_dropped()
     assert elapsed < 3
     assert after.status == 200
     assert len(up.connections) == 2 and up.connections[0].closed
+
+
+@pytest.mark.parametrize("override", [
+    "selproxy.x%0d%0aSet-Cookie:%20forged%3d1=1",
+    "selproxy.x%0aSet-Cookie:%20forged%3d1=1",
+    "selproxy.%E2%98%83=1",
+])
+def test_override_names_echoed_by_the_search_layer_cannot_split_or_hang_a_response(override):
+    # Through the real search routes: whatever the search layer echoes, the
+    # core writes no header of the client's making, and always answers.
+    from selproxy.search import SearchConfig, SearchService
+    from selproxy.search._testing import FakeEngine, ReverseRanker
+
+    async def main():
+        engine = FakeEngine({"books": [("d1", {"title": "rocket"})]})
+        host, port = await engine.serve()
+        service = SearchService(ReverseRanker(), SearchConfig(topn=6))
+        try:
+            async with in_process(f"http://{host}:{port}", routes=service.routes()) as proxy:
+                client = await RawClient.connect(proxy.url)
+                body = b'{"query":{"match":{"title":"rocket"}}}'
+                client.send(b"POST /books/_search?" + override.encode() + b" HTTP/1.1\r\nHost: a\r\n"
+                            b"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+                client.close()
+                return head
+        finally:
+            await engine.close()
+            service.close()
+
+    head = run(main())
+    assert b"forged" not in head.lower()
+    assert b"\r\nset-cookie" not in head.lower()
+    assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 500 "))
