@@ -1687,7 +1687,7 @@ cdef class ClientProtocol(ResponseSink):
         if self.backlog_size > BACKLOG_HIGH:
             self._pause(PAUSE_BACKLOG)
         if ex.body_first and ex.pending_size > self.core.request_buffer_size and self.first is ex:
-            # A chunked body past the buffer: stream the rest.
+            # A body past the buffer: stream the rest.
             self._acquire_upstream(ex)
 
     cdef void _queue(self, Exchange ex):
@@ -1714,13 +1714,13 @@ cdef class ClientProtocol(ResponseSink):
         core.counters.requests_passed += 1
         self.request_method = ex.head.method
         if (not ex.request_complete and not ex.head.expect_continue and not ex.upgrade
-                and (ex.head.framing == BODY_CHUNKED
-                     or ex.head.content_length <= core.request_buffer_size)
                 and ex.pending_size <= core.request_buffer_size):
-            # Like nginx (proxy_request_buffering), a small body is read
-            # whole before an upstream connection is taken: a slow client
-            # holds only its own connection.  A client that waits for
-            # 100 Continue is let through at once (the engine sends it).
+            # Like nginx (proxy_request_buffering), a body is read before an
+            # upstream connection is taken: whole if it is small, else its
+            # first request_buffer_size bytes.  A slow client holds only its
+            # own connection, or has sent that much first.  A client that
+            # waits for 100 Continue is let through at once (the engine
+            # sends it).
             ex.body_first = True
             return
         core.pool.acquire(self)

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default %(default)s)")
     limits.add_argument("--request-buffer-size", type=int, default=defaults.request_buffer_size,
                         metavar="BYTES",
-                        help="passthrough bodies up to this size are read whole before "
-                             "going upstream (default %(default)s)")
+                        help="passthrough bodies are read up to this size before "
+                             "an upstream connection is taken (default %(default)s)")
     limits.add_argument("--min-body-rate", type=int, default=defaults.min_body_rate,
                         metavar="BYTES", help="per second, over each --body-timeout window; "
                                               "408 below it (default %(default)s)")

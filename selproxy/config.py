@@ -62,9 +62,9 @@ class Config:
     #: All claimed request bodies and handlers' upstream responses one worker
     #: holds at once: past it, new claimed requests get 503 with Retry-After.
     max_buffered_bodies: int = 256 * 1024 * 1024
-    #: A passthrough request body up to this size (or a chunked one, until it
-    #: passes this size) is read whole before an upstream connection is taken,
-    #: so a slow client never holds one idle (nginx buffers bodies too).
+    #: A passthrough request body up to this size is read whole before an
+    #: upstream connection is taken, and this much of a larger one, so a slow
+    #: client never holds one idle (nginx buffers bodies too).
     request_buffer_size: int = 64 * 1024
 
     #: From the first byte of a request to the end of its head (slowloris).

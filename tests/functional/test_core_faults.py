@@ -224,7 +224,9 @@ def test_client_disconnect_mid_request_releases_the_upstream():
         async with RecordingUpstream(lambda req: ["stall"]) as up:
             async with in_process(up.url) as proxy:
                 client = await RawClient.connect(proxy.url)
-                client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+                # Past request_buffer_size, so the request is on its way upstream.
+                client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"
+                            + b"x" * 100_000)
                 await client.drain()
                 for _ in range(200):
                     if up.bytes_received:

@@ -66,16 +66,19 @@ async def _timed_get(url, target="/innocent"):
     return res, loop.time() - started
 
 
-@pytest.mark.parametrize("length", [1000, 256 * 1024], ids=["small-body", "large-body"])
-def test_trickling_bodies_get_408_and_do_not_starve_other_requests(length):
-    # Every upstream connection there is, and more, taken by clients sending
-    # one byte per 50 ms: below 200 bytes/s over 0.5 s windows.
+@pytest.mark.parametrize("length,buffer_size", [(1000, 64 * 1024), (256 * 1024, 64 * 1024),
+                                                (256 * 1024, 0)],
+                         ids=["small-body", "large-body", "streamed"])
+def test_trickling_bodies_get_408_and_do_not_starve_other_requests(length, buffer_size):
+    # More clients than upstream connections, each sending one body byte per
+    # 50 ms: below 200 bytes/s over 0.5 s windows.
     head = b"POST /idx/_doc HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length
 
     async def main():
         async with RecordingUpstream(lambda req: response(200, b"ok")) as up:
             async with in_process(up.url, max_upstream_connections=2, body_timeout=0.5,
-                                  min_body_rate=200, upstream_queue_timeout=30) as proxy:
+                                  min_body_rate=200, upstream_queue_timeout=30,
+                                  request_buffer_size=buffer_size) as proxy:
                 tricklers = [asyncio.ensure_future(_trickle(proxy.url, head, 0.05))
                              for _ in range(4)]
                 await asyncio.sleep(0.2)
@@ -89,12 +92,13 @@ def test_trickling_bodies_get_408_and_do_not_starve_other_requests(length):
         _es_error(res, 408, "request_timeout_exception")
         assert res.header("connection") == "close"
         assert elapsed < 5
-    if length == 1000:
-        # Read whole before taking an upstream connection: never held.
+    if buffer_size:
+        # Read before an upstream connection is taken (whole, or its first
+        # request_buffer_size bytes): none is held by a trickle.
         assert innocent_time < 2
     else:
-        # Past request_buffer_size the body streams, and holds a connection
-        # until the rate rule cuts it.
+        # Streamed from the first byte, each holds a connection until the
+        # rate rule cuts it.
         assert innocent_time < 5
 
 
