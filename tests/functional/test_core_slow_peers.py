@@ -316,3 +316,91 @@ def test_an_idle_tunnel_is_closed_after_idle_timeout_and_a_busy_one_is_not():
     assert closed
     assert 0.3 <= idle_for < 3
     assert open_upstream == 0
+
+
+def test_an_upstream_that_reads_none_of_a_request_gives_504_after_send_timeout():
+    # The client's body pace is then not the client's fault: its reading is
+    # paused by the proxy, and the wait is the upstream's.
+    async def main():
+        loop = asyncio.get_running_loop()
+        accepted = []
+
+        async def never_reads(reader, writer):
+            accepted.append(writer)     # read nothing past the stream's own buffer
+
+        server = await asyncio.start_server(never_reads, "127.0.0.1", 0, limit=16 * 1024)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with in_process(f"http://127.0.0.1:{port}", send_timeout=0.5,
+                                  body_timeout=0.3, response_timeout=30) as proxy:
+                client = await RawClient.connect(proxy.url)
+                size = 64 * 1024 * 1024
+                client.send(b"POST /idx/_bulk HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+                started = loop.time()
+
+                async def send_body():
+                    try:
+                        for _ in range(size // (1024 * 1024)):
+                            client.send(b"b" * (1024 * 1024))
+                            await client.drain()
+                    except ConnectionError:
+                        pass
+
+                sending = asyncio.ensure_future(send_body())
+                try:
+                    res = await asyncio.wait_for(client.read_response("POST"), 10)
+                except ConnectionError:
+                    res = None
+                elapsed = loop.time() - started
+                sending.cancel()
+                client.close()
+                return res, elapsed, proxy.core.counters.snapshot()
+        finally:
+            for writer in accepted:
+                writer.close()
+            server.close()
+
+    res, elapsed, counters = run(main())
+    # The upstream is blamed, in a bound.
+    assert counters["errors"]["UpstreamTimeout"] == 1
+    assert "body_timeout" not in counters["errors"]
+    assert elapsed < 5
+    # The 504 is written before the close; closing on a body the proxy has
+    # not read sends a reset, which a loaded machine may deliver first.
+    if res is not None:
+        _es_error(res, 504, "gateway_timeout_exception")
+
+
+def test_a_handler_call_waits_for_an_upstream_connection_in_the_same_bounds():
+    from selproxy import Request, Response, Route
+
+    async def calls(request: Request, upstream) -> Response:
+        res = await upstream.request("GET", "/inner", [])
+        return Response(200, [], res.body)
+
+    def respond(req):
+        if req.target == "/stall":
+            return ["stall"]
+        return response(200, b"inner")
+
+    async def main():
+        async with RecordingUpstream(respond) as up:
+            routes = [Route(("GET",), "/_calls", calls, "calls")]
+            async with in_process(up.url, routes=routes, max_upstream_connections=1,
+                                  upstream_queue_timeout=0.3, response_timeout=30,
+                                  shutdown_grace=0.5) as proxy:
+                holder = await RawClient.connect(proxy.url)
+                holder.send(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+                for _ in range(200):
+                    if up.requests:
+                        break
+                    await asyncio.sleep(0.01)
+                res, waited = await _timed_get(proxy.url, "/_calls")
+                waiting = proxy.core.counters.upstream_waiters
+                holder.close()
+                return res, waited, waiting
+
+    res, waited, waiting = run(main())
+    _es_error(res, 504, "gateway_timeout_exception")
+    assert 0.25 <= waited < 5
+    assert waiting == 0
