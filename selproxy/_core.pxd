@@ -262,6 +262,7 @@ cdef class ProxyCore:
     cdef set clients
     cdef bytearray read_buffer
     cdef object read_view
+    cdef object head_view          # its first HEAD_READ_SIZE bytes
     cdef object sweeper
     cdef bint draining
     cdef bint cork_upstreams       # a client read is being parsed

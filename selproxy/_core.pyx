@@ -96,6 +96,8 @@ cdef Py_ssize_t BACKLOG_LOW = 64 * 1024
 cdef Py_ssize_t WRITE_HIGH = 256 * 1024
 cdef Py_ssize_t WRITE_LOW = 64 * 1024
 cdef Py_ssize_t READ_BUFFER_SIZE = 256 * 1024
+# A client read between request bodies (see ClientProtocol.get_buffer).
+cdef Py_ssize_t HEAD_READ_SIZE = 8 * 1024
 # What one read of a response produces goes out joined up to this size, and
 # as separate buffers (one writev, no copy) past it.
 cdef Py_ssize_t JOIN_MAX = 16 * 1024
@@ -1288,6 +1290,11 @@ cdef class ClientProtocol(ResponseSink):
             self.upstream.set_reading(True)
 
     def get_buffer(self, Py_ssize_t hint):
+        if self.receiving is None and self.state == CLIENT_OPEN:
+            # Between bodies a read holds heads: each small pipelined one
+            # becomes a few hundred bytes of objects before reading pauses,
+            # so such reads are kept small (a body gets the whole buffer).
+            return self.core.head_view
         return self.core.read_view
 
     def buffer_updated(self, Py_ssize_t nbytes):
@@ -2148,6 +2155,7 @@ cdef class ProxyCore:
         self.read_buffer = bytearray(READ_BUFFER_SIZE)
         self.corked_upstreams = []
         self.read_view = memoryview(self.read_buffer)
+        self.head_view = self.read_view[:HEAD_READ_SIZE]
 
         self.max_request_line = config.max_request_line
         self.max_header_bytes = config.max_header_bytes

@@ -404,3 +404,35 @@ def test_a_handler_call_waits_for_an_upstream_connection_in_the_same_bounds():
     _es_error(res, 504, "gateway_timeout_exception")
     assert 0.25 <= waited < 5
     assert waiting == 0
+
+
+def test_a_flood_of_pipelined_requests_costs_a_bounded_amount_of_memory():
+    # 256 KiB of the smallest requests in one write, behind one that stalls:
+    # what the proxy holds for them before it stops reading stays small.
+    import tracemalloc
+    flood = b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n" * 9000
+
+    async def main():
+        async with RecordingUpstream(lambda req: ["stall"]) as up:
+            async with in_process(up.url, shutdown_grace=0.5) as proxy:
+                client = await RawClient.connect(proxy.url)
+                await _timed_get(proxy.url, "/_selproxy/status")
+                tracemalloc.start()
+                try:
+                    before = tracemalloc.get_traced_memory()[0]
+                    client.send(flood)
+                    for _ in range(100):
+                        await asyncio.sleep(0.01)
+                        if up.requests:
+                            break
+                    await asyncio.sleep(0.2)
+                    grown = tracemalloc.get_traced_memory()[0] - before
+                finally:
+                    tracemalloc.stop()
+                innocent = await _timed_get(proxy.url, "/_selproxy/status")
+                client.close()
+                return grown, innocent
+
+    grown, (innocent, innocent_time) = run(main())
+    assert grown < 1024 * 1024, f"{grown / 1024:.0f} KiB"   # 2.6 MiB before reads were bounded
+    assert innocent.status == 200 and innocent_time < 2
