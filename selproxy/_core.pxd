@@ -207,6 +207,9 @@ cdef class ClientProtocol(ResponseSink):
     cdef Py_ssize_t body_window_bytes   # body bytes read in this body_timeout window
     cdef Py_ssize_t framing_bytes  # bytes read since the last body piece (chunk lines, trailers)
     cdef bint tunnel_moved         # a byte crossed the tunnel since the last idle check
+    cdef bint linger_on_close      # parsing stopped mid-request: the client may still send
+    cdef bint lingering            # answered and half-closed: reading and dropping
+    cdef Py_ssize_t lingered       # bytes dropped so far
     cdef bint in_head
     cdef list tunnel_pending
     cdef Exchange upgrading

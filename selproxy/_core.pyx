@@ -107,6 +107,12 @@ cdef Py_ssize_t JOIN_MAX = 16 * 1024
 # gets Connection: close with the answer; a chunked one, of unknown size,
 # is cut once this much has been dropped.
 cdef long long DRAIN_MAX = 1024 * 1024
+# After an answer that ends a connection mid-request (an error, a timeout),
+# what the client still sends is read and dropped for up to this long (and
+# this much) before the close: closing on unread bytes sends a reset, which
+# can reach the client before the answer does (nginx's lingering_close).
+cdef double LINGER_TIME = 2.0
+cdef Py_ssize_t LINGER_MAX = 64 * 1024 * 1024
 # Queued request body pieces smaller than this, once this many are queued,
 # go into one buffer (see ClientProtocol._body_piece).
 cdef Py_ssize_t PENDING_SMALL = 1024
@@ -1271,7 +1277,8 @@ cdef class ClientProtocol(ResponseSink):
         cdef Exchange ex
         # A half-close after whole requests: answer them, then close.  A
         # request cut short can never complete, so that is a disconnect.
-        if self.first is None or self.in_head or self.receiving is not None:
+        if (self.first is None or self.in_head or self.receiving is not None
+                or self.lingering):
             return False
         for ex in self.exchanges:
             if not ex.request_complete:
@@ -1330,6 +1337,10 @@ cdef class ClientProtocol(ResponseSink):
                 self.upstream.write(bytes(self.core.read_view[:nbytes]))
         elif state == CLIENT_UPGRADING:
             self._upgrade_bytes(bytes(self.core.read_view[:nbytes]))
+        elif self.lingering:
+            self.lingered += nbytes
+            if self.lingered > LINGER_MAX:
+                self.close()
 
     cdef void _feed_corked(self, Py_ssize_t nbytes):
         cdef ProxyCore core = self.core
@@ -1395,6 +1406,7 @@ cdef class ClientProtocol(ResponseSink):
         self.state = CLIENT_CLOSING
         self.in_head = False
         self._pause(PAUSE_STOPPED)
+        self.linger_on_close = True
         self.core.counters.count_error(error_kind(exc))
         ex = self.receiving
         if ex is None or ex.request_complete:
@@ -2113,10 +2125,22 @@ cdef class ClientProtocol(ResponseSink):
         if self.state == CLIENT_CLOSED:
             return
         self.uncork()
-        if self.transport is not None:
-            self.state = CLIENT_CLOSING
-            self.out.stop()
-            self.transport.close()
+        if self.transport is None:
+            return
+        self.state = CLIENT_CLOSING
+        self.out.stop()
+        if self.linger_on_close and not self.lingering:
+            # Half-close after the answer, then read and drop until the
+            # client closes too, LINGER_TIME passes or DRAIN_MAX is dropped.
+            self.lingering = True
+            self.transport.write_eof()
+            if self.paused != 0:
+                self.paused = 0
+                self.transport.resume_reading()
+            self.deadline_kind = DEADLINE_IDLE
+            self.deadline = monotonic() + LINGER_TIME
+            return
+        self.transport.close()
 
     cdef void abort(self):
         if self.transport is not None:
