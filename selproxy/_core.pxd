@@ -22,7 +22,8 @@ cdef enum Deadline:
     DEADLINE_IDLE = 1        # keep-alive client between requests
     DEADLINE_HEAD = 2        # client sending a request head (slowloris)
     DEADLINE_RESPONSE = 3    # upstream owes us (more of) a response
-    DEADLINE_BODY = 4        # client owes us (more of) a request body
+    DEADLINE_BODY = 4        # client owes us (more of) a request body, at a
+                             # minimum rate over each body_timeout window
 
 # An upstream connection:
 #
@@ -51,6 +52,8 @@ cdef class Counters:
     cdef readonly long upstream_connections
     cdef readonly long upstream_idle
     cdef readonly unsigned long long upstream_connects
+    cdef readonly long upstream_waiters
+    cdef readonly long long buffered_bodies   # claimed bodies and handler responses held
     cdef readonly dict errors
 
     cdef void count_error(self, str kind)
@@ -60,6 +63,7 @@ cdef class ResponseSink:
     """Anything that receives an upstream's response: a client connection
     (passthrough) or a collector for a handler's upstream call."""
     cdef bytes request_method
+    cdef double queued_at          # when it joined the pool's waiters; 0: not waiting
     cdef void upstream_ready(self, UpstreamProtocol conn)
     cdef void upstream_failed(self, object exc)
     cdef void response_interim(self, MessageHead head)
@@ -78,6 +82,11 @@ cdef class TransportWriter:
     cdef object transport_write    # transport.write, bound once
     cdef int fd                    # the socket's, or -1: always through the transport
     cdef bint transport_may_hold   # bytes may wait in the transport
+    cdef unsigned long long handed # bytes handed to the transport, ever
+    cdef unsigned long long sent_mark   # of those, how many had left at the last check
+    cdef double stalled_since      # since when none has left; 0: not stalled
+
+    cdef bint stalled(self, double now, double limit)
 
     cdef void stop(self)
     cdef void write(self, bytes data)
@@ -93,6 +102,9 @@ cdef class UpstreamPool:
     cdef set connections
 
     cdef void acquire(self, ResponseSink sink)
+    cdef ResponseSink _next_waiter(self)
+    cdef void unqueue(self, ResponseSink sink)
+    cdef void expire_waiters(self, double now)
     cdef void release(self, UpstreamProtocol conn, bint reusable)
     cdef void forget(self, UpstreamProtocol conn)
     cdef void _open(self, ResponseSink sink)
@@ -158,7 +170,9 @@ cdef class Exchange:
     cdef list pending              # framed body pieces not yet sent upstream
     cdef Py_ssize_t pending_size
     cdef RouteMatch claim
-    cdef list body_parts           # a claimed request's body
+    cdef object body               # a claimed request's body: bytes, then a bytearray
+    cdef Py_ssize_t budgeted       # of it, bytes counted in core.counters.buffered_bodies
+    cdef bint body_first           # passthrough: the body is read before an upstream is taken
     cdef Py_ssize_t body_size
     cdef object error              # a ProxyError to answer instead
     cdef bint close_after
@@ -190,6 +204,12 @@ cdef class ClientProtocol(ResponseSink):
     cdef Py_ssize_t head_size
     cdef Py_ssize_t raw_head_size
     cdef Py_ssize_t url_size
+    cdef Py_ssize_t body_window_bytes   # body bytes read in this body_timeout window
+    cdef Py_ssize_t framing_bytes  # bytes read since the last body piece (chunk lines, trailers)
+    cdef bint tunnel_moved         # a byte crossed the tunnel since the last idle check
+    cdef bint linger_on_close      # parsing stopped mid-request: the client may still send
+    cdef bint lingering            # answered and half-closed: reading and dropping
+    cdef Py_ssize_t lingered       # bytes dropped so far
     cdef bint in_head
     cdef list tunnel_pending
     cdef Exchange upgrading
@@ -215,6 +235,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _body_piece(self, Exchange ex, bytes data)
     cdef void _answer(self, Exchange ex, int status, list headers, bytes body)
     cdef void _answer_error(self, Exchange ex, object exc)
+    cdef void _acquire_upstream(self, Exchange ex)
     cdef void _finish(self, Exchange ex)
     cdef bint _last_one(self)
     cdef bint _can_drain(self, Exchange ex)
@@ -244,6 +265,7 @@ cdef class ProxyCore:
     cdef set clients
     cdef bytearray read_buffer
     cdef object read_view
+    cdef object head_view          # its first HEAD_READ_SIZE bytes
     cdef object sweeper
     cdef bint draining
     cdef bint cork_upstreams       # a client read is being parsed
@@ -261,8 +283,15 @@ cdef class ProxyCore:
     cdef double response_timeout
     cdef double body_timeout
     cdef double upstream_idle_timeout
+    cdef double send_timeout
+    cdef double upstream_queue_timeout
+    cdef Py_ssize_t max_upstream_waiters
+    cdef Py_ssize_t body_window_min      # bytes each body_timeout window must bring
+    cdef Py_ssize_t request_buffer_size
+    cdef long long max_buffered_bodies
     cdef double sweep_interval
     cdef bint forwarded_headers
     cdef bint access_log
 
     cdef void _sweep(self)
+    cdef bint take_budget(self, Py_ssize_t size)

@@ -31,6 +31,13 @@ class Counters:
     @property
     def upstream_connects(self) -> int: ...
     @property
+    def upstream_waiters(self) -> int:
+        """Requests waiting for a free upstream connection now."""
+    @property
+    def buffered_bodies(self) -> int:
+        """Bytes of claimed request bodies and handlers' upstream responses
+        held now (bounded by ``max_buffered_bodies``)."""
+    @property
     def errors(self) -> Dict[str, int]: ...
     def snapshot(self) -> Dict[str, Any]:
         """The counters as a JSON-ready dict."""

@@ -24,6 +24,7 @@ from selproxy._http cimport (
     MessageHead, BodyFraming, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
     BODY_UNTIL_CLOSE, new_request_head, new_response_head, analyse_request,
     analyse_raw_response, request_head_bytes, response_head_bytes, chunk_size_line,
+    field_error, target_error,
 )
 from selproxy._routes cimport RouteTable, RouteMatch
 from selproxy._debug cimport SELPROXY_DEBUG
@@ -58,6 +59,7 @@ import collections
 import http
 import logging
 import socket
+import ssl
 
 from httptools import HttpRequestParser, HttpResponseParser
 from httptools.parser.errors import (
@@ -68,7 +70,8 @@ from uvloop.loop import TCPTransport as UVTCPTransport
 from selproxy.errors import (
     ProxyError, BadRequest, RequestLineTooLong, HeadersTooLarge, BodyTooLarge,
     MethodNotAllowed, MisdirectedRequest, UpstreamUnavailable, UpstreamTimeout,
-    UpstreamProtocolError, HandlerError,
+    UpstreamProtocolError, HandlerError, RequestTimeout, UpstreamQueueFull,
+    UpstreamQueueTimeout, BodyBudgetExceeded,
 )
 from selproxy.handler import Request as _Request, Response as _Response
 
@@ -93,6 +96,8 @@ cdef Py_ssize_t BACKLOG_LOW = 64 * 1024
 cdef Py_ssize_t WRITE_HIGH = 256 * 1024
 cdef Py_ssize_t WRITE_LOW = 64 * 1024
 cdef Py_ssize_t READ_BUFFER_SIZE = 256 * 1024
+# A client read between request bodies (see ClientProtocol.get_buffer).
+cdef Py_ssize_t HEAD_READ_SIZE = 8 * 1024
 # What one read of a response produces goes out joined up to this size, and
 # as separate buffers (one writev, no copy) past it.
 cdef Py_ssize_t JOIN_MAX = 16 * 1024
@@ -102,6 +107,16 @@ cdef Py_ssize_t JOIN_MAX = 16 * 1024
 # gets Connection: close with the answer; a chunked one, of unknown size,
 # is cut once this much has been dropped.
 cdef long long DRAIN_MAX = 1024 * 1024
+# After an answer that ends a connection mid-request (an error, a timeout),
+# what the client still sends is read and dropped for up to this long (and
+# this much) before the close: closing on unread bytes sends a reset, which
+# can reach the client before the answer does (nginx's lingering_close).
+cdef double LINGER_TIME = 2.0
+cdef Py_ssize_t LINGER_MAX = 64 * 1024 * 1024
+# Queued request body pieces smaller than this, once this many are queued,
+# go into one buffer (see ClientProtocol._body_piece).
+cdef Py_ssize_t PENDING_SMALL = 1024
+cdef Py_ssize_t PENDING_MERGE_FROM = 8
 
 # Live objects, counted in debug builds only: tests assert they return to
 # zero once a proxy has stopped (a leaked connection or exchange shows here).
@@ -168,6 +183,8 @@ cdef class Counters:
             "upstream_connections": self.upstream_connections,
             "upstream_idle": self.upstream_idle,
             "upstream_connects": self.upstream_connects,
+            "upstream_waiters": self.upstream_waiters,
+            "buffered_bodies": self.buffered_bodies,
             "errors": dict(self.errors),
         }
 
@@ -254,6 +271,7 @@ cdef class TransportWriter:
                 if sent:
                     data = data[sent:]
         self.transport_may_hold = True
+        self.handed += <unsigned long long>PyBytes_GET_SIZE(data)
         self.transport_write(data)
 
     cdef void writelines(self, list pieces):
@@ -277,7 +295,29 @@ cdef class TransportWriter:
                     else:
                         return
         self.transport_may_hold = True
+        for item in pieces:
+            self.handed += <unsigned long long>len(item)
         self.transport.writelines(pieces)
+
+    cdef bint stalled(self, double now, double limit):
+        """Have bytes waited in the transport for ``limit`` seconds with none
+        of them taken by the peer?  Checked by the sweep, not per write: the
+        transport's bytes left so far are what it was handed less what it
+        still holds."""
+        cdef Py_ssize_t waiting
+        cdef unsigned long long left
+        if not self.transport_may_hold or self.transport is None:
+            return False
+        waiting = self.transport.get_write_buffer_size()
+        if waiting == 0:
+            self.stalled_since = 0
+            return False
+        left = self.handed - <unsigned long long>waiting
+        if self.stalled_since == 0 or left != self.sent_mark:
+            self.sent_mark = left
+            self.stalled_since = now
+            return False
+        return now - self.stalled_since >= limit
 
     cdef void write_all(self, list pieces):
         """Held writes, in one go."""
@@ -316,17 +356,23 @@ cdef str error_kind(object exc):
     return type(exc).__name__
 
 
-cdef void _feed_copied(object protocol, object read_view, object data) except *:
+cdef void _feed_copied(object protocol, object data) except *:
     """``data_received`` for asyncio's own loops, which call it on any
     protocol that is not an ``asyncio.BufferedProtocol`` (uvloop sees
-    ``get_buffer`` and never does): copy into the read buffer, as uvloop
-    would have read into it, and go on as after a read."""
-    cdef Py_ssize_t start = 0, size = len(data), capacity = len(read_view), n
+    ``get_buffer`` and never does): copy into the buffer ``get_buffer``
+    gives, as uvloop would have read into it, and go on as after a read."""
+    cdef Py_ssize_t start = 0, size = len(data), n
     while start < size:
-        n = min(capacity, size - start)
+        read_view = protocol.get_buffer(size - start)
+        n = min(len(read_view), size - start)
         read_view[:n] = data[start:start + n]
         protocol.buffer_updated(n)
         start += n
+
+
+cdef object _budget_exceeded():
+    return BodyBudgetExceeded(
+        "the bodies this worker buffers for claimed requests are at max_buffered_bodies")
 
 
 @cython.internal
@@ -394,8 +440,45 @@ cdef class UpstreamPool:
                 return
         if self.total < self.core.max_upstream:
             self._open(sink)
+        elif len(self.waiters) >= self.core.max_upstream_waiters:
+            # Envoy's max_pending_requests: a queue without a bound is a
+            # wait without one, for every request behind it.
+            self.core.counters.count_error("upstream_queue_full")
+            sink.upstream_failed(UpstreamQueueFull(
+                f"{len(self.waiters)} requests already wait for an upstream connection"))
         else:
+            sink.queued_at = monotonic()
             self.waiters.append(sink)
+            self.core.counters.upstream_waiters += 1
+
+    cdef ResponseSink _next_waiter(self):
+        cdef ResponseSink sink = <ResponseSink>self.waiters.popleft()
+        sink.queued_at = 0
+        self.core.counters.upstream_waiters -= 1
+        return sink
+
+    cdef void unqueue(self, ResponseSink sink):
+        """``sink`` no longer wants a connection (its client left, its
+        request was answered otherwise)."""
+        if sink.queued_at == 0:
+            return
+        sink.queued_at = 0
+        try:
+            self.waiters.remove(sink)
+            self.core.counters.upstream_waiters -= 1
+        except ValueError:
+            pass
+
+    cdef void expire_waiters(self, double now):
+        """504 for the waiters that waited upstream_queue_timeout (HAProxy's
+        timeout queue); the oldest are first."""
+        cdef ResponseSink sink
+        cdef double limit = self.core.upstream_queue_timeout
+        while self.waiters and now - (<ResponseSink>self.waiters[0]).queued_at >= limit:
+            sink = self._next_waiter()
+            self.core.counters.count_error("upstream_queue_timeout")
+            sink.upstream_failed(UpstreamQueueTimeout(
+                f"no upstream connection was free within {limit:g}s"))
 
     cdef void _open(self, ResponseSink sink):
         self.total += 1
@@ -407,7 +490,7 @@ cdef class UpstreamPool:
         conn.sink = None
         if reusable and conn.state == UP_BUSY and not self.core.draining:
             if self.waiters:
-                waiter = <ResponseSink>self.waiters.popleft()
+                waiter = self._next_waiter()
                 conn.reused = True
                 waiter.upstream_ready(conn)
                 return
@@ -435,7 +518,7 @@ cdef class UpstreamPool:
             except ValueError:
                 pass
         if self.waiters and self.total < self.core.max_upstream and not self.core.draining:
-            waiter = <ResponseSink>self.waiters.popleft()
+            waiter = self._next_waiter()
             self._open(waiter)
 
     def close_idle(self):
@@ -460,16 +543,17 @@ async def _connect(UpstreamPool pool, ResponseSink sink):
         sink.upstream_failed(UpstreamTimeout(
             f"connecting to the upstream took longer than {core.connect_timeout:g}s"))
         _serve_waiter(pool)
-    except (OSError, asyncio.CancelledError) as exc:
+    except (Exception, asyncio.CancelledError) as exc:
+        # The client learns the kind of failure; the log has its text (an
+        # OS error names the upstream's address, a TLS one its certificate).
         pool.total -= 1
         core.counters.count_error("upstream_connect_failed")
-        sink.upstream_failed(UpstreamUnavailable(
-            f"cannot connect to the upstream: {exc}"))
-        _serve_waiter(pool)
-    except Exception as exc:
-        pool.total -= 1
-        core.counters.count_error("upstream_connect_failed")
-        sink.upstream_failed(UpstreamUnavailable(f"cannot connect to the upstream: {exc!r}"))
+        log.warning("cannot connect to the upstream %s:%s: %r", core.upstream_host,
+                    core.upstream_port, exc)
+        what = type(exc).__name__
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            what = f"its TLS certificate cannot be verified ({what})"
+        sink.upstream_failed(UpstreamUnavailable(f"cannot connect to the upstream: {what}"))
         _serve_waiter(pool)
     else:
         if conn.state == UP_CLOSED:
@@ -481,7 +565,7 @@ async def _connect(UpstreamPool pool, ResponseSink sink):
 
 cdef void _serve_waiter(UpstreamPool pool):
     if pool.waiters and pool.total < pool.core.max_upstream:
-        pool._open(<ResponseSink>pool.waiters.popleft())
+        pool._open(pool._next_waiter())
 
 
 @cython.final
@@ -554,7 +638,7 @@ cdef class UpstreamProtocol:
         return self.core.read_view
 
     def data_received(self, data):
-        _feed_copied(self, self.core.read_view, data)
+        _feed_copied(self, data)
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef ResponseSink sink = self.sink
@@ -585,6 +669,8 @@ cdef class UpstreamProtocol:
         try:
             self.feed_data(self.core.read_view[start:nbytes])
         except HttpParserUpgrade as exc:
+            if self.state != UP_BUSY:
+                return     # the sink refused the 101 and closed this connection
             offset = start + exc.args[0]
             self.state = UP_TUNNEL
             self.deadline_kind = DEADLINE_NONE
@@ -694,6 +780,8 @@ cdef class UpstreamProtocol:
             if head.status != 101:
                 self.deadline_kind = DEADLINE_RESPONSE
             sink.response_head(head)
+            if self.state != UP_BUSY:
+                return     # refused by the sink (a 101 it did not ask for)
             if sink.request_method == b"HEAD":
                 raise HeadResponseEnd()
             if head.framing == BODY_CHUNKED:
@@ -777,6 +865,10 @@ cdef class UpstreamProtocol:
         if on and self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
+            if self.deadline_kind == DEADLINE_RESPONSE:
+                # The response clock stood still while the proxy itself held
+                # the upstream back (a slow client): it restarts now.
+                self.deadline = monotonic() + self.core.response_timeout
         elif not on and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -811,7 +903,16 @@ cdef class UpstreamProtocol:
             if now - self.idle_since > self.core.upstream_idle_timeout:
                 self.close()
             return
+        if (self.state == UP_BUSY or self.state == UP_TUNNEL) and self.out is not None \
+                and self.out.stalled(now, self.core.send_timeout):
+            self.deadline_kind = DEADLINE_NONE
+            self._fail(UpstreamTimeout(
+                f"the upstream took none of the request for {self.core.send_timeout:g}s"))
+            return
         if self.deadline_kind == DEADLINE_RESPONSE and now >= self.deadline:
+            if self.reading_paused:
+                # Not the upstream's silence: the proxy is not reading.
+                return
             self.deadline_kind = DEADLINE_NONE
             self._fail(UpstreamTimeout(
                 f"the upstream did not answer within {self.core.response_timeout:g}s"))
@@ -901,6 +1002,7 @@ cdef class Collector(ResponseSink):
     cdef MessageHead head
     cdef list parts
     cdef Py_ssize_t size
+    cdef Py_ssize_t budgeted       # of size, counted in core.counters.buffered_bodies
     cdef bint retried
 
     def __cinit__(self, ProxyCore core, bytes method, bytes data):
@@ -923,20 +1025,39 @@ cdef class Collector(ResponseSink):
             self.future.set_exception(exc)
 
     cdef void response_head(self, MessageHead head):
+        if head.status == 101:
+            # Nothing here asked for an upgrade, and a tunnel has no end to
+            # wait for: the connection is dropped and the handler gets a 502.
+            if self.conn is not None:
+                self.conn._fail(UpstreamProtocolError(
+                    "the upstream answered 101 to a request that asked for no upgrade"))
+            return
         self.head = head
 
     cdef void response_body(self, bytes data):
-        self.size += PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        self.size += size
         if self.size > self.core.max_buffered_response:
             if self.conn is not None:
                 self.conn._fail(UpstreamProtocolError(
                     "the upstream response is larger than max_buffered_response"))
             return
+        self.budgeted += size
+        if not self.core.take_budget(size):
+            if self.conn is not None:
+                self.conn._fail(BodyBudgetExceeded(
+                    "the worker holds max_buffered_bodies bytes of buffered bodies"))
+            return
         self.parts.append(data)
+
+    cdef void _release_budget(self):
+        self.core.counters.buffered_bodies -= self.budgeted
+        self.budgeted = 0
 
     cdef void response_complete(self, list trailers):
         cdef MessageHead head = self.head
         self.conn = None
+        self._release_budget()
         if self.future.done() or head is None:
             return
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.pairs()]
@@ -945,6 +1066,7 @@ cdef class Collector(ResponseSink):
     cdef void response_failed(self, object exc, bint head_seen):
         cdef UpstreamProtocol conn = self.conn
         self.conn = None
+        self._release_budget()
         if self.future.done():
             return
         if (conn is not None and conn.reused and not conn.any_response_bytes
@@ -961,6 +1083,8 @@ cdef class Collector(ResponseSink):
     def cancel(self):
         cdef UpstreamProtocol conn = self.conn
         self.conn = None
+        self._release_budget()
+        self.core.pool.unqueue(self)
         if conn is not None:
             conn.sink = None
             conn.abort()
@@ -980,7 +1104,15 @@ cdef class CoreUpstream:
         cdef MessageHead head = new_request_head(method.upper().encode("ascii"),
                                                  target.encode("latin-1"))
         cdef Collector collector
+        cdef bytes name, value
+        problem = target_error(head.method, head.target)
+        if problem is not None:
+            raise ValueError(f"cannot send this request upstream: {problem}")
         head.headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        for name, value in head.headers:
+            problem = field_error(name, value)
+            if problem is not None:
+                raise ValueError(f"cannot send this request upstream: {problem}")
         head.collect()
         if head.host is None:
             head.end_to_end = head.end_to_end + [(b"Host", self.host_header)]
@@ -1008,6 +1140,12 @@ cdef class CoreUpstream:
 
 
 cdef object STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+# Fields of a response the proxy makes that it sets itself (framing) or
+# that are hop-by-hop (RFC 9110 section 7.6.1): dropped from a handler's.
+cdef frozenset ANSWER_DROPPED = frozenset((
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"te",
+    b"trailer", b"upgrade", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization"))
 
 
 @cython.internal
@@ -1020,28 +1158,75 @@ cdef class _HandlerDone:
         self.ex = ex
 
     def __call__(self, task):
+        """Every end of a handler ends in an answer (or a closed client):
+        a result that cannot be written is a 500, never silence."""
         cdef ClientProtocol client = self.client
         cdef Exchange ex = self.ex
         if client.handler_task is task:
             client.handler_task = None
-        if task.cancelled() or client.state == CLIENT_CLOSED:
+        if client.state == CLIENT_CLOSED:
             return
-        exc = task.exception()
-        if exc is not None:
-            if not isinstance(exc, ProxyError):
+        try:
+            if task.cancelled():
+                # Not by the core (it cancels only for a closed client).
+                exc = HandlerError("the handler failed: CancelledError")
+                client.core.counters.count_error("handler_error")
+                log.error("handler for %s %s was cancelled", ex.head.method.decode("latin-1"),
+                          ex.head.target.decode("latin-1"))
+            else:
+                exc = task.exception()
+            if exc is None:
+                try:
+                    status, headers, body = _response_parts(task.result())
+                except Exception as bad:
+                    client.core.counters.count_error("handler_bad_response")
+                    log.error("handler for %s %s returned a response that cannot be sent",
+                              ex.head.method.decode("latin-1"),
+                              ex.head.target.decode("latin-1"), exc_info=bad)
+                    # The kind only: the text may hold what the client sent.
+                    exc = HandlerError(
+                        f"the handler's response cannot be sent: {type(bad).__name__}")
+                else:
+                    client._answer(ex, status, headers, body)
+                    return
+            elif not isinstance(exc, ProxyError):
                 client.core.counters.count_error("handler_error")
                 log.error("handler for %s %s failed", ex.head.method.decode("latin-1"),
                           ex.head.target.decode("latin-1"), exc_info=exc)
-                exc = HandlerError(f"the handler failed: {type(exc).__name__}: {exc}")
+                exc = HandlerError(f"the handler failed: {type(exc).__name__}")
             client._answer_error(ex, exc)
-            return
-        response = task.result()
-        headers = [(n.encode("latin-1"), str(v).encode("latin-1"))
-                   for n, v in response.headers]
-        body = response.body
-        if isinstance(body, str):
-            body = body.encode()
-        client._answer(ex, response.status, headers, bytes(body))
+        except Exception:
+            # Nothing may escape a done callback: the loop would only log it,
+            # and this client would wait forever.
+            log.exception("answering %s %s failed", ex.head.method.decode("latin-1"),
+                          ex.head.target.decode("latin-1"))
+            client.abort()
+
+
+cdef tuple _response_parts(object response):
+    """A handler's Response as (status, [(name, value)], body) in bytes,
+    checked: raises if any of it cannot go into a response as it is."""
+    cdef list headers = []
+    cdef bytes name, value
+    status = response.status
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ValueError("the status is not an int from 200 to 599")
+    for pair in response.headers:
+        raw_name, raw_value = pair
+        if type(raw_name) is not str:
+            raise TypeError("a header name is not a str")
+        name = raw_name.encode("latin-1")
+        value = str(raw_value).encode("latin-1")
+        problem = field_error(name, value)
+        if problem is not None:
+            raise ValueError(problem)
+        headers.append((name, value))
+    body = response.body
+    if isinstance(body, str):
+        body = body.encode()
+    elif not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("the body is not bytes or str")
+    return status, headers, bytes(body)
 
 
 @cython.final
@@ -1079,7 +1264,12 @@ cdef class ClientProtocol(ResponseSink):
 
     def connection_lost(self, exc):
         cdef UpstreamProtocol up = self.upstream
+        cdef Exchange ex
         self.state = CLIENT_CLOSED
+        self.core.pool.unqueue(self)
+        for ex in self.exchanges:
+            self.core.counters.buffered_bodies -= ex.budgeted
+            ex.budgeted = 0
         self.core.clients.discard(self)
         self.core.counters.client_connections -= 1
         self.transport = None
@@ -1104,7 +1294,8 @@ cdef class ClientProtocol(ResponseSink):
         cdef Exchange ex
         # A half-close after whole requests: answer them, then close.  A
         # request cut short can never complete, so that is a disconnect.
-        if self.first is None or self.in_head or self.receiving is not None:
+        if (self.first is None or self.in_head or self.receiving is not None
+                or self.lingering):
             return False
         for ex in self.exchanges:
             if not ex.request_complete:
@@ -1123,16 +1314,32 @@ cdef class ClientProtocol(ResponseSink):
             self.upstream.set_reading(True)
 
     def get_buffer(self, Py_ssize_t hint):
+        if self.receiving is None and self.state == CLIENT_OPEN:
+            # Between bodies a read holds heads: each small pipelined one
+            # becomes a few hundred bytes of objects before reading pauses,
+            # so such reads are kept small (a body gets the whole buffer).
+            return self.core.head_view
         return self.core.read_view
 
     def data_received(self, data):
-        _feed_copied(self, self.core.read_view, data)
+        _feed_copied(self, data)
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef ClientState state = self.state
         if state == CLIENT_OPEN:
             if self.deadline_kind == DEADLINE_BODY:
-                self.deadline = monotonic() + self.core.body_timeout
+                self.body_window_bytes += nbytes
+                self.framing_bytes += nbytes
+                self._feed_corked(nbytes)
+                if (self.framing_bytes > self.core.max_header_bytes + 4096
+                        and self.deadline_kind == DEADLINE_BODY):
+                    # Reads that bring no body byte: chunk lines and trailers.
+                    # httptools joins a trailer's pieces itself, so an endless
+                    # one would grow unseen, as a head's would (see below).
+                    self._stop_parsing(HeadersTooLarge(
+                        f"the request trailers are larger than "
+                        f"{self.core.max_header_bytes} bytes"))
+                return
             self._feed_corked(nbytes)
             if self.in_head:
                 # httptools joins a header's pieces itself before calling
@@ -1145,10 +1352,15 @@ cdef class ClientProtocol(ResponseSink):
                         f"the request header block is larger than "
                         f"{self.core.max_header_bytes} bytes"))
         elif state == CLIENT_TUNNEL:
+            self.tunnel_moved = True
             if self.upstream is not None:
                 self.upstream.write(bytes(self.core.read_view[:nbytes]))
         elif state == CLIENT_UPGRADING:
             self._upgrade_bytes(bytes(self.core.read_view[:nbytes]))
+        elif self.lingering:
+            self.lingered += nbytes
+            if self.lingered > LINGER_MAX:
+                self.close()
 
     cdef void _feed_corked(self, Py_ssize_t nbytes):
         cdef ProxyCore core = self.core
@@ -1214,6 +1426,7 @@ cdef class ClientProtocol(ResponseSink):
         self.state = CLIENT_CLOSING
         self.in_head = False
         self._pause(PAUSE_STOPPED)
+        self.linger_on_close = True
         self.core.counters.count_error(error_kind(exc))
         ex = self.receiving
         if ex is None or ex.request_complete:
@@ -1256,6 +1469,10 @@ cdef class ClientProtocol(ResponseSink):
         self.paused &= ~reason
         if self.paused == 0 and self.transport is not None:
             self.transport.resume_reading()
+            if self.deadline_kind == DEADLINE_BODY:
+                # The body window counts only time the proxy was reading.
+                self.deadline = monotonic() + self.core.body_timeout
+                self.body_window_bytes = 0
 
     # httptools callbacks ---------------------------------------------------
 
@@ -1280,6 +1497,12 @@ cdef class ClientProtocol(ResponseSink):
     def on_header(self, bytes name, bytes value):
         cdef Exchange ex
         if not self.in_head:
+            # Trailers (RFC 9112 section 7.1.2): bounded like a head.
+            self.head_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+            if self.head_size > self.core.max_header_bytes:
+                self._last_error = HeadersTooLarge(
+                    f"the request trailers are larger than {self.core.max_header_bytes} bytes")
+                raise self._last_error
             ex = self.receiving
             if ex is not None:
                 if ex.trailers is None:
@@ -1325,8 +1548,10 @@ cdef class ClientProtocol(ResponseSink):
                 elif head.content_length > core.max_buffered_body:
                     err = BodyTooLarge(
                         f"the request body is larger than {core.max_buffered_body} bytes")
-                else:
-                    ex.body_parts = []
+                elif head.framing != BODY_NONE and (
+                        core.counters.buffered_bodies + max(head.content_length, 0)
+                        > core.max_buffered_bodies):
+                    err = _budget_exceeded()
         if err is not None:
             self.receiving = None
             self._stop_parsing(err)
@@ -1346,6 +1571,8 @@ cdef class ClientProtocol(ResponseSink):
         else:
             self.deadline_kind = DEADLINE_BODY
             self.deadline = monotonic() + core.body_timeout
+            self.body_window_bytes = 0
+            self.framing_bytes = 0
         self._queue(ex)
 
     cdef bint _may_ask_keep_alive(self, MessageHead head):
@@ -1384,15 +1611,30 @@ cdef class ClientProtocol(ResponseSink):
 
     def on_body(self, bytes data):
         cdef Exchange ex = self.receiving
+        cdef Py_ssize_t size
+        self.framing_bytes = 0
         if ex is None:
             return
         if ex.claim is not None:
-            ex.body_size += PyBytes_GET_SIZE(data)
+            size = PyBytes_GET_SIZE(data)
+            ex.body_size += size
             if ex.body_size > self.core.max_buffered_body:
                 self._last_error = BodyTooLarge(
                     f"the request body is larger than {self.core.max_buffered_body} bytes")
                 raise self._last_error
-            ex.body_parts.append(data)
+            ex.budgeted += size
+            if not self.core.take_budget(size):
+                self._last_error = _budget_exceeded()
+                raise self._last_error
+            # One growing buffer, not a list of pieces: a body sent a byte
+            # at a time must not cost an object per byte.
+            if ex.body is None:
+                ex.body = data
+            elif type(ex.body) is bytes:
+                ex.body = bytearray(ex.body)
+                ex.body += data
+            else:
+                ex.body += data
             return
         ex.body_size += PyBytes_GET_SIZE(data)
         if ex.answered:
@@ -1415,6 +1657,7 @@ cdef class ClientProtocol(ResponseSink):
         self.receiving = None
         if self.deadline_kind == DEADLINE_BODY:
             self.deadline_kind = DEADLINE_NONE
+        self.framing_bytes = 0
         if ex.upgrade and self.upgrade_body_left > 0:
             # llhttp skipped this body: it arrives through _upgrade_bytes.
             return
@@ -1440,8 +1683,11 @@ cdef class ClientProtocol(ResponseSink):
                     last += (name, b": ", value, CRLF)
             last.append(CRLF)
             self._body_piece(ex, b"".join(last))
-        if self.first is ex and self.upstream is not None:
-            self.upstream.request_sent()
+        if self.first is ex:
+            if ex.body_first:
+                self._acquire_upstream(ex)
+            elif self.upstream is not None:
+                self.upstream.request_sent()
 
     # exchanges -------------------------------------------------------------
 
@@ -1457,7 +1703,21 @@ cdef class ClientProtocol(ResponseSink):
             return
         if ex.pending is None:
             ex.pending = []
-        if chunk:
+        if size < PENDING_SMALL and len(ex.pending) >= PENDING_MERGE_FROM:
+            # A body arriving in many tiny reads is queued in one buffer, not
+            # as an object per read (and three per chunk): what it costs to
+            # hold stays close to its size.
+            merged = ex.pending[-1]
+            if type(merged) is not bytearray:
+                merged = bytearray()
+                ex.pending.append(merged)
+            if chunk:
+                merged += chunk_size_line(size)
+                merged += data
+                merged += CRLF
+            else:
+                merged += data
+        elif chunk:
             ex.pending += (chunk_size_line(size), data, CRLF)
         else:
             ex.pending.append(data)
@@ -1465,6 +1725,9 @@ cdef class ClientProtocol(ResponseSink):
         self.backlog_size += size
         if self.backlog_size > BACKLOG_HIGH:
             self._pause(PAUSE_BACKLOG)
+        if ex.body_first and ex.pending_size > self.core.request_buffer_size and self.first is ex:
+            # A body past the buffer: stream the rest.
+            self._acquire_upstream(ex)
 
     cdef void _queue(self, Exchange ex):
         self.exchanges.append(ex)
@@ -1489,7 +1752,22 @@ cdef class ClientProtocol(ResponseSink):
             return
         core.counters.requests_passed += 1
         self.request_method = ex.head.method
+        if (not ex.request_complete and not ex.head.expect_continue and not ex.upgrade
+                and ex.pending_size <= core.request_buffer_size):
+            # Like nginx (proxy_request_buffering), a body is read before an
+            # upstream connection is taken: whole if it is small, else its
+            # first request_buffer_size bytes.  A slow client holds only its
+            # own connection, or has sent that much first.  A client that
+            # waits for 100 Continue is let through at once (the engine
+            # sends it).
+            ex.body_first = True
+            return
         core.pool.acquire(self)
+
+    cdef void _acquire_upstream(self, Exchange ex):
+        """The body of ``ex`` is read, or past the buffer: take an upstream."""
+        ex.body_first = False
+        self.core.pool.acquire(self)
 
     cdef void upstream_ready(self, UpstreamProtocol conn):
         cdef Exchange ex
@@ -1528,7 +1806,11 @@ cdef class ClientProtocol(ResponseSink):
         if conn.writing_paused:
             self._pause(PAUSE_UPSTREAM_FULL)
         if ex.pending:
-            conn.writelines(ex.pending)
+            if len(ex.pending) > PENDING_MERGE_FROM:
+                conn.writelines([bytes(piece) if type(piece) is bytearray else piece
+                                 for piece in ex.pending])
+            else:
+                conn.writelines(ex.pending)
             self.backlog_size -= ex.pending_size
             ex.pending = None
             ex.pending_size = 0
@@ -1602,6 +1884,7 @@ cdef class ClientProtocol(ResponseSink):
         if self.transport is None:
             return
         if self.state == CLIENT_TUNNEL:
+            self.tunnel_moved = True
             self.out.write(data)
             return
         ex = self.first
@@ -1637,7 +1920,11 @@ cdef class ClientProtocol(ResponseSink):
     cdef void response_upgrade(self, bytes rest):
         cdef Exchange ex = self.first
         self.state = CLIENT_TUNNEL
-        self.deadline_kind = DEADLINE_NONE
+        # A tunnel with no byte either way for idle_timeout is closed, as an
+        # idle keep-alive connection is: it holds an upstream connection
+        # (nginx's proxy_read_timeout, HAProxy's timeout tunnel).
+        self.deadline_kind = DEADLINE_IDLE
+        self.deadline = monotonic() + self.core.idle_timeout
         if rest:
             self._write(rest)
         if self.tunnel_pending:
@@ -1680,8 +1967,12 @@ cdef class ClientProtocol(ResponseSink):
     cdef void run_handler(self, Exchange ex):
         cdef MessageHead head = ex.head
         cdef ProxyCore core = self.core
-        body = b"".join(ex.body_parts) if ex.body_parts else b""
-        ex.body_parts = None
+        body = ex.body
+        ex.body = None
+        if body is None:
+            body = EMPTY
+        elif type(body) is not bytes:
+            body = bytes(body)
         request = Request(
             head.method.decode("ascii"), head.target.decode("latin-1"),
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.end_to_end],
@@ -1697,13 +1988,14 @@ cdef class ClientProtocol(ResponseSink):
                            or not ex.request_complete or self._last_one())
         if self.transport is None:
             return
+        if self.queued_at != 0:
+            self.core.pool.unqueue(self)
+        ex.body_first = False
         ex.close_after = close
         out = [b"HTTP/1.1 ", str(status).encode(), b" ",
                STATUS_PHRASES.get(status, b"Unknown"), CRLF]
         for name, value in headers:
-            lname = name.lower()
-            if (lname == b"content-length" or lname == b"transfer-encoding"
-                    or lname == b"connection" or lname == b"keep-alive"):
+            if name.lower() in ANSWER_DROPPED:
                 continue
             out += (name, b": ", value, CRLF)
         if status == 204 or status == 304 or status < 200:
@@ -1724,8 +2016,10 @@ cdef class ClientProtocol(ResponseSink):
             self.core.logger.warning("%s %s -> %d %s", ex.head.method.decode("latin-1")
                                      if ex.head.method else "-",
                                      ex.head.target.decode("latin-1"), exc.status, exc.reason)
-        self._answer(ex, exc.status, [(b"Content-Type", b"application/json")],
-                     exc.body())
+        headers = [(b"Content-Type", b"application/json")]
+        if exc.retry_after is not None:
+            headers.append((b"Retry-After", str(exc.retry_after).encode()))
+        self._answer(ex, exc.status, headers, exc.body())
 
     cdef void _finish(self, Exchange ex):
         """The active exchange's response is written: on to the next."""
@@ -1735,6 +2029,9 @@ cdef class ClientProtocol(ResponseSink):
                             ex.head.target.decode("latin-1"),
                             (monotonic() - ex.started_at) * 1000.0)
         ex.answered = True
+        if ex.budgeted:
+            self.core.counters.buffered_bodies -= ex.budgeted
+            ex.budgeted = 0
         if self.first is ex:
             self.exchanges.popleft()
             self.first = self.exchanges[0] if self.exchanges else None
@@ -1783,15 +2080,43 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void check_deadline(self, double now):
         cdef Deadline kind = self.deadline_kind
+        cdef ProxyCore core = self.core
+        if self.out is not None and self.out.transport_may_hold and self.out.stalled(
+                now, core.send_timeout):
+            # nginx's send_timeout: the client took nothing of what waits
+            # for it.  Its pace, not the upstream's: the upstream is paused.
+            core.counters.count_error("client_send_timeout")
+            if core.logger is not None:
+                core.logger.warning("client %s read nothing for %gs: connection closed",
+                                    self.peer[0] if self.peer else "-", core.send_timeout)
+            self.abort()
+            return
         if kind == DEADLINE_NONE or now < self.deadline:
+            return
+        if self.state == CLIENT_TUNNEL and self.tunnel_moved:
+            self.tunnel_moved = False
+            self.deadline = now + core.idle_timeout
+            return
+        if kind == DEADLINE_BODY and (self.paused != 0 or (
+                self.body_window_bytes > 0 and self.body_window_bytes >= core.body_window_min)):
+            # Enough came in this window (or the proxy was not reading):
+            # a new window starts.  A byte now and then is not enough, so a
+            # trickling client cannot hold its exchange for ever.
+            self.deadline = now + core.body_timeout
+            self.body_window_bytes = 0
             return
         self.deadline_kind = DEADLINE_NONE
         if kind == DEADLINE_IDLE:
             self.close()
         elif kind == DEADLINE_BODY:
-            self.core.counters.count_error("body_timeout")
+            core.counters.count_error("body_timeout")
             if self.receiving is not None and self.receiving.answered:
                 self.close()   # the answer is out; let it reach the client
+            elif self.state == CLIENT_OPEN and self.receiving is not None:
+                # RFC 9110 section 15.5.9, nginx's client_body_timeout: 408.
+                self._stop_parsing(RequestTimeout(
+                    f"the request body came slower than {core.body_window_min} bytes "
+                    f"per {core.body_timeout:g}s"))
             else:
                 self.abort()
         elif kind == DEADLINE_HEAD:
@@ -1820,10 +2145,22 @@ cdef class ClientProtocol(ResponseSink):
         if self.state == CLIENT_CLOSED:
             return
         self.uncork()
-        if self.transport is not None:
-            self.state = CLIENT_CLOSING
-            self.out.stop()
-            self.transport.close()
+        if self.transport is None:
+            return
+        self.state = CLIENT_CLOSING
+        self.out.stop()
+        if self.linger_on_close and not self.lingering:
+            # Half-close after the answer, then read and drop until the
+            # client closes too, LINGER_TIME passes or DRAIN_MAX is dropped.
+            self.lingering = True
+            self.transport.write_eof()
+            if self.paused != 0:
+                self.paused = 0
+                self.transport.resume_reading()
+            self.deadline_kind = DEADLINE_IDLE
+            self.deadline = monotonic() + LINGER_TIME
+            return
+        self.transport.close()
 
     cdef void abort(self):
         if self.transport is not None:
@@ -1862,6 +2199,7 @@ cdef class ProxyCore:
         self.read_buffer = bytearray(READ_BUFFER_SIZE)
         self.corked_upstreams = []
         self.read_view = memoryview(self.read_buffer)
+        self.head_view = self.read_view[:HEAD_READ_SIZE]
 
         self.max_request_line = config.max_request_line
         self.max_header_bytes = config.max_header_bytes
@@ -1875,11 +2213,17 @@ cdef class ProxyCore:
         self.response_timeout = config.response_timeout
         self.body_timeout = config.body_timeout
         self.upstream_idle_timeout = config.upstream_idle_timeout
+        self.send_timeout = config.send_timeout
+        self.upstream_queue_timeout = config.upstream_queue_timeout
+        self.max_upstream_waiters = config.max_upstream_waiters
+        self.body_window_min = int(config.min_body_rate * config.body_timeout)
+        self.request_buffer_size = config.request_buffer_size
+        self.max_buffered_bodies = config.max_buffered_bodies
         self.forwarded_headers = config.forwarded_headers
         self.access_log = config.access_log
         self.sweep_interval = min(1.0, max(0.05, min(
             self.header_timeout, self.idle_timeout, self.response_timeout, self.body_timeout,
-            self.upstream_idle_timeout) / 4.0))
+            self.upstream_idle_timeout, self.send_timeout, self.upstream_queue_timeout) / 4.0))
 
     def protocol_factory(self):
         return ClientProtocol(self)
@@ -1900,12 +2244,19 @@ cdef class ProxyCore:
     def _sweep_cb(self):
         self._sweep()
 
+    cdef bint take_budget(self, Py_ssize_t size):
+        """Count ``size`` more buffered bytes; False once over the budget."""
+        self.counters.buffered_bodies += size
+        return self.counters.buffered_bodies <= self.max_buffered_bodies
+
     cdef void _sweep(self):
         """Fire the deadlines that have passed.  PERF(selproxy): one timer
         per worker, instead of two timer calls per request."""
         cdef double now = monotonic()
         cdef ClientProtocol client
         cdef UpstreamProtocol conn
+        if self.pool.waiters:
+            self.pool.expire_waiters(now)
         for client in list(self.clients):
             client.check_deadline(now)
         for conn in list(self.pool.connections):

@@ -514,6 +514,72 @@ cdef object _response_framing(MessageHead head, bytes request_method):
     return None
 
 
+# RFC 9110 section 5.6.2: tchar, the characters of a token (a field name,
+# a method).  Built once, at import.
+cdef bint TCHAR[256]
+
+
+cdef void _fill_tchar():
+    cdef int c
+    for c in range(256):
+        TCHAR[c] = False
+    for c in b"!#$%&'*+-.^_`|~0123456789":
+        TCHAR[c] = True
+    for c in range(ord("a"), ord("z") + 1):
+        TCHAR[c] = True
+        TCHAR[c - 32] = True
+
+
+_fill_tchar()
+
+
+cdef inline bint _is_token(bytes text) noexcept:
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(text)
+    cdef Py_ssize_t i, size = PyBytes_GET_SIZE(text)
+    if size == 0:
+        return False
+    for i in range(size):
+        if not TCHAR[p[i]]:
+            return False
+    return True
+
+
+cdef object field_error(bytes name, bytes value):
+    """Why ``name: value`` cannot go into a head the proxy writes, or None.
+
+    RFC 9110 section 5.1: a field name is a token; section 5.5: a value is
+    visible characters, obs-text, spaces and tabs, and CR, LF and NUL are
+    never allowed in it (a proxy that let them through would let whoever
+    chose the value write headers, or a whole response, of its own)."""
+    cdef const unsigned char* p
+    cdef Py_ssize_t i, size
+    cdef unsigned char c
+    if not _is_token(name):
+        return "a header name is not a token"
+    p = <const unsigned char*>PyBytes_AS_STRING(value)
+    size = PyBytes_GET_SIZE(value)
+    for i in range(size):
+        c = p[i]
+        if c < 32 and c != 9 or c == 127:
+            return "a header value holds a control character"
+    return None
+
+
+cdef object target_error(bytes method, bytes target):
+    """Why ``method target`` cannot be a request line, or None (RFC 9112
+    section 3: a method is a token; a target has no whitespace or controls)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(target)
+    cdef Py_ssize_t i, size = PyBytes_GET_SIZE(target)
+    if not _is_token(method):
+        return "the method is not a token"
+    if size == 0:
+        return "the request target is empty"
+    for i in range(size):
+        if p[i] <= 32 or p[i] == 127:
+            return "the request target holds whitespace or a control character"
+    return None
+
+
 cdef bytes _assemble(list start, list fields, list tail):
     """``start`` pieces, a ``name: value`` line per field, ``tail`` pieces,
     and the blank line, in one bytes object.  PERF(selproxy): sized first,

@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-upstream-connections", type=int,
                         default=defaults.max_upstream_connections, metavar="N",
                         help="per worker (default %(default)s)")
+    limits.add_argument("--max-upstream-waiters", type=int,
+                        default=defaults.max_upstream_waiters, metavar="N",
+                        help="requests waiting for an upstream connection, per worker; "
+                             "503 beyond it (default %(default)s)")
+    limits.add_argument("--max-buffered-bodies", type=int, default=defaults.max_buffered_bodies,
+                        metavar="BYTES",
+                        help="claimed bodies buffered at once, per worker; 503 beyond it "
+                             "(default %(default)s)")
+    limits.add_argument("--request-buffer-size", type=int, default=defaults.request_buffer_size,
+                        metavar="BYTES",
+                        help="passthrough bodies are read up to this size before "
+                             "an upstream connection is taken (default %(default)s)")
+    limits.add_argument("--min-body-rate", type=int, default=defaults.min_body_rate,
+                        metavar="BYTES", help="per second, over each --body-timeout window; "
+                                              "408 below it (default %(default)s)")
 
     timeouts = p.add_argument_group("timeouts (seconds)")
     for flag, field in (("--header-timeout", "header_timeout"),
@@ -132,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("--connect-timeout", "connect_timeout"),
                         ("--response-timeout", "response_timeout"),
                         ("--body-timeout", "body_timeout"),
+                        ("--send-timeout", "send_timeout"),
+                        ("--upstream-queue-timeout", "upstream_queue_timeout"),
                         ("--shutdown-grace", "shutdown_grace")):
         timeouts.add_argument(flag, type=float, default=getattr(defaults, field),
                               metavar="S", help="default %(default)s")
@@ -195,6 +212,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         header_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,
         body_timeout=args.body_timeout,
+        send_timeout=args.send_timeout, upstream_queue_timeout=args.upstream_queue_timeout,
+        max_upstream_waiters=args.max_upstream_waiters,
+        max_buffered_bodies=args.max_buffered_bodies,
+        request_buffer_size=args.request_buffer_size, min_body_rate=args.min_body_rate,
         shutdown_grace=args.shutdown_grace, forwarded_headers=args.forwarded_headers,
         access_log=args.access_log,
     )

@@ -66,6 +66,13 @@ class Config:
     max_buffered_body: int = 16 * 1024 * 1024
     #: Largest upstream response the proxy buffers for a handler.
     max_buffered_response: int = 256 * 1024 * 1024
+    #: All claimed request bodies and handlers' upstream responses one worker
+    #: holds at once: past it, new claimed requests get 503 with Retry-After.
+    max_buffered_bodies: int = 256 * 1024 * 1024
+    #: A passthrough request body up to this size is read whole before an
+    #: upstream connection is taken, and this much of a larger one, so a slow
+    #: client never holds one idle (nginx buffers bodies too).
+    request_buffer_size: int = 64 * 1024
 
     #: From the first byte of a request to the end of its head (slowloris).
     header_timeout: float = 10.0
@@ -76,8 +83,15 @@ class Config:
     #: From the end of the request to the upstream's response head, and then
     #: between two reads of the response.
     response_timeout: float = 60.0
-    #: Between two reads of a request body the client is sending.
+    #: A request body is read in windows of this length; a window with no
+    #: body byte, or fewer than ``min_body_rate`` per second, ends it with 408.
     body_timeout: float = 60.0
+    #: Bytes per second a client sending a request body keeps up, on average
+    #: over each ``body_timeout`` window (0: any progress will do).
+    min_body_rate: int = 1024
+    #: Bytes waiting for a peer (client or upstream) that takes none of them
+    #: for this long: the connection is closed (nginx's send_timeout).
+    send_timeout: float = 60.0
     #: How long in-flight exchanges may take to finish after SIGTERM.
     shutdown_grace: float = 10.0
 
@@ -87,6 +101,12 @@ class Config:
     max_idle_upstream_connections: int = 128
     #: How long an idle upstream connection is kept.
     upstream_idle_timeout: float = 30.0
+    #: Requests one worker lets wait for a free upstream connection when all
+    #: are busy: past it, 503 with Retry-After (Envoy's max_pending_requests).
+    max_upstream_waiters: int = 1024
+    #: How long a request waits for a free upstream connection: 504 after it
+    #: (HAProxy's timeout queue).
+    upstream_queue_timeout: float = 10.0
 
     #: Add X-Forwarded-For, X-Forwarded-Proto and Forwarded to requests.
     forwarded_headers: bool = False
@@ -99,13 +119,18 @@ class Config:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         for name in ("max_request_line", "max_header_bytes", "max_buffered_body",
-                     "max_buffered_response", "max_upstream_connections"):
+                     "max_buffered_response", "max_upstream_connections",
+                     "max_buffered_bodies"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("header_timeout", "idle_timeout", "connect_timeout",
-                     "response_timeout", "body_timeout", "shutdown_grace", "upstream_idle_timeout"):
+                     "response_timeout", "body_timeout", "shutdown_grace", "upstream_idle_timeout",
+                     "send_timeout", "upstream_queue_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("min_body_rate", "request_buffer_size", "max_upstream_waiters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.max_idle_upstream_connections < 0:
             raise ValueError("max_idle_upstream_connections must not be negative")
 

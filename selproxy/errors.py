@@ -16,7 +16,8 @@ __all__ = (
     "ProxyError", "BadRequest", "RequestLineTooLong", "HeadersTooLarge",
     "BodyTooLarge", "MethodNotAllowed", "MisdirectedRequest",
     "UpstreamUnavailable", "UpstreamTimeout", "UpstreamProtocolError",
-    "HandlerError", "error_body",
+    "HandlerError", "RequestTimeout", "ProxyOverloaded", "UpstreamQueueFull",
+    "UpstreamQueueTimeout", "BodyBudgetExceeded", "error_body",
 )
 
 
@@ -25,6 +26,9 @@ class ProxyError(Exception):
 
     status: int = 500
     es_type: str = "selproxy_exception"
+    #: Seconds for a ``Retry-After`` header, for an answer that asks the
+    #: client to come back later (503).
+    retry_after: Optional[int] = None
 
     def __init__(self, reason: str = "", *, status: Optional[int] = None) -> None:
         super().__init__(reason)
@@ -88,6 +92,31 @@ class UpstreamTimeout(ProxyError):
     """The upstream did not connect or answer within the configured time."""
     status = 504
     es_type = "gateway_timeout_exception"
+
+
+class RequestTimeout(ProxyError):
+    """The client did not send its request in time."""
+    status = 408
+    es_type = "request_timeout_exception"
+
+
+class ProxyOverloaded(ProxyError):
+    """The proxy is at one of its worker-wide limits: try again shortly."""
+    status = 503
+    es_type = "es_rejected_execution_exception"
+    retry_after = 1
+
+
+class UpstreamQueueFull(ProxyOverloaded):
+    """Too many requests are already waiting for an upstream connection."""
+
+
+class BodyBudgetExceeded(ProxyOverloaded):
+    """The bodies of claimed requests buffered by this worker are at their limit."""
+
+
+class UpstreamQueueTimeout(UpstreamTimeout):
+    """No upstream connection became free within the configured time."""
 
 
 class HandlerError(ProxyError):

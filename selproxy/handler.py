@@ -11,6 +11,14 @@ Headers are lists of ``(name, value)`` strings decoded as Latin-1, in the order
 they came, so nothing a client sent is lost in the crossing.  Hop-by-hop headers
 (RFC 9110 section 7.6.1) are already removed from a :class:`Request`, and the
 core removes them from a :class:`Response` before it is sent.
+
+The core checks a :class:`Response` before any of it is written: a status from
+200 to 599, header names that are tokens, header values that encode as Latin-1
+and hold no CR, LF or NUL (RFC 9110 sections 5.1 and 5.5), a body of bytes or
+str.  A response that fails, like a handler that raises, is answered with a 500
+in Elasticsearch's error shape that names the kind of error, never its text.
+``upstream.request`` checks its method, target and headers the same way and
+raises ``ValueError``.
 """
 from __future__ import annotations
 

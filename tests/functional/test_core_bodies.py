@@ -5,6 +5,7 @@ directions; close-delimited responses are re-framed for the client's version;
 headers keep their bytes and order, and only the hop-by-hop ones are dropped
 (RFC 9110 section 7.6.1).
 """
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -14,7 +15,7 @@ import pytest
 from support.aio import run
 from support.proxy import in_process
 from support.rawhttp import RawClient
-from support.upstream import RecordingUpstream, chunked, response
+from support.upstream import RecordingUpstream, chunked, echo, response
 
 MiB = 1024 * 1024
 SIZES = [1, 1000, 65537, MiB]
@@ -386,3 +387,42 @@ def test_response_status_line_reason_passes():
             assert res.reason == "I'm A Teapot"
 
     run(scenario(), 20)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("buffer_size", [64 * 1024, 0], ids=["buffered", "streamed"])
+def test_a_body_in_many_tiny_reads_arrives_intact(framing, buffer_size):
+    # Queued tiny pieces are merged into one buffer (an object per read would
+    # cost many times the body's size): the bytes and their order survive.
+    body = bytes(range(256)) * 6
+
+    async def main():
+        def respond(req):
+            return [("sleep", 0.3), echo(req)]
+
+        async with RecordingUpstream(respond) as up:
+            async with in_process(up.url, request_buffer_size=buffer_size) as proxy:
+                client = await RawClient.connect(proxy.url)
+                # A first request keeps the upstream busy, so the second's
+                # body is queued behind it whatever the buffering.
+                client.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+                head = b"POST /tiny HTTP/1.1\r\nHost: a\r\n"
+                head += (b"Content-Length: %d\r\n\r\n" % len(body) if framing == "length"
+                         else b"Transfer-Encoding: chunked\r\n\r\n")
+                client.send(head)
+                for i in range(len(body)):
+                    piece = body[i:i + 1]
+                    client.send(piece if framing == "length" else b"1\r\n" + piece + b"\r\n")
+                    await client.drain()
+                    await asyncio.sleep(0)
+                if framing == "chunked":
+                    client.send(b"0\r\n\r\n")
+                first = await asyncio.wait_for(client.read_response(), 10)
+                second = await asyncio.wait_for(client.read_response("POST"), 10)
+                client.close()
+                return first, second, up.requests
+
+    first, second, seen = run(main())
+    assert first.status == 200 and second.status == 200
+    assert second.body == body
+    assert seen[1].body == body

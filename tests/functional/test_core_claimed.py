@@ -108,7 +108,8 @@ def test_handler_that_raises_gives_500_json_and_the_connection_stays_usable():
     failed, after, counters = _with_proxy(body)
     assert failed.status == 500
     assert failed.json()["error"]["type"] == "selproxy_handler_exception"
-    assert "boom" in failed.json()["error"]["reason"]
+    # The kind of error, not its text (which may hold internal details).
+    assert failed.json()["error"]["reason"] == "the handler failed: RuntimeError"
     assert failed.header("connection") is None
     assert after.status == 200
     assert counters["errors"]["handler_error"] == 1

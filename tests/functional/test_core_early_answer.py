@@ -1,6 +1,10 @@
 """An upstream that answers before the request body is all sent (an auth
 error, a 413): the proxy reads and drops a small known remainder so the client
-connection stays usable, as nginx does, and closes when it cannot."""
+connection stays usable, as nginx does, and closes when it cannot.
+
+A body up to ``request_buffer_size`` is read whole before it goes upstream,
+so these tests set it to 0: the streaming path is what they exercise, as
+larger bodies take it."""
 import asyncio
 import contextlib
 
@@ -49,7 +53,7 @@ async def early_upstream():
 def test_a_small_remainder_is_dropped_and_the_connection_goes_on():
     async def main():
         async with early_upstream() as (url, heads):
-            async with in_process(url, shutdown_grace=1.0) as proxy:
+            async with in_process(url, shutdown_grace=1.0, request_buffer_size=0) as proxy:
                 client = await RawClient.connect(proxy.url)
                 client.send(HEAD + b"Content-Length: 1000\r\n\r\n" + b"a" * 10)
                 first = await client.read_response("POST")
@@ -70,7 +74,7 @@ def test_a_small_remainder_is_dropped_and_the_connection_goes_on():
 def test_a_large_remainder_closes_after_the_answer():
     async def one(head_and_start):
         async with early_upstream() as (url, _heads):
-            async with in_process(url, shutdown_grace=1.0) as proxy:
+            async with in_process(url, shutdown_grace=1.0, request_buffer_size=0) as proxy:
                 client = await RawClient.connect(proxy.url)
                 client.send(head_and_start)
                 res = await client.read_response("POST")
@@ -92,7 +96,7 @@ def test_a_large_remainder_closes_after_the_answer():
 def test_a_remainder_that_never_comes_ends_with_the_body_timeout_and_the_answer_intact():
     async def main():
         async with early_upstream() as (url, _heads):
-            async with in_process(url, shutdown_grace=1.0, body_timeout=0.3) as proxy:
+            async with in_process(url, shutdown_grace=1.0, request_buffer_size=0, body_timeout=0.3) as proxy:
                 client = await RawClient.connect(proxy.url)
                 client.send(HEAD + b"Content-Length: 100\r\n\r\nxx")
                 res = await client.read_response("POST")
@@ -108,7 +112,7 @@ def test_a_remainder_that_never_comes_ends_with_the_body_timeout_and_the_answer_
 def test_a_chunked_remainder_is_dropped_up_to_a_bound():
     async def main(rest_size):
         async with early_upstream() as (url, heads):
-            async with in_process(url, shutdown_grace=1.0) as proxy:
+            async with in_process(url, shutdown_grace=1.0, request_buffer_size=0) as proxy:
                 client = await RawClient.connect(proxy.url)
                 client.send(HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nxx\r\n")
                 first = await client.read_response("POST")

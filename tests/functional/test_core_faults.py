@@ -224,7 +224,9 @@ def test_client_disconnect_mid_request_releases_the_upstream():
         async with RecordingUpstream(lambda req: ["stall"]) as up:
             async with in_process(up.url) as proxy:
                 client = await RawClient.connect(proxy.url)
-                client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+                # Past request_buffer_size, so the request is on its way upstream.
+                client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"
+                            + b"x" * 100_000)
                 await client.drain()
                 for _ in range(200):
                     if up.bytes_received:
@@ -245,20 +247,29 @@ def test_client_disconnect_mid_request_releases_the_upstream():
 
 
 def test_client_that_stops_sending_its_body_is_cut_after_body_timeout():
-    async def main():
+    # Buffered first (a small body) or already streaming upstream: either
+    # way a 408, a close, and no upstream connection left behind.
+    async def main(buffer_size):
         async with RecordingUpstream(lambda req: ["stall"]) as up:
-            async with in_process(up.url, body_timeout=0.3) as proxy:
+            async with in_process(up.url, body_timeout=0.3,
+                                  request_buffer_size=buffer_size) as proxy:
                 client = await RawClient.connect(proxy.url)
                 client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+                res = await asyncio.wait_for(client.read_response("POST"), 5)
                 closed = await client.at_eof(timeout=3)
                 for _ in range(100):
                     if up.open_connections == 0:
                         break
                     await asyncio.sleep(0.01)
                 client.close()
-                return closed, up.open_connections, proxy.core.counters.snapshot()
+                return res, closed, up, proxy.core.counters.snapshot()
 
-    closed, open_upstream, counters = run(main())
-    assert closed
-    assert open_upstream == 0
-    assert counters["errors"]["body_timeout"] == 1
+    for buffer_size in (64 * 1024, 0):
+        res, closed, up, counters = run(main(buffer_size))
+        _es_error(res, 408, "request_timeout_exception")
+        assert res.header("connection") == "close"
+        assert closed
+        assert up.open_connections == 0
+        # Buffered, nothing reached the upstream; streamed, the head did.
+        assert len(up.connections) == (0 if buffer_size else 1)
+        assert counters["errors"]["body_timeout"] == 1

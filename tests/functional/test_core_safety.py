@@ -153,3 +153,86 @@ def test_limits_are_configurable():
     res, _closed, seen = run(_send_raw(data, max_request_line=16384))
     assert res.status == 200
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("buffer_size", [64 * 1024, 0], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("flood", ["many", "endless"])
+def test_request_trailers_are_bounded_like_a_head(flood, buffer_size):
+    # After the last chunk: a hundred thousand trailer fields, or one that
+    # never ends.  Both get 431 and a close once past max_header_bytes, and
+    # the proxy keeps serving others meanwhile.
+    import asyncio
+
+    async def main():
+        async with RecordingUpstream(echo) as up:
+            async with in_process(up.url, max_header_bytes=8 * 1024,
+                                  request_buffer_size=buffer_size) as proxy:
+                client = await RawClient.connect(proxy.url)
+                client.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"2\r\nab\r\n0\r\n" + (b"" if flood == "many" else b"X-Endless: "))
+                piece = b"X-T: v\r\n" * 2048 if flood == "many" else b"a" * 16384
+
+                async def flood_it():
+                    try:
+                        for _ in range(4096):    # 64 MiB at most
+                            client.send(piece)
+                            await client.drain()
+                    except ConnectionError:
+                        pass
+
+                flooding = asyncio.ensure_future(flood_it())
+                res = await asyncio.wait_for(client.read_response("POST"), 10)
+                other = await RawClient.connect(proxy.url)
+                fine = await asyncio.wait_for(other.request("GET", "/fine"), 5)
+                other.close()
+                flooding.cancel()
+                try:
+                    closed = await client.at_eof()
+                except ConnectionError:
+                    closed = True       # reset once the proxy stopped dropping the flood
+                client.close()
+                return res, closed, fine, [r.target for r in up.requests]
+
+    res, closed, fine, targets = run(main())
+    assert res.status == 431
+    assert res.json()["error"]["type"] == "too_long_http_header_exception"
+    assert closed
+    assert fine.status == 200
+    assert targets == ["/fine"]
+
+
+def test_a_refused_request_whose_body_keeps_coming_still_reads_its_answer():
+    # nginx's lingering close: the proxy half-closes after the answer and
+    # drops what the client still sends, so no reset overtakes the answer.
+    import asyncio
+    from selproxy import Request, Response, Route
+
+    async def never(request: Request, upstream) -> Response:
+        return Response(200, [], b"unreachable")
+
+    async def main():
+        async with RecordingUpstream(echo) as up:
+            routes = [Route(("POST",), "/_claimed", never, "claimed")]
+            async with in_process(up.url, routes=routes, max_buffered_body=1024 * 1024) as proxy:
+                results = []
+                for _ in range(3):
+                    client = await RawClient.connect(proxy.url)
+                    size = 8 * 1024 * 1024
+                    client.send(b"POST /_claimed HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+                                % size)
+                    # Like most HTTP clients: the whole body first, then the answer.
+                    sent = 0
+                    try:
+                        while sent < size:
+                            client.send(b"b" * (256 * 1024))
+                            sent += 256 * 1024
+                            await client.drain()
+                        res = await asyncio.wait_for(client.read_response("POST"), 10)
+                        closed = await client.at_eof(5)
+                        results.append((res.status, res.header("connection"), closed))
+                    except ConnectionError as exc:
+                        results.append(type(exc).__name__)
+                    client.close()
+                return results
+
+    assert run(main()) == [(413, "close", True)] * 3
