@@ -68,6 +68,13 @@ class RankJob:
     engine_scores: Optional[Sequence[float]] = None
 
 
+#: Seconds past the deadline that the proxy still waits for a ranker with
+#: ``partial_results``: such a ranker stops its own work 5 ms and a twentieth
+#: of the budget before the deadline, so this only catches a finished answer
+#: that a loaded machine scheduled late.  (A plain ranker gets no grace.)
+PARTIAL_GRACE = 0.025
+
+
 @dataclasses.dataclass(frozen=True)
 class RankTiming:
     """Seconds spent waiting for a worker or the model (``queue``), in all
@@ -207,6 +214,9 @@ class RankerAdapter:
         self._batch_extras = _accepted(self._batch)
         self._threads = threads
         self.partial_results = bool(getattr(ranker, "partial_results", False))
+        # A ranker that keeps its own deadline gets a moment past it for an
+        # answer already on its way (see PARTIAL_GRACE).
+        self._grace = PARTIAL_GRACE if self.partial_results else 0.0
         self._executor: Optional[DaemonThreadPool] = None
         self._max_pending = max_pending
         self._max_abandoned = max_abandoned
@@ -319,7 +329,7 @@ class RankerAdapter:
         task.add_done_callback(self._ended)
         self._left.add(task)
         try:
-            done, _ = await asyncio.wait((task,), timeout=deadline)
+            done, _ = await asyncio.wait((task,), timeout=deadline + self._grace)
         except asyncio.CancelledError:
             task.cancel()  # the search itself is cancelled: stop its ranking too, without waiting
             self._abandon(task)
@@ -351,7 +361,7 @@ class RankerAdapter:
         future.add_done_callback(self._release)
         waiter = asyncio.wrap_future(future)
         try:
-            done, _ = await asyncio.wait((waiter,), timeout=deadline)
+            done, _ = await asyncio.wait((waiter,), timeout=deadline + self._grace)
         except asyncio.CancelledError:
             # Cancel the call itself now if it has not started (the waiter
             # would pass the cancellation on only at the loop's next turn).

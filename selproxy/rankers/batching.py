@@ -47,7 +47,7 @@ import time
 from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 from .._threads import DaemonThreadPool
-from .adapter import RankFailed, await_guarded, call_guarded, result_of
+from .adapter import PARTIAL_GRACE, RankFailed, await_guarded, call_guarded, result_of
 
 __all__ = ("MicroBatcher", "Overloaded", "DeadlineExceeded")
 
@@ -170,7 +170,8 @@ class MicroBatcher:
         assert self._wakeup is not None
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(pending.future, timeout)
+            grace = PARTIAL_GRACE if self.partial_results and timeout is not None else 0.0
+            return await asyncio.wait_for(pending.future, None if timeout is None else timeout + grace)
         except asyncio.TimeoutError:
             self.counters["deadline"] += 1
             raise DeadlineExceeded(f"no scores within {timeout:.3f}s") from None
