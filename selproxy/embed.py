@@ -24,19 +24,18 @@ walk is one request at a time, and the model, not the engine, is the cost.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
-import json
 import os
 import signal
 import sqlite3
-import ssl
 import sys
 import time
 import urllib.parse
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ("main", "build_parser", "EmbedError", "EngineHTTP", "IndexWalk", "redact_url", "embed_index")
+from ._engine_http import EngineCallError, EngineHTTP, EngineStatusError
+
+__all__ = ("main", "build_parser", "EmbedError", "IndexWalk", "embed_index")
 
 #: How long the engine keeps the walk's point in time or scroll between pages:
 #: a page waits for the model to embed it, minutes on a slow or busy machine.
@@ -45,128 +44,9 @@ KEEP_ALIVE = "10m"
 PLAIN_PROGRESS_INTERVAL = 5.0
 
 
-class EmbedError(RuntimeError):
-    """Stops ``selproxy embed`` with one line and a non-zero exit."""
-
-
-class EngineStatusError(EmbedError):
-    """The engine answered a request with an error status."""
-
-    def __init__(self, message: str, status: int, error_type: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its ``user:password@``: safe to print."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _error_of(body: Any) -> Tuple[str, str]:
-    """``(type, reason)`` of an Elasticsearch error body (either may be "")."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("type") or ""), str(error.get("reason") or "")
-    if isinstance(error, str):
-        return "", error
-    return "", ""
-
-
-class EngineHTTP:
-    """JSON over one blocking keep-alive connection to the engine at ``url``."""
-
-    def __init__(self, url: str, *, timeout: float = 120.0, ca_file: Optional[str] = None,
-                 verify: bool = True) -> None:
-        if "://" not in url:
-            url = "http://" + url
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise EmbedError(f"--upstream must be http[s]://HOST:PORT, not {redact_url(url)!r}")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise EmbedError(f"bad port in --upstream {redact_url(url)!r}") from None
-        self.display = redact_url(url).rstrip("/")
-        self._scheme, self._host, self._port = parts.scheme, parts.hostname, port
-        self._prefix = parts.path.rstrip("/")
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if parts.username is not None:
-            user = urllib.parse.unquote(parts.username)
-            password = urllib.parse.unquote(parts.password or "")
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            self._headers["Authorization"] = "Basic " + token
-        self._context: Optional[ssl.SSLContext] = None
-        if parts.scheme == "https":
-            self._context = ssl.create_default_context(cafile=ca_file)
-            if not verify:
-                self._context.check_hostname = False
-                self._context.verify_mode = ssl.CERT_NONE
-        self.timeout = timeout
-        self._conn: Optional[http.client.HTTPConnection] = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            if self._scheme == "https":
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
-                                                         context=self._context)
-            else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        return self._conn
-
-    def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-        """``(status, decoded JSON or None)``; unreachable engines raise
-        :class:`EmbedError`.  A keep-alive connection the engine closed while
-        idle is reopened once."""
-        payload = json.dumps(body).encode() if body is not None else None
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                conn.request(method, self._prefix + path, body=payload, headers=self._headers)
-                response = conn.getresponse()
-                data = response.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self.close()
-                if attempt == 2:
-                    raise EmbedError(f"the engine at {self.display} closed the connection "
-                                     f"({type(exc).__name__})") from None
-            except ssl.SSLError as exc:
-                self.close()
-                raise EmbedError(f"TLS to {self.display} failed: {exc.reason or exc}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise EmbedError(f"cannot reach the engine at {self.display} ({reason})") from None
-        try:
-            return response.status, json.loads(data) if data else None
-        except ValueError:
-            return response.status, None
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        """The decoded answer of a request that must succeed."""
-        status, answer = self.request(method, path, body)
-        if status >= 300:
-            kind, reason = _error_of(answer)
-            if status in (401, 403):
-                raise EngineStatusError(f"the engine at {self.display} refused {method} {path} "
-                                        f"(HTTP {status}{': ' + reason if reason else ''})", status, kind)
-            detail = f"{kind}: {reason}" if kind or reason else "no error body"
-            raise EngineStatusError(f"the engine at {self.display} answered HTTP {status} to {method} "
-                                    f"{path.split('?')[0]} ({detail})", status, kind)
-        return answer
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+class EmbedError(EngineCallError):
+    """Stops ``selproxy embed`` with one line and a non-zero exit (as does an
+    :class:`EngineCallError` from the engine's client)."""
 
 
 def _index_path(index: str, endpoint: str) -> str:
@@ -196,7 +76,7 @@ class IndexWalk:
         self._pit: Optional[str] = None
         self._scroll: Optional[str] = None
 
-    def _missing_index(self, exc: EngineStatusError) -> EmbedError:
+    def _missing_index(self, exc: EngineStatusError) -> EngineCallError:
         if exc.status == 404 and exc.error_type in ("index_not_found_exception", ""):
             return EmbedError(f"no index {self.index!r} at {self.http.display}")
         return exc
@@ -308,7 +188,7 @@ class IndexWalk:
                 self.http.request("DELETE", "/_pit", {"id": pit})
             if scroll is not None:
                 self.http.request("DELETE", "/_search/scroll", {"scroll_id": [scroll]})
-        except EmbedError:
+        except EngineCallError:
             pass
 
 
@@ -614,13 +494,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except EmbedError as exc:
+    except EngineCallError as exc:  # an EmbedError too
         sys.stderr.write(f"selproxy: error: {exc}\n")
         return 1
     except Exception as exc:
-        # The store's file or engine (the walk's own client raises EmbedError).
-        from .rankers.engine_store import EngineError
-        if not isinstance(exc, (OSError, sqlite3.Error, http.client.HTTPException, EngineError)):
+        # The store's file or engine (the walk's own client raises EngineCallError).
+        if not isinstance(exc, (OSError, sqlite3.Error, http.client.HTTPException)):
             raise
         sys.stderr.write(f"selproxy: error: the embedding store failed: {type(exc).__name__}: {exc}\n")
         return 1

@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import logging
-import ssl
 import threading
 import time
-import urllib.parse
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._engine_http import EngineCallError, EngineHTTP
 from .store import DocKey, decode_vector, encode_vector
 
 __all__ = ("EngineVectorStore", "sidecar_index")
@@ -66,33 +64,15 @@ def _doc_id(key: DocKey) -> str:
     return raw
 
 
-class EngineError(RuntimeError):
-    pass
-
-
 class EngineVectorStore:
     """A :class:`~selproxy.rankers.store.VectorStore` in a sidecar index; see
     the module docstring."""
 
     def __init__(self, upstream: str, model_name: str, identity: str, *, dtype: str = "int8",
                  timeout: float = 2.0, ca_file: Optional[str] = None, verify: bool = True) -> None:
-        parsed = urllib.parse.urlsplit(upstream)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("the engine store needs an http(s)://host:port upstream")
-        self._scheme = parsed.scheme
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        self._auth: Optional[str] = None
-        if parsed.username is not None:
-            user = urllib.parse.unquote(parsed.username)
-            password = urllib.parse.unquote(parsed.password or "")
-            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._context: Optional[ssl.SSLContext] = None
-        if parsed.scheme == "https":
-            self._context = ssl.create_default_context(cafile=ca_file)
-            if not verify:
-                self._context.check_hostname = False
-                self._context.verify_mode = ssl.CERT_NONE
+        self._client_options: Dict[str, Any] = dict(timeout=timeout, ca_file=ca_file, verify=verify)
+        self._upstream = upstream
+        EngineHTTP(upstream, **self._client_options)  # a bad URL fails here, at start
         self.index = sidecar_index(model_name, identity)
         self.identity = identity
         self.dtype = dtype
@@ -106,40 +86,14 @@ class EngineVectorStore:
         self.errors = 0
         self._last_warning = 0.0
 
-    # -- HTTP ---------------------------------------------------------------
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: Optional[http.client.HTTPConnection] = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._scheme == "https":
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
-                                                   context=self._context)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
-
     def _call(self, method: str, path: str, body: Optional[bytes] = None,
               content_type: str = "application/json") -> Tuple[int, Any]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        if self._auth:
-            headers["Authorization"] = self._auth
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                conn.request(method, path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                break
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self._local.conn = None
-                if attempt == 2:
-                    raise
-        try:
-            return response.status, json.loads(data) if data else None
-        except ValueError:
-            return response.status, None
+        """One request on this thread's connection (the ranker's threads each
+        have their own)."""
+        client: Optional[EngineHTTP] = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = EngineHTTP(self._upstream, **self._client_options)
+        return client.request(method, path, body, content_type=content_type)
 
     def _ensure_index(self) -> None:
         if self._created:
@@ -151,7 +105,7 @@ class EngineVectorStore:
             error = body.get("error") if isinstance(body, dict) else None
             kind = error.get("type") if isinstance(error, dict) else None
             if status >= 300 and kind != "resource_already_exists_exception":
-                raise EngineError(f"cannot create {self.index}: HTTP {status} {kind or ''}".strip())
+                raise EngineCallError(f"cannot create {self.index}: HTTP {status} {kind or ''}".strip())
             self._created = True
 
     def _warn(self, what: str, exc: BaseException) -> None:
@@ -170,7 +124,7 @@ class EngineVectorStore:
         if status == 404:
             return [None] * len(keys)  # no vector stored yet: the index does not exist
         if status != 200 or not isinstance(body, dict) or not isinstance(body.get("docs"), list):
-            raise EngineError(f"_mget answered HTTP {status}")
+            raise EngineCallError(f"_mget answered HTTP {status}")
         by_id = {d.get("_id"): d.get("_source") for d in body["docs"]
                  if isinstance(d, dict) and d.get("found")}
         out: List[Optional[Dict[str, Any]]] = []
@@ -184,7 +138,7 @@ class EngineVectorStore:
             return []
         try:
             sources = self._fetch(keys)
-        except (OSError, http.client.HTTPException, EngineError) as exc:
+        except EngineCallError as exc:
             self._warn("a lookup", exc)
             self.misses += len(keys)
             return [None] * len(keys)
@@ -221,8 +175,8 @@ class EngineVectorStore:
             self._ensure_index()
             status, body = self._call("POST", f"/{self.index}/_bulk", payload, "application/x-ndjson")
             if status != 200 or not isinstance(body, dict) or body.get("errors"):
-                raise EngineError(f"_bulk answered HTTP {status}")
-        except (OSError, http.client.HTTPException, EngineError) as exc:
+                raise EngineCallError(f"_bulk answered HTTP {status}")
+        except EngineCallError as exc:
             self._warn("a write", exc)
             return
         self.writes += len(items)
@@ -232,7 +186,7 @@ class EngineVectorStore:
                 "misses": self.misses, "writes": self.writes, "errors": self.errors}
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
         self._local = threading.local()

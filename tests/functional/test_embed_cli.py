@@ -21,7 +21,8 @@ from support.embed_ranker import GatedRanker
 from support.engine import engine_in_thread
 
 import selproxy
-from selproxy.embed import EngineHTTP, IndexWalk
+from selproxy._engine_http import EngineHTTP
+from selproxy.embed import IndexWalk
 from selproxy.search import SearchConfig
 from selproxy.search.service import document_key, hit_texts
 
@@ -180,7 +181,8 @@ def test_an_unknown_index_is_one_line_without_the_password(engine, tmp_path):
     done = embed(tmp_path, with_password, "no-such-index", tmp_path / "v.sqlite3")
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr == f"selproxy: error: no index 'no-such-index' at {engine}\n"
+    shown = engine.replace("http://", "http://***@")
+    assert done.stderr == f"selproxy: error: no index 'no-such-index' at {shown}\n"
 
 
 def test_an_unreachable_engine_and_a_storeless_ranker_are_one_line_each(tmp_path):
@@ -293,12 +295,12 @@ def test_the_engine_store_is_filled_in_a_sidecar_index_and_resumed_from(engine, 
 
 
 def test_urls_lose_their_password_and_text_fields_ask_only_for_what_they_read():
-    from selproxy.embed import EmbedError, redact_url, source_request
+    from selproxy.embed import EmbedError, source_request
     from selproxy.search.extract import parse_field_spec
 
-    assert redact_url("https://elastic:s3cret@es.example:9243/prefix") == "https://es.example:9243/prefix"
-    assert redact_url("http://user@[::1]:9200") == "http://[::1]:9200"
-    assert redact_url("http://127.0.0.1:9200") == "http://127.0.0.1:9200"
+    assert EngineHTTP("https://elastic:s3cret@es.example:9243/prefix").display == "https://***@es.example:9243/prefix"
+    assert EngineHTTP("http://user@[::1]:9200").display == "http://***@[::1]:9200"
+    assert EngineHTTP("http://127.0.0.1:9200").display == "http://127.0.0.1:9200"
     assert source_request([]) == (None, None)
     specs = [parse_field_spec(s) for s in ("title", "meta.abstract:100", "fields.tags", "title:5")]
     assert source_request(specs) == (["title", "meta.abstract"], ["tags"])
