@@ -169,7 +169,9 @@ class EngineApp:
         compat = ""
         for header in (accept, request.headers.get("content-type", "")):
             if "compatible-with=" in header:
-                compat = header.split("compatible-with=", 1)[1].split(";")[0].split(",")[0].strip()
+                value = header.split("compatible-with=", 1)[1].split(";")[0].split(",")[0].strip()
+                # Echoed into Content-Type: a version number, or nothing.
+                compat = value if value.isdigit() and len(value) <= 2 else ""
                 break
         pretty = "pretty" in request.query_params and request.query_params.get("pretty") != "false"
         methods, parts = self._match(path)

@@ -2,7 +2,6 @@
 ``_source`` filtering and the response shape.  Runs on a reader thread."""
 from __future__ import annotations
 
-import fnmatch
 import functools
 import json
 import sqlite3
@@ -10,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .._glob import glob_matches, glob_segments
 from .errors import IllegalArgument, ParsingError, QueryShardError, UnsupportedFeature
 from .query import Compiler, Sql
 from .store import IndexMeta
@@ -114,6 +114,11 @@ def _parse_sort(spec: Any) -> Optional[List[SortKey]]:
     return keys
 
 
+#: Most ``_source`` include plus exclude patterns a request may give: each
+#: costs a match per field of every hit returned.
+MAX_SOURCE_PATTERNS = 256
+
+
 def parse_source(value: Any) -> Any:
     """``True``, ``False`` or (includes, excludes)."""
     if value is None or value is True:
@@ -181,18 +186,28 @@ def parse_search(body: Optional[Mapping[str, Any]], params: Mapping[str, str]) -
 
 # -- _source filtering ---------------------------------------------------------------------------
 
+def _matches(path: str, patterns: Sequence[str]) -> bool:
+    return any(glob_matches(glob_segments(p), path) for p in patterns)
+
+
 def filter_source(source: Dict[str, Any], includes: Sequence[str], excludes: Sequence[str],
                   prefix: str = "") -> Dict[str, Any]:
+    """``source`` filtered as Elasticsearch does: only ``*`` is a wildcard
+    (:mod:`selproxy._glob`, linear), at most :data:`MAX_SOURCE_PATTERNS`
+    patterns in all (an :class:`IllegalArgument` past them)."""
+    if not prefix and len(includes) + len(excludes) > MAX_SOURCE_PATTERNS:
+        raise IllegalArgument(f"[_source] has {len(includes) + len(excludes)} patterns; at most "
+                              f"{MAX_SOURCE_PATTERNS} are allowed here")
     out: Dict[str, Any] = {}
     for key, value in source.items():
         path = prefix + key
-        if any(fnmatch.fnmatchcase(path, p) for p in excludes):
+        if _matches(path, excludes):
             continue
-        included = not includes or any(fnmatch.fnmatchcase(path, p) for p in includes)
+        included = not includes or _matches(path, includes)
         if isinstance(value, dict):
             if included:
                 out[key] = filter_source(value, [], excludes, path + ".")
-            elif any(p.startswith(path + ".") or fnmatch.fnmatchcase(path + ".", p.split(".")[0] + ".")
+            elif any(p.startswith(path + ".") or glob_matches(glob_segments(p.split(".")[0] + "."), path + ".")
                      for p in includes):
                 inner = filter_source(value, includes, excludes, path + ".")
                 if inner:

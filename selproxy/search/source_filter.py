@@ -29,6 +29,8 @@ import dataclasses
 import functools
 from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Set, Tuple
 
+from .._glob import glob_matches
+
 __all__ = ("SourceFilter", "client_source_filter", "SourceFilterTooCostly", "SOURCE_PARAMS",
            "MAX_SOURCE_PATTERNS", "MAX_SOURCE_PATTERN_CHARS", "MAX_SOURCE_FILTER_CHECKS")
 
@@ -49,21 +51,6 @@ class SourceFilterTooCostly(ValueError):
     """Filtering this response would take more than the filter's budget."""
 
     reason = "source_filter"
-
-
-def _glob_matches(segments: Tuple[str, ...], path: str) -> bool:
-    """Whether ``path`` matches the pattern ``"*".join(segments)``: leftmost
-    search of each middle segment is exact for ``*``-only patterns."""
-    first, last = segments[0], segments[-1]
-    if len(path) < len(first) + len(last) or not path.startswith(first) or not path.endswith(last):
-        return False
-    pos, end = len(first), len(path) - len(last)
-    for segment in segments[1:-1]:
-        found = path.find(segment, pos, end)
-        if found < 0:
-            return False
-        pos = found + len(segment)
-    return True
 
 
 class _Patterns:
@@ -94,7 +81,7 @@ class _Patterns:
         return (path in self.exact
                 or (bool(self.prefixes) and path.startswith(self.prefixes))
                 or (bool(self.suffixes) and path.endswith(self.suffixes))
-                or any(_glob_matches(g, path) for g in self.globs))
+                or any(glob_matches(g, path) for g in self.globs))
 
     def may_match_below(self, path: str) -> bool:
         """Whether some ``path.<more>`` could match."""

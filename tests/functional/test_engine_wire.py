@@ -176,3 +176,27 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
 def test_cli_rejects_bad_listen() -> None:
     from selproxy.engine.cli import main
     assert main(["--listen", "nonsense"]) == 2
+
+
+def test_a_hostile_compatible_with_value_is_not_echoed():
+    import http.client
+
+    from support.engine import engine_in_thread
+
+    with engine_in_thread() as url:
+        host, port = url.rsplit("/", 1)[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.putrequest("GET", "/")
+        conn.putheader("Accept", "application/vnd.elasticsearch+json; compatible-with=8X-Evil: 1")
+        conn.endheaders()
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.getheader("Content-Type") == "application/json"
+        assert answer.getheader("X-Evil") is None
+        conn.putrequest("GET", "/")
+        conn.putheader("Accept", "application/vnd.elasticsearch+json; compatible-with=8")
+        conn.endheaders()
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.getheader("Content-Type") == "application/vnd.elasticsearch+json;compatible-with=8"
+        conn.close()
