@@ -231,8 +231,8 @@ async def load(engine_url: str, data: str) -> None:
 
 
 async def phase_cold(engine_url: str, topics: Sequence[Any], qrels: Any, work: str,
-                     deadline_ms: float) -> Dict[str, Any]:
-    proc, url = start_proxy(engine_url, os.path.join(work, "cold.sqlite3"))
+                     deadline_ms: float, flags: Sequence[str] = ()) -> Dict[str, Any]:
+    proc, url = start_proxy(engine_url, os.path.join(work, f"cold{len(flags)}.sqlite3"), *flags)
     try:
         await wait_ready(url)
         first = await one_pass(url, topics)
@@ -415,6 +415,12 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             if "cold" in phases:
                 results["cold"] = await phase_cold(engine_url, topics, qrels, work, deadline_ms)
                 print(json.dumps(results["cold"], indent=1), file=sys.stderr)
+            for other in args.other_deadline or ():
+                # Not the default: labelled with the flag it needs.
+                label = f"cold --rank-deadline {other}"
+                results[label] = await phase_cold(engine_url, topics, qrels, work, float(other) * 1e3,
+                                                  ["--rank-deadline", str(other)])
+                print(json.dumps(results[label], indent=1), file=sys.stderr)
             if "embed" in phases:
                 results["embed"] = await phase_embed(engine_url, topics, qrels, work, deadline_ms)
                 print(json.dumps(results["embed"], indent=1), file=sys.stderr)
@@ -442,6 +448,8 @@ def main() -> int:
     parser.add_argument("--phases", default="cold,embed,quality,scale")
     parser.add_argument("--scale", type=int, default=1_000_000, help="rows in the scale phase's store")
     parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--other-deadline", action="append", metavar="S",
+                        help="also a cold phase with --rank-deadline S (to compare with the default)")
     args = parser.parse_args()
     import uvloop
     results = uvloop.run(benchmark(args))
