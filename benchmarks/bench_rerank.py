@@ -232,7 +232,7 @@ async def load(engine_url: str, data: str) -> None:
 
 async def phase_cold(engine_url: str, topics: Sequence[Any], qrels: Any, work: str,
                      deadline_ms: float, flags: Sequence[str] = ()) -> Dict[str, Any]:
-    proc, url = start_proxy(engine_url, os.path.join(work, f"cold{len(flags)}.sqlite3"), *flags)
+    proc, url = start_proxy(engine_url, os.path.join(work, f"cold{deadline_ms:.0f}.sqlite3"), *flags)
     try:
         await wait_ready(url)
         first = await one_pass(url, topics)

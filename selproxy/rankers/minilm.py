@@ -33,11 +33,12 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from ._onnx import Encoder, default_model_files
+from .._threads import DaemonThreadPool
 from .base import Scores
 from .store import DocKey, VectorStore, decode_vector, encode_vector, open_store
 
@@ -196,6 +197,8 @@ class MiniLMRanker:
     #: call (then the last size again), choosing the next ones with the cost
     #: measured on the last.  A call still running at the deadline is stopped.
     FOREGROUND_CHUNKS = (2, 4)
+    #: Queries waiting to be embedded ahead of their searches, at most.
+    PREFETCH_QUEUE = 64
     #: Seconds per token assumed until a call has been measured (about three
     #: times what 2 cores of a current x86 server take).
     UNMEASURED_COST_PER_TOKEN = 0.001
@@ -237,6 +240,8 @@ class MiniLMRanker:
         self.cost_per_call = 0.0
         self._costs: "collections.deque[Tuple[int, float]]" = collections.deque(maxlen=64)
         self._preemptible: Any = None  # the background call's RunOptions while it runs
+        self._prefetching: Set[str] = set()
+        self._prefetcher: Optional[DaemonThreadPool] = None
         # The model runs one call at a time; a search holds it for its whole
         # embedding step, the background between slices only.
         self._model_lock = threading.Lock()
@@ -249,7 +254,7 @@ class MiniLMRanker:
         self.counters: Dict[str, int] = {"encoded_foreground": 0, "encoded_background": 0,
                                          "queued_background": 0, "dropped_background": 0,
                                          "preempted_background": 0, "stopped_at_deadline": 0,
-                                         "partial": 0}
+                                         "prefetched_queries": 0, "partial": 0}
 
     def _identity(self) -> str:
         identity = getattr(self.encoder, "model_identity", None)
@@ -312,6 +317,8 @@ class MiniLMRanker:
         thread = self._background
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1)  # a daemon: a stuck model call cannot hold the exit
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
             self.store.close()
 
@@ -389,6 +396,40 @@ class MiniLMRanker:
             self.query_cache.put_many(fresh)
             found.update(fresh)
         return found  # type: ignore[return-value]
+
+    def prefetch_query(self, query: str) -> None:
+        """Embed ``query`` in the background now, so that the search it
+        belongs to finds it cached (the proxy calls this as it sends the
+        search to the engine).  Never blocks; at most
+        :attr:`PREFETCH_QUEUE` queries wait, more are dropped (the search
+        then embeds its query itself)."""
+        if self._closed or self.query_cache.contains(query):
+            return
+        with self._state:
+            if query in self._prefetching or len(self._prefetching) >= self.PREFETCH_QUEUE:
+                return
+            self._prefetching.add(query)
+        if self._prefetcher is None:
+            self._prefetcher = DaemonThreadPool(1, thread_name_prefix="selproxy-query-prefetch")
+        self._prefetcher.submit(self._prefetch_now, query)
+
+    def _prefetch_now(self, query: str) -> None:
+        try:
+            with self._state:
+                self._foreground += 1  # a search's work: the background yields
+                if self._preemptible is not None:
+                    self._preemptible.terminate = True
+            try:
+                with self._model_lock:
+                    self.embed_queries([query])
+            finally:
+                with self._state:
+                    self._foreground -= 1
+                    self._state.notify_all()
+            self.counters["prefetched_queries"] += 1
+        finally:
+            with self._state:
+                self._prefetching.discard(query)
 
     def model_inputs(self, query: str, docs: Sequence[str],
                      keys: Optional[Sequence[Hashable]] = None) -> int:

@@ -200,6 +200,11 @@ class SearchService:
                                      max_pending=self.config.max_pending_ranks)
         self.stats = SearchStats()
         self._fields: Dict[SearchRoute, Tuple[FieldSpec, ...]] = {}
+        # A ranker (or the one a micro-batcher wraps) that can embed a query
+        # ahead: it does so while the engine searches (see _prefetch).
+        model = getattr(ranker, "ranker", ranker)
+        prefetch = getattr(model, "prefetch_query", None)
+        self._prefetch_query = prefetch if callable(prefetch) else None
 
     # -- public surface -------------------------------------------------
 
@@ -263,6 +268,18 @@ class SearchService:
             specs = tuple(parse_field_spec(n, self.config.max_field_chars) for n in names)
             self._fields[route] = specs
         return specs
+
+    def _prefetch(self, queries: Sequence[str]) -> None:
+        """Let the ranker embed the queries while the engine searches: the
+        query's own embedding is most of a warm search's rank time.  It
+        never blocks, and a ranker that cannot take it now drops it."""
+        if self._prefetch_query is not None:
+            for query in queries:
+                if query:
+                    try:
+                        self._prefetch_query(query)
+                    except Exception as exc:  # a hint: the search embeds the query itself
+                        log.debug("query prefetch failed: %s", type(exc).__name__)
 
     def _deadline(self, route: SearchRoute) -> float:
         return route.rank_deadline or self.config.rank_deadline
@@ -350,6 +367,7 @@ class SearchService:
                            query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
         if plan.skip:
             return await self._skip(upstream, request, prep, [plan.skip])
+        self._prefetch([plan.query])
 
         if plan.body is not None:
             new_body = _json.dumps(plan.body)
@@ -395,6 +413,7 @@ class SearchService:
         plans, new_body = planned
         if all(p.skip for p in plans):
             return await self._skip(upstream, request, prep, [p.skip or "" for p in plans])
+        self._prefetch([p.query for p in plans if not p.skip])
 
         response, upstream_s = await self._forward(
             upstream, request.method, prep.target, _with_body(prep.headers, new_body), new_body)
@@ -462,6 +481,7 @@ class SearchService:
                                   **self._plan_kwargs(route, prep.overrides))
         if plan.skip:
             return await self._skip(upstream, request, prep, [plan.skip])
+        self._prefetch([plan.query])
 
         form_params = query_params(form)
         in_form = {k: v for k, v in plan.params.items() if k in form_params}

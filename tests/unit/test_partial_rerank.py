@@ -189,3 +189,19 @@ def test_a_document_scores_the_same_embedded_now_or_read_from_the_store(tmp_path
     assert second.counters["encoded_foreground"] == 0 and second.store.stats()["hits"] == 5
     second.close()
     assert from_the_store == embedded_now
+
+
+def test_a_query_embedded_ahead_makes_its_search_embed_nothing(ranker):
+    docs = [f"{PASSAGE} ahead {n}" for n in range(3)]
+    ranker.rank("warm these documents", docs)
+    query = "supersonic flutter of a heated panel"
+    ranker.prefetch_query(query)
+    give_up = time.monotonic() + 30
+    while not ranker.query_cache.contains(query):
+        assert time.monotonic() < give_up
+        time.sleep(0.005)
+    hits = ranker.query_cache.hits
+    scores = ranker.batch_rank([(query, docs)], deadlines=[time.perf_counter() + 1])[0]
+    assert len(scores) == 3 and scores.encoded == 0 and ranker.query_cache.hits == hits + 1
+    ranker.prefetch_query(query)  # already cached: nothing to do
+    assert ranker.counters["prefetched_queries"] >= 1

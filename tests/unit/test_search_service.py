@@ -347,3 +347,22 @@ def test_solr_form_post_is_rewritten_in_the_body():
     assert body == b"q=rocket+engine&rows=6"
     assert target == "/solr/books/select?wt=json&start=0"
     assert ("Content-Length", str(len(body))) in sent_headers
+
+
+def test_the_query_is_offered_to_the_ranker_before_the_engine_is_asked():
+    events = []
+
+    class Prefetching(ReverseRanker):
+        def prefetch_query(self, query):
+            events.append(("prefetch", query, len(fake.requests)))
+
+        def rank(self, query, docs):
+            events.append(("rank", query, len(fake.requests)))
+            return super().rank(query, docs)
+
+    fake = engine()
+    service = SearchService(Prefetching(), SearchConfig(topn=10))
+    response = search(service, fake, {**Q, "size": 4})
+    assert response.header("x-selproxy-rerank") == "applied"
+    # Offered while no request had gone to the engine; ranked after its answer.
+    assert events == [("prefetch", "rocket engine", 0), ("rank", "rocket engine", 1)]
