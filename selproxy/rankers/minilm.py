@@ -656,11 +656,12 @@ class MiniLMRanker:
             if self._closed:
                 return []
             budget = self.BACKGROUND_SLICE
+            cost = self.cost_per_token or self.UNMEASURED_COST_PER_TOKEN
             taken: List[Tuple[Hashable, str]] = []
             spent = 0.0
             while self._backlog:
                 key, text = next(iter(self._backlog.items()))
-                step = estimate_tokens(text, self.max_length) * self.cost_per_token
+                step = estimate_tokens(text, self.max_length) * cost
                 if taken and spent + step > budget:
                     break
                 del self._backlog[key]
