@@ -2,7 +2,8 @@
 processes sharing one file."""
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -86,20 +87,27 @@ def test_default_path_is_one_file_per_model_under_the_cache_directory(tmp_path, 
     store.close()
 
 
-def _writer(path: str, rounds: int) -> None:
-    store = SQLiteVectorStore(path, "shared")
-    vectors = unit_vectors(rounds * 50, seed=1)
-    for r in range(rounds):
-        store.put_many([(("i", str(r * 50 + n), "h"), vectors[r * 50 + n]) for n in range(50)])
-    store.close()
+#: The writer runs as its own interpreter (the installed selproxy, nothing of
+#: the test module), as a second worker process would.
+WRITER = """
+import sys
+import numpy as np
+from selproxy.rankers.store import SQLiteVectorStore
+path, rounds = sys.argv[1], int(sys.argv[2])
+store = SQLiteVectorStore(path, "shared")
+vectors = np.random.default_rng(1).standard_normal((rounds * 50, 384)).astype(np.float32)
+for r in range(rounds):
+    store.put_many([(("i", str(r * 50 + n), "h"), vectors[r * 50 + n]) for n in range(50)])
+store.close()
+"""
 
 
 def test_a_writer_and_a_reader_in_two_processes_share_the_file(tmp_path):
     path = str(tmp_path / "shared.sqlite3")
     SQLiteVectorStore(path, "shared").close()
     rounds = 40
-    writer = multiprocessing.get_context("spawn").Process(target=_writer, args=(path, rounds))
-    writer.start()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, path, str(rounds)],
+                              stderr=subprocess.PIPE, text=True)
     reader = SQLiteVectorStore(path, "shared")
     keys = [("i", str(n), "h") for n in range(rounds * 50)]
     seen = 0
@@ -111,11 +119,11 @@ def test_a_writer_and_a_reader_in_two_processes_share_the_file(tmp_path):
             present = sum(v is not None for v in found)
             assert present % 50 == 0 and present >= seen
             seen = present
-            if present == len(keys):
+            if present == len(keys) or (writer.poll() is not None and writer.returncode != 0):
                 break
             time.sleep(0.01)
     finally:
-        writer.join(30)
-    assert writer.exitcode == 0
+        _, errors = writer.communicate(timeout=30)
+    assert writer.returncode == 0, errors
     assert seen == len(keys)
     reader.close()
