@@ -303,7 +303,11 @@ def _ranker_options(args: argparse.Namespace, ranker: Optional[str]) -> Dict[str
     if ranker and _takes(ranker, "embedding_store") and "embedding_store" not in options:
         options["embedding_store"] = args.embedding_store
         if args.embedding_store == "engine":
+            # The store talks to the same engine, with the same TLS settings.
             options.setdefault("store_upstream", args.upstream)
+            if _takes(ranker, "store_ca_file"):
+                options.setdefault("store_ca_file", args.upstream_ca_file)
+                options.setdefault("store_verify", not args.upstream_insecure)
     if args.model_dir:
         options["model_dir"] = args.model_dir
     if args.url:

@@ -432,7 +432,11 @@ def _build_ranker(args: argparse.Namespace) -> Any:
                          f"(default, minilm, bi-encoder)")
     options.setdefault("embedding_store", args.embedding_store)
     if options["embedding_store"] == "engine":
+        # The store talks to the same engine, with the same TLS settings.
         options.setdefault("store_upstream", args.upstream)
+        if "store_ca_file" in params:
+            options.setdefault("store_ca_file", args.upstream_ca_file)
+            options.setdefault("store_verify", not args.upstream_insecure)
     if "background_queue" in params:
         options.setdefault("background_queue", 0)  # this run embeds everything itself
     if args.model_dir:

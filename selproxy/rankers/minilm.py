@@ -174,7 +174,8 @@ class MiniLMRanker:
     ``embedding_store`` is the persistent store: a
     :class:`~selproxy.rankers.store.VectorStore`, a path, ``"default"`` (a
     file per model under the user's cache directory), ``"engine"`` (a sidecar
-    index of the engine at ``store_upstream``) or ``":memory:"`` (none);
+    index of the engine at ``store_upstream``, verified with ``store_ca_file``
+    unless ``store_verify`` is false) or ``":memory:"`` (none);
     ``store_max_entries`` bounds it and ``store_dtype`` (``int8`` or
     ``float16``) is how vectors are kept.
     ``background_queue`` bounds the documents waiting to be embedded in the
@@ -210,8 +211,8 @@ class MiniLMRanker:
                  fusion_weight: float = 0.3, pooling: str = "mean", normalize: bool = True,
                  embedding_store: Union[str, VectorStore, None] = "default",
                  store_max_entries: int = 1_000_000, store_dtype: str = "int8",
-                 store_upstream: Optional[str] = None,
-                 background_queue: int = 20_000) -> None:
+                 store_upstream: Optional[str] = None, store_ca_file: Optional[str] = None,
+                 store_verify: bool = True, background_queue: int = 20_000) -> None:
         if model_path is None or tokenizer_path is None:
             default_model, default_tokenizer = default_model_files()
             model_path = model_path or default_model
@@ -231,7 +232,8 @@ class MiniLMRanker:
         if isinstance(embedding_store, str) or embedding_store is None:
             self.store: Optional[VectorStore] = open_store(
                 embedding_store, self.name, self.model_identity,
-                max_entries=store_max_entries, dtype=store_dtype, upstream=store_upstream)
+                max_entries=store_max_entries, dtype=store_dtype, upstream=store_upstream,
+                ca_file=store_ca_file, verify=store_verify)
         else:
             self.store = embedding_store
         #: The cost of one call that embeds documents, fitted to the last calls:

@@ -332,7 +332,8 @@ class SQLiteVectorStore:
 
 
 def open_store(spec: Optional[str], model_name: str, identity: str, *,
-               upstream: Optional[str] = None, **options: Any) -> Optional[VectorStore]:
+               upstream: Optional[str] = None, ca_file: Optional[str] = None, verify: bool = True,
+               **options: Any) -> Optional[VectorStore]:
     """The store a ``--embedding-store`` value names: None or ``":memory:"``
     for none, ``"default"`` for the per-model file under the cache directory,
     ``"engine"`` for a sidecar index of the engine at ``upstream``, anything
@@ -343,6 +344,7 @@ def open_store(spec: Optional[str], model_name: str, identity: str, *,
         if not upstream:
             raise ValueError("embedding_store='engine' needs the engine's URL (store_upstream)")
         from .engine_store import EngineVectorStore
-        return EngineVectorStore(upstream, model_name, identity, dtype=options.get("dtype", "int8"))
+        return EngineVectorStore(upstream, model_name, identity, dtype=options.get("dtype", "int8"),
+                                 ca_file=ca_file, verify=verify)
     path = default_store_path(model_name, identity) if spec == "default" else Path(spec)
     return SQLiteVectorStore(path, identity, **options)
