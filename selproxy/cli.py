@@ -300,14 +300,11 @@ def _ranker_options(args: argparse.Namespace, ranker: Optional[str]) -> Dict[str
                                       ("--ranker-option", args.ranker_option)) if value]
     if given and not ranker:
         raise CommandLineError(f"{', '.join(given)} needs --ranker NAME")
-    if ranker and _takes(ranker, "embedding_store") and "embedding_store" not in options:
-        options["embedding_store"] = args.embedding_store
-        if args.embedding_store == "engine":
-            # The store talks to the same engine, with the same TLS settings.
-            options.setdefault("store_upstream", args.upstream)
-            if _takes(ranker, "store_ca_file"):
-                options.setdefault("store_ca_file", args.upstream_ca_file)
-                options.setdefault("store_verify", not args.upstream_insecure)
+    if ranker and "embedding_store" not in options:
+        from .rankers.registry import ranker_parameters, store_options
+        for key, value in store_options(ranker_parameters(ranker), args.embedding_store, args.upstream,
+                                        args.upstream_ca_file, not args.upstream_insecure).items():
+            options.setdefault(key, value)
     if args.model_dir:
         options["model_dir"] = args.model_dir
     if args.url:
@@ -343,18 +340,6 @@ def _chosen_ranker(name: Optional[str]) -> Optional[str]:
         "reranking is off: the default neural ranker needs %s (pip install 'selproxy[neural]'); "
         "--ranker none says passthrough only", missing)
     return None
-
-
-def _takes(ranker: str, option: str) -> bool:
-    """Whether the ranker ``ranker`` names takes the keyword ``option``."""
-    import inspect
-
-    from .rankers.registry import load_ranker_class
-    try:
-        params = inspect.signature(load_ranker_class(ranker)).parameters
-    except (ValueError, TypeError, ImportError, AttributeError):
-        return False  # the proxy's start reports a bad ranker in its own words
-    return option in params
 
 
 def _run(args: argparse.Namespace) -> int:

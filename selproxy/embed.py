@@ -408,7 +408,8 @@ def _positive(value: str) -> int:
 
 def _build_ranker(args: argparse.Namespace) -> Any:
     from .rankers.registry import (RankerUnavailable, default_ranker_missing, load_ranker_class,
-                                   parse_ranker_options, resolve_ranker)
+                                   parse_ranker_options, ranker_parameters, resolve_ranker,
+                                   store_options)
 
     name = args.ranker
     if name == "none":
@@ -419,24 +420,18 @@ def _build_ranker(args: argparse.Namespace) -> Any:
             raise EmbedError(f"the default neural ranker needs {missing} (pip install 'selproxy[neural]')")
     try:
         options = parse_ranker_options(args.ranker_option)
-        factory = load_ranker_class(name)
+        load_ranker_class(name)  # an unknown name or class is one line here
     except (ValueError, ImportError, AttributeError) as exc:
         raise EmbedError(str(exc)) from None
-    import inspect
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
+    params = ranker_parameters(name)
     if "embedding_store" not in params:
         raise EmbedError(f"ranker {name!r} keeps no document embeddings; selproxy embed needs a bi-encoder "
                          f"(default, minilm, bi-encoder)")
-    options.setdefault("embedding_store", args.embedding_store)
-    if options["embedding_store"] == "engine":
-        # The store talks to the same engine, with the same TLS settings.
-        options.setdefault("store_upstream", args.upstream)
-        if "store_ca_file" in params:
-            options.setdefault("store_ca_file", args.upstream_ca_file)
-            options.setdefault("store_verify", not args.upstream_insecure)
+    # The proxy's own store for this ranker, built as the proxy builds it.
+    store = store_options(params, options.get("embedding_store", args.embedding_store), args.upstream,
+                          args.upstream_ca_file, not args.upstream_insecure)
+    for key, value in store.items():
+        options.setdefault(key, value)
     if "background_queue" in params:
         options.setdefault("background_queue", 0)  # this run embeds everything itself
     if args.model_dir:

@@ -256,7 +256,7 @@ class MiniLMRanker:
         self.counters: Dict[str, int] = {"encoded_foreground": 0, "encoded_background": 0,
                                          "queued_background": 0, "dropped_background": 0,
                                          "preempted_background": 0, "stopped_at_deadline": 0,
-                                         "prefetched_queries": 0, "partial": 0}
+                                         "prefetched_queries": 0}
 
     def _identity(self) -> str:
         identity = getattr(self.encoder, "model_identity", None)
@@ -375,18 +375,22 @@ class MiniLMRanker:
               docs: Sequence[str], positions: Sequence[int], run_options: Any = None) -> int:
         """Embed the documents at ``positions`` (one model input per distinct
         key) and put them into ``found``; returns how many were embedded."""
-        todo: Dict[Hashable, int] = {}
+        todo: Dict[Hashable, str] = {}
         for n in positions:
-            if found[n] is None and keys[n] not in todo:
-                todo[keys[n]] = n
+            if found[n] is None:
+                todo.setdefault(keys[n], docs[n])
         if not todo:
             return 0
-        fresh = self._embed([docs[n] for n in todo.values()], run_options=run_options)
-        computed = self._remember(list(zip(todo, fresh)))
+        computed = self._embed_keyed(todo, run_options)
         for n in positions:
             if found[n] is None:
                 found[n] = computed[keys[n]]
         return len(todo)
+
+    def _embed_keyed(self, todo: Dict[Hashable, str], run_options: Any = None) -> Dict[Hashable, np.ndarray]:
+        """One model call for ``{key: text}``; the vectors, kept (as the
+        store gives them back) by key."""
+        return self._remember(list(zip(todo, self._embed(list(todo.values()), run_options=run_options))))
 
     def embed_queries(self, queries: Sequence[str]) -> Dict[str, np.ndarray]:
         """Query embeddings by text, each distinct text embedded at most once."""
@@ -572,8 +576,7 @@ class MiniLMRanker:
         todo: Dict[Hashable, str] = {}
         for n, i in chosen:
             todo.setdefault(plans[n].keys[i], plans[n].docs[i])
-        fresh = self._remember(list(zip(todo, self._embed(list(todo.values()),
-                                                          run_options=run_options))))
+        fresh = self._embed_keyed(todo, run_options)
         for plan in plans:
             for i in plan.missing:
                 vector = fresh.get(plan.keys[i])
@@ -621,8 +624,6 @@ class MiniLMRanker:
         else:
             out.extend(scores.astype(np.float64).tolist())
             out.fusion = "off" if self.fusion_weight > 0.0 else ""
-        if prefix < len(plan.docs):
-            self.counters["partial"] += 1
         return out
 
     # -- background embedding ------------------------------------------------

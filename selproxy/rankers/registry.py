@@ -28,11 +28,11 @@ import types
 import typing
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
 
 __all__ = ("ENTRY_POINT_GROUP", "BUILTIN_RANKERS", "RankerUnavailable", "RankerSpecError",
            "parse_ranker_options", "load_ranker_class", "check_ranker", "resolve_ranker",
-           "available_rankers", "missing_extra")
+           "available_rankers", "missing_extra", "ranker_parameters", "store_options")
 
 ENTRY_POINT_GROUP = "selproxy.rankers"
 
@@ -208,6 +208,34 @@ def _one_line(exc: BaseException) -> str:
 
 
 # -- checking options against the signature ----------------------------------------
+
+def ranker_parameters(spec: str) -> FrozenSet[str]:
+    """The keyword names the ranker ``spec`` names takes (empty when it
+    cannot be loaded: the proxy's start reports that in its own words)."""
+    try:
+        signature = _signature(load_ranker_class(spec))
+    except (ValueError, ImportError, AttributeError):
+        return frozenset()
+    return frozenset(signature.parameters) if signature is not None else frozenset()
+
+
+def store_options(parameters: Collection[str], spec: str, upstream: str, ca_file: Optional[str],
+                  verify: bool) -> Dict[str, Any]:
+    """The keyword arguments that point a ranker taking ``parameters`` at the
+    embedding store ``spec`` (``--embedding-store``): with ``engine``, the
+    engine at ``upstream`` with the proxy's own TLS settings.  The proxy and
+    ``selproxy embed`` both build them here, so they open the same store.
+    (Here, not beside the store: the command line imports no numpy before
+    its workers fork.)"""
+    if "embedding_store" not in parameters:
+        return {}
+    options: Dict[str, Any] = {"embedding_store": spec}
+    if spec == "engine":
+        options["store_upstream"] = upstream
+        if "store_ca_file" in parameters:
+            options.update(store_ca_file=ca_file, store_verify=verify)
+    return options
+
 
 def _signature(factory: Any) -> Optional[inspect.Signature]:
     try:

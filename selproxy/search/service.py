@@ -326,17 +326,22 @@ class SearchService:
         return RankJob(plan.query, texts, keys, engine_scores)
 
     async def _rank(self, route: SearchRoute, jobs: Sequence[RankJob]
-                    ) -> Tuple[Optional[List[List[float]]], Outcome, RankTiming]:
+                    ) -> Tuple[Optional[List[List[float]]], List[Outcome], RankTiming]:
+        """Scores and an outcome for each job (the same failure for all)."""
         started = time.perf_counter()
         try:
             scores, timing = await self.adapter.rank(jobs, self._deadline(route))
         except RankFailed as failure:
             # The time it waited, so a missed deadline shows as one.
-            return None, ("fallback", failure.reason), RankTiming(rank=time.perf_counter() - started)
+            return (None, [("fallback", failure.reason)] * len(jobs),
+                    RankTiming(rank=time.perf_counter() - started))
         self.stats.rank_seconds.append(timing.rank)
-        if len(jobs) == 1:
-            return scores, _applied(scores[0], len(jobs[0].docs)), timing
-        return scores, APPLIED, timing
+        return scores, [_applied(s, len(job.docs)) for s, job in zip(scores, jobs)], timing
+
+    async def _rank_one(self, route: SearchRoute, job: RankJob
+                        ) -> Tuple[Optional[List[float]], Outcome, RankTiming]:
+        ranked, outcomes, timing = await self._rank(route, [job])
+        return (ranked[0] if ranked else None), outcomes[0], timing
 
     def _answer(self, request: Request, response: Response, prep: _Prepared, doc: Any,
                 outcomes: Sequence[Outcome], upstream_s: float, timing: RankTiming) -> Response:
@@ -393,8 +398,7 @@ class SearchService:
         if not any(texts):
             scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
         else:
-            ranked, outcome, timing = await self._rank(route, [self._job(plan, window, texts)])
-            scores = ranked[0] if ranked else None
+            scores, outcome, timing = await self._rank_one(route, self._job(plan, window, texts))
         try:
             apply_es(doc, plan, scores)
         except SourceFilterTooCostly as exc:
@@ -459,10 +463,10 @@ class SearchService:
             for plan, item in unranked:
                 apply_es(item, plan, None)
             if jobs:
-                scores, outcome, timing = await self._rank(route, jobs)
+                scores, job_outcomes, timing = await self._rank(route, jobs)
                 for n, (i, plan, item) in enumerate(ranked_items):
                     apply_es(item, plan, scores[n] if scores else None)
-                    outcomes[i] = _applied(scores[n], len(jobs[n].docs)) if scores else outcome
+                    outcomes[i] = job_outcomes[n]
         except SourceFilterTooCostly as exc:
             return await self._skip(upstream, request, prep, [exc.reason] * len(plans))
         return self._answer(request, response, prep, doc, outcomes, upstream_s, timing)
@@ -507,7 +511,6 @@ class SearchService:
         if not any(texts):
             scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
         else:
-            ranked, outcome, timing = await self._rank(route, [self._job(plan, window, texts)])
-            scores = ranked[0] if ranked else None
+            scores, outcome, timing = await self._rank_one(route, self._job(plan, window, texts))
         apply_params(doc, api, plan, scores, client_params)
         return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
