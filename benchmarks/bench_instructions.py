@@ -63,7 +63,7 @@ def measure(setup: str, case_name: str, upstream_port: int, tmp: Path, logdir: P
     if setup == "selproxy":
         argv = [*valgrind, sys.executable, *shlex.split(args.selproxy)[-1:], "--listen",
                 f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{upstream_port}",
-                "--workers", "1", "--log-level", "WARNING"]
+                "--workers", "1", "--log-level", "WARNING", "--ranker", "none"]
     else:
         workdir = tmp / f"nginx-{case_name}"
         workdir.mkdir()

@@ -723,7 +723,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if setup == "selproxy":
                 argv = [*shlex.split(args.selproxy), "--listen", f"127.0.0.1:{port}",
                         "--upstream", f"http://127.0.0.1:{upstream_port}",
-                        "--workers", str(args.workers)]
+                        "--workers", str(args.workers),
+                        # The core against nginx: the search case passes through too.
+                        "--ranker", "none"]
             else:
                 workdir = tmp / "nginx-proxy"
                 workdir.mkdir()
