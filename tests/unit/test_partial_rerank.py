@@ -205,3 +205,20 @@ def test_a_query_embedded_ahead_makes_its_search_embed_nothing(ranker):
     assert len(scores) == 3 and scores.encoded == 0 and ranker.query_cache.hits == hits + 1
     ranker.prefetch_query(query)  # already cached: nothing to do
     assert ranker.counters["prefetched_queries"] >= 1
+
+
+def test_queries_waiting_to_be_embedded_ahead_are_bounded():
+    model = MiniLMRanker(threads=1, embedding_store=":memory:")
+    model.PREFETCH_QUEUE = 5
+    try:
+        with model._model_lock:  # the model is busy: nothing prefetched can start
+            for n in range(20):
+                model.prefetch_query(f"query {n}")
+            assert len(model._prefetching) == 5
+        give_up = time.monotonic() + 30
+        while model._prefetching and time.monotonic() < give_up:
+            time.sleep(0.01)
+        assert model.counters["prefetched_queries"] == 5
+        assert [model.query_cache.contains(f"query {n}") for n in range(20)] == [True] * 5 + [False] * 15
+    finally:
+        model.close()
