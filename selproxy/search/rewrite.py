@@ -41,7 +41,7 @@ token              meaning
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, quote
 
 from .._inflate import DecodedTooLarge, gunzip
@@ -169,6 +169,32 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", ""))
 
 
+def _plan_window(plan: SearchPlan, size: Optional[int], offset: Optional[int], window: int,
+                 query: Callable[[], str]) -> bool:
+    """The rerank step every search plan shares: check the client's page
+    (``size`` hits from ``offset``; None where it was not a number) against
+    the ``window`` and find the query text (``query()``, only for a page that
+    starts inside the window).  Sets ``plan.skip`` and returns False when the
+    search cannot be reranked; otherwise fills in the page, the window and
+    the hits to fetch."""
+    if size is None or offset is None or size < 0 or offset < 0:
+        plan.skip = "bad_request"
+        return False
+    if size == 0:
+        plan.skip = "size0"
+    elif offset >= window:
+        plan.skip = "past_window"
+    else:
+        plan.query = query()
+        if not plan.query:
+            plan.skip = "no_query_text"
+    if plan.skip:
+        return False
+    plan.size, plan.offset, plan.window = size, offset, window
+    plan.fetch = max(window, offset + size)
+    return True
+
+
 def plan_search(body: Optional[Dict[str, Any]], params: Mapping[str, str], indices: Sequence[str], *,
                 topn: int, overrides: Overrides = Overrides(), query_path: Optional[str] = None,
                 include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> SearchPlan:
@@ -198,24 +224,10 @@ def plan_search(body: Optional[Dict[str, Any]], params: Mapping[str, str], indic
     if sort is not None and not _sort_by_score(sort):
         plan.skip = "sort"
         return plan
-    size = _as_int(params.get("size", body.get("size")), 10)
-    offset = _as_int(params.get("from", body.get("from")), 0)
-    if size is None or offset is None or size < 0 or offset < 0:
-        plan.skip = "bad_request"
+    if not _plan_window(plan, _as_int(params.get("size", body.get("size")), 10),
+                        _as_int(params.get("from", body.get("from")), 0), overrides.topn or topn,
+                        lambda: query_text(body, params.get("q"), query_path)):
         return plan
-    if size == 0:
-        plan.skip = "size0"
-        return plan
-    window = overrides.topn or topn
-    if offset >= window:
-        plan.skip = "past_window"
-        return plan
-    plan.query = query_text(body, params.get("q"), query_path)
-    if not plan.query:
-        plan.skip = "no_query_text"
-        return plan
-    plan.size, plan.offset, plan.window = size, offset, window
-    plan.fetch = max(window, offset + size)
     plan.source_filter = client_source_filter(body, params)
     if plan.source_filter is not None and not plan.source_filter.within_limits:
         plan.skip = "source_filter"
@@ -296,26 +308,10 @@ def plan_params_search(api: ParamSearchAPI, params: Mapping[str, str], indices: 
         plan.skip = "format"
     elif params.get(api.sort_param, api.score_sorts[0]).strip() not in api.score_sorts:
         plan.skip = "sort"
-    if plan.skip:
+    if plan.skip or not _plan_window(plan, _as_int(params.get(api.size_param), api.default_size),
+                                     _as_int(params.get(api.offset_param), 0), overrides.topn or topn,
+                                     lambda: lucene_text(params.get(api.query_param, ""))):
         return plan
-    size = _as_int(params.get(api.size_param), api.default_size)
-    offset = _as_int(params.get(api.offset_param), 0)
-    if size is None or offset is None or size < 0 or offset < 0:
-        plan.skip = "bad_request"
-        return plan
-    window = overrides.topn or topn
-    if size == 0:
-        plan.skip = "size0"
-    elif offset >= window:
-        plan.skip = "past_window"
-    else:
-        plan.query = lucene_text(params.get(api.query_param, ""))
-        if not plan.query:
-            plan.skip = "no_query_text"
-    if plan.skip:
-        return plan
-    plan.size, plan.offset, plan.window = size, offset, window
-    plan.fetch = max(window, offset + size)
     plan.explain = overrides.debug
     plan.params = {api.offset_param: "0", api.size_param: str(plan.fetch)}
     return plan

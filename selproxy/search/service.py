@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import zlib
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..handler import Headers, Request, Response, Route, Upstream, header_value
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming
@@ -153,15 +153,6 @@ def _engine_scores(hits: Sequence[Any]) -> Optional[List[float]]:
     return scores
 
 
-def _path_params(pattern: str, path: str) -> Dict[str, str]:
-    """Captured ``{name}`` segments, for a request the core did not annotate."""
-    params: Dict[str, str] = {}
-    for want, got in zip(pattern.strip("/").split("/"), path.strip("/").split("/")):
-        if want.startswith("{") and want.endswith("}"):
-            params[want[1:-1]] = got
-    return params
-
-
 def _with_body(headers: Headers, body: bytes) -> Headers:
     """``headers`` for a new, uncompressed ``body``."""
     out = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
@@ -172,15 +163,14 @@ def _with_body(headers: Headers, body: bytes) -> Headers:
 class _Prepared:
     """What every claimed request shares: overrides stripped, body decoded."""
 
-    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices", "started")
+    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices")
 
-    def __init__(self, request: Request, route: SearchRoute, max_topn: int) -> None:
-        self.started = time.perf_counter()
+    def __init__(self, request: Request, max_topn: int) -> None:
         self.overrides, self.target, self.headers = extract_overrides(
             request.target, request.headers, max_topn)
         self.path, _, self.query_string = self.target.partition("?")
-        params = request.params or _path_params(route.path, request.path)
-        self.indices = split_indices(params.get("index", ""))
+        # The core's RouteMatch captured the route's segments.
+        self.indices = split_indices(request.params.get("index", ""))
 
     def target_with(self, changes: Mapping[str, Optional[str]]) -> str:
         query = rewrite_query_string(self.query_string, changes)
@@ -316,6 +306,14 @@ class SearchService:
         return hit_texts(hits, self._field_specs(route), self.config.max_field_chars,
                          source_key, drop)
 
+    def _window_job(self, route: SearchRoute, plan: SearchPlan, hits: Sequence[Any],
+                    source_key: str = "_source", drop: Sequence[str] = ()) -> Optional[RankJob]:
+        """The rank job for the plan's window of ``hits``, or None when no hit
+        of it has text to rank (reason ``no_doc_text``)."""
+        window = hits[:plan.window]
+        texts = self._texts(window, route, source_key, drop)
+        return self._job(plan, window, texts) if any(texts) else None
+
     def _job(self, plan: SearchPlan, hits: Sequence[Any], texts: List[str]) -> RankJob:
         keys = None
         if self.adapter.wants_keys:
@@ -355,12 +353,44 @@ class SearchService:
                                                     timing.encode, timing.score),
                                ignored=prep.overrides.ignored)
 
+    async def _rerank(self, route: SearchRoute, request: Request, upstream: Upstream, prep: _Prepared,
+                      plan: SearchPlan, response: Response, upstream_s: float, hits_path: Sequence[str],
+                      cut_page: Callable[[Any, Optional[List[float]]], None],
+                      source_key: str = "_source", drop: Sequence[str] = ()) -> Response:
+        """The rerank step of one search once the engine has answered, shared
+        by ``_search`` and ``_params``: read the hits at ``hits_path``, rank
+        the plan's window, cut the client's page (``cut_page(doc, scores)``,
+        in place) and answer.  A response it cannot rerank goes back as the
+        engine sent it."""
+        if response.status != 200:
+            return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
+        try:
+            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
+            hits = hits_at(doc, hits_path)
+            if hits is None:
+                raise TypeError(f"{'.'.join(hits_path)} is not a list of objects")
+        except (ValueError, TypeError) as exc:
+            return self._verbatim(response, prep, [("skipped", skip_reason(exc, "format"))], upstream_s)
+        if not hits:
+            return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
+
+        job = self._window_job(route, plan, hits, source_key, drop)
+        if job is None:
+            scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
+        else:
+            scores, outcome, timing = await self._rank_one(route, job)
+        try:
+            cut_page(doc, scores)
+        except SourceFilterTooCostly as exc:
+            return await self._skip(upstream, request, prep, [exc.reason])
+        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+
     def _plan_kwargs(self, route: SearchRoute, overrides: Overrides) -> Dict[str, Any]:
         return dict(topn=route.topn or self.config.topn, overrides=overrides,
                     include=self.config.include_indices, exclude=self.config.exclude_indices)
 
     async def _search(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
-        prep = _Prepared(request, route, self.config.max_topn)
+        prep = _Prepared(request, self.config.max_topn)
         try:
             raw = request_body(request, self.config.max_decoded_body)
             body = _json.loads(raw) if raw.strip() else None
@@ -381,32 +411,11 @@ class SearchService:
             new_body, headers = request.body, prep.headers
         response, upstream_s = await self._forward(
             upstream, request.method, prep.target_with(plan.params), headers, new_body)
-        if response.status != 200:
-            return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
-        try:
-            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
-            hits = hits_at(doc, ("hits", "hits"))
-            if hits is None:
-                raise TypeError("hits.hits is not a list of objects")
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._verbatim(response, prep, [("skipped", skip_reason(exc, "format"))], upstream_s)
-        if not hits:
-            return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
-
-        window = hits[:plan.window]
-        texts = self._texts(window, route)
-        if not any(texts):
-            scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
-        else:
-            scores, outcome, timing = await self._rank_one(route, self._job(plan, window, texts))
-        try:
-            apply_es(doc, plan, scores)
-        except SourceFilterTooCostly as exc:
-            return await self._skip(upstream, request, prep, [exc.reason])
-        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        return await self._rerank(route, request, upstream, prep, plan, response, upstream_s,
+                                  ("hits", "hits"), lambda doc, scores: apply_es(doc, plan, scores))
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
-        prep = _Prepared(request, route, self.config.max_topn)
+        prep = _Prepared(request, self.config.max_topn)
         try:
             planned = plan_msearch(request_body(request, self.config.max_decoded_body), prep.indices,
                                    query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
@@ -449,10 +458,9 @@ class SearchService:
             elif not hits:
                 outcomes[i] = ("skipped", "no_hits")
             else:
-                window = hits[:plan.window]
-                texts = self._texts(window, route)
-                if any(texts):
-                    jobs.append(self._job(plan, window, texts))
+                job = self._window_job(route, plan, hits)
+                if job is not None:
+                    jobs.append(job)
                     ranked_items.append((i, plan, item))
                 else:
                     outcomes[i] = ("skipped", "no_doc_text")
@@ -474,7 +482,7 @@ class SearchService:
     async def _params(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         api = route.api
         assert api is not None
-        prep = _Prepared(request, route, self.config.max_topn)
+        prep = _Prepared(request, self.config.max_topn)
         form = ""
         content_type = (header_value(prep.headers, "content-type") or "").lower()
         if request.body and content_type.startswith("application/x-www-form-urlencoded"):
@@ -494,23 +502,7 @@ class SearchService:
         headers = _with_body(prep.headers, body) if in_form else prep.headers
         response, upstream_s = await self._forward(upstream, request.method,
                                                    prep.target_with(in_url), headers, body)
-        if response.status != 200:
-            return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
-        try:
-            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
-            hits = hits_at(doc, api.hits_path)
-            if hits is None:
-                raise TypeError("no list of hits")
-        except (ValueError, TypeError) as exc:
-            return self._verbatim(response, prep, [("skipped", skip_reason(exc, "format"))], upstream_s)
-        if not hits:
-            return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
-
-        window = hits[:plan.window]
-        texts = self._texts(window, route, source_key="", drop=api.id_fields)
-        if not any(texts):
-            scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
-        else:
-            scores, outcome, timing = await self._rank_one(route, self._job(plan, window, texts))
-        apply_params(doc, api, plan, scores, client_params)
-        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        return await self._rerank(route, request, upstream, prep, plan, response, upstream_s,
+                                  api.hits_path,
+                                  lambda doc, scores: apply_params(doc, api, plan, scores, client_params),
+                                  source_key="", drop=api.id_fields)

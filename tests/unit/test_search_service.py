@@ -7,6 +7,7 @@ import time
 import pytest
 from support.aio import run
 
+from selproxy._routes import RouteTable
 from selproxy.handler import Request
 from selproxy.search import SearchConfig, SearchService, solr_routes
 from selproxy.search._testing import QUERY_FORMS, FailingRanker, FakeEngine, ReverseRanker, SlowRanker
@@ -21,29 +22,16 @@ def engine(**kw):
     return FakeEngine({"books": list(DOCS), ".hidden": list(DOCS[:3])}, **kw)
 
 
-def match_path(pattern, path):
-    want, got = pattern.strip("/").split("/"), path.strip("/").split("/")
-    if len(want) != len(got):
-        return None
-    params = {}
-    for w, g in zip(want, got):
-        if w.startswith("{"):
-            params[w[1:-1]] = g
-        elif w != g:
-            return None
-    return params
-
-
 async def call(service, upstream, method, target, body=b"", headers=()):
+    """Route the request through the core's own RouteTable, as the proxy does:
+    the handler reads the segments the table captured (``request.params``)."""
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
-    path = target.split("?")[0]
-    for route in service.routes():
-        params = match_path(route.path, path)
-        if params is not None and method in route.methods:
-            request = Request(method, target, list(headers), body, params)
-            return await route.handler(request, upstream)
-    raise AssertionError(f"no route for {path}")
+    match = RouteTable(service.routes()).match(method, target)
+    if match is not None:
+        request = Request(method, target, list(headers), body, match.params)
+        return await match.route.handler(request, upstream)
+    raise AssertionError(f"no route for {method} {target}")
 
 
 def search(service, upstream, body=None, target="/books/_search", method="POST", headers=()):
