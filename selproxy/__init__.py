@@ -6,12 +6,13 @@ from .errors import (
     RequestLineTooLong, UpstreamTimeout, UpstreamUnavailable,
 )
 from .handler import Request, Response, Route, Upstream
-from .rankers import Ranker
+from .rankers import AsyncCloses, BatchRanker, Ranker, RankKeywords, Scores, WarmsUp
 from .server import Proxy, serve
 
 __all__ = (
     "__version__", "Proxy", "serve", "Config", "Route", "Request", "Response",
-    "Upstream", "Ranker", "ProxyError", "BadRequest", "BodyTooLarge",
+    "Upstream", "Ranker", "BatchRanker", "RankKeywords", "WarmsUp", "AsyncCloses", "Scores",
+    "ProxyError", "BadRequest", "BodyTooLarge",
     "HandlerError", "HeadersTooLarge", "RequestLineTooLong", "UpstreamTimeout",
     "UpstreamUnavailable",
 )

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Coroutine, Dict, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Coroutine, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import uvloop
 
@@ -21,9 +21,13 @@ from ._threads import DaemonThreadPool
 from .config import Config
 from .errors import HandlerError, ProxyError
 from .handler import Request, Response, Route
-from .rankers.adapter import call_guarded
+from .rankers.adapter import call_guarded, warmup_method
+from .rankers.base import Ranker
 from .rankers.registry import RankerSpecError, RankerUnavailable
 from .status import StatusPage
+
+if TYPE_CHECKING:  # the search layer loads in the worker that serves (see _start_search)
+    from .search import SearchConfig, SearchService
 
 __all__ = ("Proxy", "serve", "ListenError", "StartFailed", "check_upstream")
 
@@ -155,8 +159,8 @@ class Proxy:
 
     def __init__(self, upstream: Optional[str] = None, listen: Optional[str] = None, *,
                  routes: Sequence[Route] = (), config: Optional[Config] = None,
-                 ranker: Any = None, ranker_options: Optional[Dict[str, Any]] = None,
-                 search: Any = None, **options: Any) -> None:
+                 ranker: Union[Ranker, str, None] = None, ranker_options: Optional[Dict[str, Any]] = None,
+                 search: Optional["SearchConfig"] = None, **options: Any) -> None:
         if config is None:
             if upstream is None:
                 raise TypeError("Proxy() needs an upstream URL or a config")
@@ -174,9 +178,10 @@ class Proxy:
         self._address: Optional[Tuple[Any, ...]] = None
         self._upstream: Any = None
         self.status_sections: Dict[str, Any] = {}
-        self.search_service: Any = None
+        self.search_service: Optional["SearchService"] = None
         self._warmup: Optional["asyncio.Future[Any]"] = None
-        self._search: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
+        self._search: Optional[Tuple[Union[Ranker, str, None], Optional[Dict[str, Any]],
+                                     Optional["SearchConfig"]]] = None
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
                 from .rankers.registry import check_ranker
@@ -187,7 +192,7 @@ class Proxy:
                 raise TypeError("ranker_options go with a ranker given by name")
             self._search = (ranker, ranker_options, search)
 
-    def _start_search(self) -> Any:
+    def _start_search(self) -> Optional["SearchService"]:
         """The search service, built in the process that serves: a model
         named by the ranker loads after a worker forks, never before.  The
         master, which never searches, then holds no model, and no thread
@@ -271,8 +276,8 @@ class Proxy:
         """Warm the ranker up off the loop (a model loads and runs once); the
         status page says ``"ready": false`` until it is done."""
         ranker = self.search_service.adapter.ranker if self.search_service else None
-        warmup = getattr(ranker, "warmup", None)
-        if not callable(warmup):
+        warmup = warmup_method(ranker)
+        if warmup is None:
             return
         # A daemon thread, not the loop's default executor: a warm-up that
         # never returns must not keep a stopped proxy from exiting.

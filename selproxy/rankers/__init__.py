@@ -1,4 +1,6 @@
-"""Rankers: the pluggable models that reorder a search's candidate window."""
-from .base import Ranker
+"""Rankers: the pluggable models that reorder a search's candidate window.
 
-__all__ = ("Ranker",)
+The contract a ranker meets is written down in :mod:`selproxy.rankers.base`."""
+from .base import AsyncCloses, BatchRanker, Ranker, RankKeywords, Scores, WarmsUp
+
+__all__ = ("Ranker", "BatchRanker", "RankKeywords", "WarmsUp", "AsyncCloses", "Scores")

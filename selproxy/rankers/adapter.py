@@ -1,6 +1,8 @@
 """Call any ranker the same way: async, bounded in time and in pending work.
 
-:class:`RankerAdapter` looks at a ranker once, when it is built:
+:class:`RankerAdapter` looks at a ranker once, when it is built, for the
+optional parts of the contract that :mod:`selproxy.rankers.base` writes down
+as Protocols:
 
 * ``rank`` declared ``async def`` is awaited on the loop; a plain ``def`` runs
   in the adapter's worker threads, so a model never blocks the event loop;
@@ -49,10 +51,11 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
 
 from .._redact import excerpt
 from .._threads import DaemonThreadPool
-from .base import Scores
+from .base import RANK_KEYWORDS, AsyncCloses, BatchRanker, Ranker, Scores, WarmsUp
 
 __all__ = ("RankJob", "RankFailed", "RankTiming", "RankerAdapter", "RankerRaised", "call_guarded",
-           "await_guarded", "result_of", "checked_scores", "failure_from")
+           "await_guarded", "result_of", "checked_scores", "failure_from", "batch_method", "warmup_method",
+           "aclose_method")
 
 log = logging.getLogger("selproxy.rankers")
 
@@ -96,23 +99,35 @@ class RankFailed(Exception):
         self.reason = reason
 
 
-#: Keyword arguments a ranker may declare to receive more than the texts.
-OPTIONAL_ARGUMENTS = ("keys", "engine_scores", "timeout")
-
-
 def _accepted(method: Optional[Callable[..., Any]]) -> Tuple[str, ...]:
+    """The keywords of :class:`~selproxy.rankers.base.RankKeywords` that ``method`` declares."""
     if method is None:
         return ()
     try:
         params = inspect.signature(method).parameters
     except (TypeError, ValueError):
         return ()
-    return tuple(name for name in OPTIONAL_ARGUMENTS if name in params)
+    return tuple(name for name in RANK_KEYWORDS if name in params)
 
 
 def _is_async(method: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(
         getattr(method, "__call__", None))
+
+
+def batch_method(ranker: object) -> Optional[Callable[..., Any]]:
+    """The ranker's ``batch_rank`` (:class:`~selproxy.rankers.base.BatchRanker`), or None."""
+    return ranker.batch_rank if isinstance(ranker, BatchRanker) and callable(ranker.batch_rank) else None
+
+
+def warmup_method(ranker: object) -> Optional[Callable[[], None]]:
+    """The ranker's ``warmup`` (:class:`~selproxy.rankers.base.WarmsUp`), or None."""
+    return ranker.warmup if isinstance(ranker, WarmsUp) and callable(ranker.warmup) else None
+
+
+def aclose_method(ranker: object) -> Optional[Callable[[], Awaitable[None]]]:
+    """The ranker's ``aclose`` (:class:`~selproxy.rankers.base.AsyncCloses`), or None."""
+    return ranker.aclose if isinstance(ranker, AsyncCloses) and callable(ranker.aclose) else None
 
 
 class RankerRaised(Exception):
@@ -201,15 +216,14 @@ def failure_from(exc: BaseException) -> "RankFailed":
 class RankerAdapter:
     """Wraps one ranker; see the module docstring."""
 
-    def __init__(self, ranker: Any, *, threads: int = 1, max_pending: int = 64,
+    def __init__(self, ranker: Ranker, *, threads: int = 1, max_pending: int = 64,
                  max_abandoned: int = 8) -> None:
-        if not callable(getattr(ranker, "rank", None)):
+        if not isinstance(ranker, Ranker) or not callable(ranker.rank):
             raise TypeError(f"{ranker!r} has no rank(query, docs) method")
         self.ranker = ranker
         self._rank_async = _is_async(ranker.rank)
         self._rank_extras = _accepted(ranker.rank)
-        batch = getattr(ranker, "batch_rank", None)
-        self._batch: Optional[Callable[..., Any]] = batch if callable(batch) else None
+        self._batch: Optional[Callable[..., Any]] = batch_method(ranker)
         self._batch_async = self._batch is not None and _is_async(self._batch)
         self._batch_extras = _accepted(self._batch)
         self._threads = threads
@@ -389,8 +403,8 @@ class RankerAdapter:
             assert self._batch is not None
             pairs = [(job.query, job.docs) for job in jobs]
             return list(await self._batch(pairs, **self._batch_kwargs(jobs, timeout)))
-        return [await self.ranker.rank(job.query, job.docs, **self._rank_kwargs(job, timeout))
-                for job in jobs]
+        rank: Callable[..., Any] = self.ranker.rank  # async: the adapter looked when it was built
+        return [await rank(job.query, job.docs, **self._rank_kwargs(job, timeout)) for job in jobs]
 
     def _call_sync(self, jobs: Sequence[RankJob], use_batch: bool, started: List[float],
                    timeout: float) -> List[Any]:

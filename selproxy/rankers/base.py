@@ -3,17 +3,36 @@
 A ranker scores candidate documents for one query; higher is better.  The proxy
 reorders the engine's window by these scores.
 
-Contract:
+Contract (each part is a :class:`typing.Protocol` below; only ``rank`` is
+required, and :class:`~selproxy.rankers.adapter.RankerAdapter` looks for the
+others once, when it is built):
 
-* ``rank(query, docs)`` returns one float per document, in the order of
-  ``docs``.  It may be ``async def`` or a plain ``def``; a plain one is run in a
-  worker thread, never on the event loop.
-* ``keys``, when the ranker's ``rank`` accepts it, carries one stable,
-  hashable key per document (for the proxy: ``(index, _id, sha1-of-text)``),
-  which a ranker may use to cache per-document work.
-* ``batch_rank(requests)`` is optional.  It takes a sequence of
-  ``(query, docs)`` pairs and returns one score list per pair.  The proxy uses
-  it when many searches arrive together (``_msearch``, micro-batching).
+* :class:`Ranker`: ``rank(query, docs)`` returns one float per document, in
+  the order of ``docs``.  It may be ``async def`` or a plain ``def``; a plain
+  one is run in a worker thread, never on the event loop.
+* :class:`BatchRanker`: ``batch_rank(requests)`` is optional.  It takes a
+  sequence of ``(query, docs)`` pairs and returns one score list per pair.
+  The proxy uses it when many searches arrive together (``_msearch``,
+  micro-batching).
+* :class:`RankKeywords`: ``rank`` and ``batch_rank`` may each declare any of
+  the keywords ``keys``, ``engine_scores`` and ``timeout`` (with a default),
+  and get them:
+
+  - ``keys``: one stable, hashable key per document (for the proxy:
+    ``(index, _id, sha1-of-text)``), which a ranker may use to cache
+    per-document work;
+  - ``engine_scores``: the engine's score of each document (for score
+    fusion), or None when a hit had none (a sort, an unscored query);
+  - ``timeout``: the seconds left of the search's deadline, so a ranker that
+    queues can refuse work it cannot finish in time.
+
+  ``batch_rank`` gets one list of keys (or scores) per search.
+* :class:`WarmsUp`: ``warmup()`` is optional.  The proxy calls it once when
+  it starts, in a thread of its own; the status page says ``"ready": false``
+  until it returns.
+* :class:`AsyncCloses`: ``async aclose()`` is optional.  The proxy awaits it
+  when it stops (within what is left of its shutdown grace), so a ranker can
+  end work of its own on the loop (a worker task, a client session).
 * A ranker that raises (anything, ``SystemExit`` and ``CancelledError``
   included), returns anything but one finite real number per document, or
   does not answer within the route's deadline, never fails a search: the
@@ -49,9 +68,18 @@ through the entry-point group ``selproxy.rankers``::
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Protocol, Sequence, runtime_checkable
+import inspect
+from typing import (Any, Awaitable, Dict, Hashable, Iterable, Optional, Protocol, Sequence, Tuple, Union,
+                    runtime_checkable)
 
-__all__ = ("Ranker", "Scores")
+__all__ = ("Ranker", "BatchRanker", "RankKeywords", "WarmsUp", "AsyncCloses", "Scores", "ScoreList",
+           "RankQuery", "RANK_KEYWORDS")
+
+#: What ``rank`` gives for one search: one real number per document (a list,
+#: :class:`Scores`, a NumPy array...), or an awaitable of that.
+ScoreList = Iterable[float]
+#: One search as ``batch_rank`` takes it: the query and the window's texts.
+RankQuery = Tuple[str, Sequence[str]]
 
 
 class Scores(list):  # type: ignore[type-arg]
@@ -77,6 +105,66 @@ class Scores(list):  # type: ignore[type-arg]
 class Ranker(Protocol):
     """Scores documents for a query.  See the module docstring for the contract."""
 
-    def rank(self, query: str, docs: Sequence[str]) -> Any:
+    def rank(self, query: str, docs: Sequence[str]) -> Union[ScoreList, Awaitable[ScoreList]]:
         """Return (or, if async, resolve to) one float score per document."""
+        ...
+
+
+@runtime_checkable
+class BatchRanker(Protocol):
+    """Scores several searches in one call: the optional part of a ranker
+    that the proxy uses for ``_msearch``, and all that
+    :class:`~selproxy.rankers.batching.MicroBatcher` needs of the model it
+    batches for."""
+
+    def batch_rank(self, requests: Sequence[RankQuery]
+                   ) -> Union[Iterable[ScoreList], Awaitable[Iterable[ScoreList]]]:
+        """Return (or resolve to) one score list per ``(query, docs)`` pair."""
+        ...
+
+
+class RankKeywords(Protocol):
+    """The keywords a ranker's ``rank`` and ``batch_rank`` may declare.
+
+    No ranker needs to match this whole: each method declares the subset it
+    wants, and the adapter passes exactly those (:data:`RANK_KEYWORDS`, read
+    from this class).  The proxy never passes ``None`` for ``timeout``.
+    """
+
+    def rank(self, query: str, docs: Sequence[str], *,
+             keys: Optional[Sequence[Hashable]] = None,
+             engine_scores: Optional[Sequence[float]] = None,
+             timeout: Optional[float] = None) -> Union[ScoreList, Awaitable[ScoreList]]:
+        ...
+
+    def batch_rank(self, requests: Sequence[RankQuery], *,
+                   keys: Optional[Sequence[Optional[Sequence[Hashable]]]] = None,
+                   engine_scores: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                   timeout: Optional[float] = None
+                   ) -> Union[Iterable[ScoreList], Awaitable[Iterable[ScoreList]]]:
+        ...
+
+
+#: The keywords of :class:`RankKeywords`, in its order: the ones a ranker
+#: may declare to receive more than the texts.
+RANK_KEYWORDS: Tuple[str, ...] = tuple(
+    name for name, parameter in inspect.signature(RankKeywords.rank).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """A ranker with work to do once before its first search (load and run a model)."""
+
+    def warmup(self) -> None:
+        """Called once, in a thread, when the proxy starts."""
+        ...
+
+
+@runtime_checkable
+class AsyncCloses(Protocol):
+    """A ranker with work of its own on the event loop to end when the proxy stops."""
+
+    async def aclose(self) -> None:
+        """Awaited once, on the loop, when the proxy stops."""
         ...

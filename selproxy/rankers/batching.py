@@ -47,7 +47,8 @@ import time
 from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 from .._threads import DaemonThreadPool
-from .adapter import PARTIAL_GRACE, RankFailed, await_guarded, call_guarded, result_of
+from .adapter import PARTIAL_GRACE, RankFailed, await_guarded, batch_method, call_guarded, result_of, warmup_method
+from .base import BatchRanker
 
 __all__ = ("MicroBatcher", "Overloaded", "DeadlineExceeded")
 
@@ -96,11 +97,11 @@ class MicroBatcher:
     running estimate of seconds per pair.
     """
 
-    def __init__(self, ranker: Any, *, max_pairs: int = 512, max_wait_ms: float = 2.0,
+    def __init__(self, ranker: BatchRanker, *, max_pairs: int = 512, max_wait_ms: float = 2.0,
                  max_queue_pairs: int = 2048, timeout: Optional[float] = None,
                  cost_alpha: float = 0.3, max_abandoned: int = 2) -> None:
-        batch = getattr(ranker, "batch_rank", None)
-        if not callable(batch):
+        batch = batch_method(ranker)
+        if batch is None:
             raise TypeError(f"{type(ranker).__name__} has no batch_rank() to batch with")
         if max_pairs < 1 or max_queue_pairs < 1 or max_wait_ms < 0:
             raise ValueError("max_pairs and max_queue_pairs must be >= 1, max_wait_ms >= 0")
@@ -138,8 +139,8 @@ class MicroBatcher:
     # -- public -----------------------------------------------------------
 
     def warmup(self) -> None:
-        warm = getattr(self.ranker, "warmup", None)
-        if callable(warm):
+        warm = warmup_method(self.ranker)
+        if warm is not None:
             warm()
 
     async def rank(self, query: str, docs: Sequence[str], *,

@@ -21,7 +21,8 @@ import zlib
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..handler import Headers, Request, Response, Route, Upstream, header_value
-from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming
+from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming, aclose_method
+from ..rankers.base import Ranker
 from . import _json
 from .config import SearchConfig, SearchRoute
 from .extract import FieldSpec, document_text, parse_field_spec
@@ -180,11 +181,11 @@ class _Prepared:
 class SearchService:
     """Handlers and counters for the claimed search routes.
 
-    ``ranker`` is any object with ``rank(query, docs)`` (see
-    :mod:`selproxy.rankers.base`).
+    ``ranker`` is any object with ``rank(query, docs)``; the rest of the
+    contract is optional (see :mod:`selproxy.rankers.base`).
     """
 
-    def __init__(self, ranker: Any, config: Optional[SearchConfig] = None) -> None:
+    def __init__(self, ranker: Ranker, config: Optional[SearchConfig] = None) -> None:
         self.config = config or SearchConfig()
         self.adapter = RankerAdapter(ranker, threads=self.config.ranker_threads,
                                      max_pending=self.config.max_pending_ranks)
@@ -233,8 +234,8 @@ class SearchService:
     async def aclose(self) -> None:
         """Close the ranker too, where it has work of its own on the loop (a
         micro-batcher's worker), then the adapter's threads."""
-        aclose = getattr(self.adapter.ranker, "aclose", None)
-        if callable(aclose):
+        aclose = aclose_method(self.adapter.ranker)
+        if aclose is not None:
             await aclose()
         self.close()
 

@@ -378,3 +378,64 @@ def test_fractions_and_numpy_integers_are_real_numbers():
     assert checked_scores(np.array([1, 2, 3], dtype="int64"), 3) == [1.0, 2.0, 3.0]
     with pytest.raises(TypeError):
         checked_scores(np.array([True, False, True]), 3)
+
+
+# -- the written contract (selproxy.rankers.base) ---------------------------------
+
+def test_the_optional_keywords_are_read_from_the_written_protocol():
+    from selproxy.rankers.base import RANK_KEYWORDS
+
+    assert RANK_KEYWORDS == ("keys", "engine_scores", "timeout")
+
+    class AllKeywords:
+        def __init__(self):
+            self.got = []
+
+        def rank(self, query, docs, *, keys=None, engine_scores=None, timeout=None, other=None):
+            self.got.append((keys, engine_scores, timeout, other))
+            return [0.0] * len(docs)
+
+    ranker = AllKeywords()
+    adapter = RankerAdapter(ranker)
+    assert adapter.wants_keys and adapter.wants_engine_scores
+    run(adapter.rank([RankJob("q", ["a"], keys=["k"], engine_scores=[2.0])], 1.0))
+    (keys, engine_scores, timeout, other), = ranker.got
+    # Only the Protocol's keywords are passed; a keyword outside it keeps its default.
+    assert keys == ["k"] and engine_scores == [2.0] and timeout == 1.0 and other is None
+    adapter.close()
+
+
+def test_optional_parts_are_found_against_the_protocols():
+    from selproxy.rankers import AsyncCloses, BatchRanker, Ranker, WarmsUp
+    from selproxy.rankers.adapter import aclose_method, batch_method, warmup_method
+
+    class Full:
+        def rank(self, query, docs):
+            return [0.0] * len(docs)
+
+        def batch_rank(self, requests):
+            return [[1.0] * len(docs) for _, docs in requests]
+
+        def warmup(self):
+            pass
+
+        async def aclose(self):
+            pass
+
+    class NotCallable:
+        batch_rank = warmup = aclose = None
+
+        def rank(self, query, docs):
+            return [0.0] * len(docs)
+
+    full, bare = Full(), NotCallable()
+    assert isinstance(full, Ranker) and isinstance(full, BatchRanker)
+    assert isinstance(full, WarmsUp) and isinstance(full, AsyncCloses)
+    assert batch_method(full) == full.batch_rank and warmup_method(full) == full.warmup
+    assert aclose_method(full) == full.aclose
+    # An attribute of the right name that cannot be called is not the part.
+    assert batch_method(bare) is None and warmup_method(bare) is None and aclose_method(bare) is None
+    assert not isinstance(SyncRanker(), BatchRanker)
+    adapter = RankerAdapter(bare)
+    assert run(adapter.rank([JOB, JOB], 1.0))[0] == [[0.0] * 3] * 2  # rank, once per job
+    adapter.close()
