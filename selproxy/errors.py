@@ -10,14 +10,14 @@ them share Elasticsearch's shape::
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Dict, Optional
 
 __all__ = (
     "ProxyError", "BadRequest", "RequestLineTooLong", "HeadersTooLarge",
     "BodyTooLarge", "MethodNotAllowed", "MisdirectedRequest",
     "UpstreamUnavailable", "UpstreamTimeout", "UpstreamProtocolError",
     "HandlerError", "RequestTimeout", "ProxyOverloaded", "UpstreamQueueFull",
-    "UpstreamQueueTimeout", "BodyBudgetExceeded", "error_body",
+    "UpstreamQueueTimeout", "BodyBudgetExceeded", "error_body", "error_document",
 )
 
 
@@ -125,8 +125,14 @@ class HandlerError(ProxyError):
     es_type = "selproxy_handler_exception"
 
 
+def error_document(status: int, cause: Dict[str, Any]) -> Dict[str, Any]:
+    """Elasticsearch's error shape around one cause (``{"type", "reason", ...}``,
+    with any metadata beside them): the proxy's errors and the embedded
+    engine's (:mod:`selproxy.engine.errors`) both take this shape."""
+    return {"error": {"root_cause": [cause], **cause}, "status": status}
+
+
 def error_body(status: int, es_type: str, reason: str) -> bytes:
     """Render an error in Elasticsearch's JSON error shape."""
-    cause = {"type": es_type, "reason": reason}
-    doc = {"error": {"root_cause": [cause], **cause}, "status": status}
+    doc = error_document(status, {"type": es_type, "reason": reason})
     return json.dumps(doc, separators=(",", ":")).encode()

@@ -44,8 +44,8 @@ def _listen_failure(what: str, flag: str, listen: str, exc: OSError) -> CommandL
 @contextlib.asynccontextmanager
 async def _engine(listen: str) -> AsyncIterator[Any]:
     # Wiring point: the embedded engine (issue 3).
+    from ..config import parse_listen
     from ..engine import Engine
-    from ..engine.server import parse_listen
 
     host, port = parse_listen(listen)
     engine = Engine(data=":memory:", host=host, port=port)

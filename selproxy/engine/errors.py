@@ -2,13 +2,16 @@
 
 Each class carries the HTTP status and the Elasticsearch error ``type``; extra
 metadata (``index``, ``resource.id``…) is rendered beside ``type`` and
-``reason`` exactly as Elasticsearch does::
+``reason`` exactly as Elasticsearch does, in the shape the proxy's own errors
+take (:func:`selproxy.errors.error_document`)::
 
     {"error": {"root_cause": [{...}], "type": ..., "reason": ..., ...}, "status": N}
 """
 from __future__ import annotations
 
 from typing import Any, Dict
+
+from ..errors import error_document
 
 __all__ = (
     "EngineError", "IndexNotFound", "ParsingError", "IllegalArgument",
@@ -38,8 +41,7 @@ class EngineError(Exception):
         return out
 
     def body(self) -> Dict[str, Any]:
-        cause = self.cause()
-        return {"error": {"root_cause": [cause], **cause}, "status": self.status}
+        return error_document(self.status, self.cause())
 
 
 class IndexNotFound(EngineError):

@@ -6,25 +6,18 @@ import asyncio
 import logging
 import signal
 import socket
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import uvicorn
 
+from ..config import parse_listen
 from .app import EngineApp
 from .contexts import DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_OPEN
 from .store import Store
 
-__all__ = ("Engine", "serve", "parse_listen")
+__all__ = ("Engine", "serve")
 
 logger = logging.getLogger("selproxy.engine")
-
-
-def parse_listen(listen: str) -> Tuple[str, int]:
-    """``host:port`` (``[::1]:9200`` for IPv6) as a (host, port) pair."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _config(app: EngineApp, host: str, port: int, log_level: Optional[str]) -> uvicorn.Config:

@@ -202,6 +202,18 @@ def test_gzip_response_bomb_passes_through():
         decode_body(Response(200, [], b"x" * 11), 10)
 
 
+@pytest.mark.parametrize("kind", ["search", "msearch"])
+@pytest.mark.parametrize("body", [b"not gzip", gzip.compress(json.dumps(Q).encode())[:-4]])
+def test_a_request_body_that_is_not_gzip_is_sent_on_unchanged(kind, body):
+    # _inflate.gunzip raises ValueError for it: the search is a bad_request
+    # for the proxy, and the engine decides.
+    service = SearchService(ReverseRanker(), SearchConfig(topn=3))
+    upstream = RawEngine(json.dumps(es_response(es_hits(3))).encode())
+    response = handle(service, upstream, body, headers=[("Content-Encoding", "gzip")], kind=kind)
+    assert response.header("x-selproxy-rerank") == "skipped; reason=bad_request"
+    assert [r[3] for r in upstream.requests] == [body]
+
+
 def test_structured_request_is_sent_on_unchanged_as_too_large():
     service = SearchService(ReverseRanker(), SearchConfig(topn=3))
     upstream = RawEngine(json.dumps(es_response(es_hits(3))).encode())
