@@ -176,7 +176,7 @@ class Proxy:
         self._server: Optional[asyncio.AbstractServer] = None
         self._stopping: Optional[asyncio.Event] = None
         self._address: Optional[Tuple[Any, ...]] = None
-        self._upstream: Any = None
+        self._handler_upstream: Any = None  # the core's pool, as every route handler gets it
         self.status_sections: Dict[str, Any] = {}
         self.search_service: Optional["SearchService"] = None
         self._warmup: Optional["asyncio.Future[Any]"] = None
@@ -253,7 +253,7 @@ class Proxy:
         core = _core.ProxyCore(self.config, loop, routes, self._run_route, log)
         status.core = core
         self.core, self.status = core, status
-        self._upstream = core.upstream()
+        self._handler_upstream = core.upstream()
         self._stopping = asyncio.Event()
         if sock is not None:
             server = await loop.create_server(core.protocol_factory, sock=sock, backlog=4096)
@@ -392,7 +392,7 @@ class Proxy:
     async def _run_route(self, route: Route, request: Request) -> Response:
         started = time.monotonic()
         try:
-            response = await route.handler(request, self._upstream)
+            response = await route.handler(request, self._handler_upstream)
         except ProxyError as exc:
             log.warning("%s %s -> %d %s", request.method, request.target, exc.status, exc.reason)
             raise

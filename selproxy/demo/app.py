@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncContextManager, Callable, List, Optional, Sequence, TextIO
 from urllib.parse import quote_plus
 
-from ..evaluation._client import Upstream, index_path
+from ..evaluation._client import SearchClient, index_path
 from ..evaluation.loader import LoadReport, load_collection
-from ..evaluation.run import search_body, server_timing
+from ..evaluation.run import search_body, parse_server_timing
 from .corpus import Passage, build_passages
 
 __all__ = (
@@ -79,8 +79,8 @@ async def load_corpus(
         print(f"built {len(passages)} passages from Python {sys.version.split()[0]}'s documentation "
               f"in {time.perf_counter() - started:.1f} s", file=out)
     docs = ({"_id": passage.id, **passage.source()} for passage in passages)
-    async with Upstream(engine_url) as upstream:
-        report = await load_collection(upstream, index, docs, recreate=True)
+    async with SearchClient(engine_url) as client:
+        report = await load_collection(client, index, docs, recreate=True)
     print(f"indexed {report.indexed} passages into {index!r} in {report.seconds:.1f} s", file=out)
     return report
 
@@ -92,9 +92,9 @@ async def compare(
     widens it to its window and reranks."""
     body = search_body(query, FIELDS, k)
     path = index_path(index, "_search")
-    async with Upstream(engine_url) as engine:
+    async with SearchClient(engine_url) as engine:
         direct = await engine.request("POST", path, json_body=body)
-    async with Upstream(proxy_url) as proxy:
+    async with SearchClient(proxy_url) as proxy:
         reranked = await proxy.request("POST", path, json_body=body)
     rerank = reranked.header_values("X-Selproxy-Rerank")
     return Comparison(
@@ -103,7 +103,7 @@ async def compare(
         reranked_titles=_titles(reranked.body),
         engine_ms=direct.elapsed_ms,
         proxy_ms=reranked.elapsed_ms,
-        rank_ms=server_timing(reranked.header_values("Server-Timing")).get("rank"),
+        rank_ms=parse_server_timing(reranked.header_values("Server-Timing")).get("rank"),
         rerank=rerank[0] if rerank else None,
     )
 

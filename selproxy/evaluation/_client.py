@@ -1,4 +1,4 @@
-"""A small JSON-over-HTTP client for talking to an Elasticsearch-compatible upstream.
+"""A small JSON-over-HTTP client for an Elasticsearch-compatible server: the engine, or selproxy in front of it.
 
 NOTE: aiohttp rather than urllib in threads.  The demo and the relevance
 benchmark run the embedded engine (and possibly the proxy) on the same event
@@ -18,11 +18,11 @@ import aiohttp
 
 from .._redact import excerpt, redact_url
 
-__all__ = ("Upstream", "Reply", "UpstreamError", "index_path")
+__all__ = ("SearchClient", "Reply", "SearchClientError", "index_path")
 
 
-class UpstreamError(RuntimeError):
-    """The upstream answered with an unexpected status, or not at all."""
+class SearchClientError(RuntimeError):
+    """The server answered with an unexpected status, or not at all."""
 
     def __init__(self, message: str, status: Optional[int] = None, body: Any = None) -> None:
         super().__init__(message)
@@ -52,7 +52,7 @@ def index_path(index: str, endpoint: str = "") -> str:
     return f"{path}/{endpoint}" if endpoint else path
 
 
-class Upstream:
+class SearchClient:
     """One base URL and a pooled keep-alive session; use as an async context manager."""
 
     def __init__(self, url: str, *, timeout: float = 60.0, session: Optional[aiohttp.ClientSession] = None) -> None:
@@ -65,7 +65,7 @@ class Upstream:
         self._session = session
         self._owns_session = session is None
 
-    async def __aenter__(self) -> "Upstream":
+    async def __aenter__(self) -> "SearchClient":
         if self._session is None:
             # trust_env stays off: an HTTP(S)_PROXY in the environment must not
             # reroute evaluation traffic meant for a loopback engine.
@@ -87,10 +87,10 @@ class Upstream:
         expect: Tuple[int, ...] = (200,),
         headers: Optional[Mapping[str, str]] = None,
     ) -> Reply:
-        """Send one request and decode its JSON answer; raise :class:`UpstreamError`
+        """Send one request and decode its JSON answer; raise :class:`SearchClientError`
         unless the status is in ``expect``."""
         if self._session is None:
-            raise RuntimeError("Upstream is used outside its 'async with' block")
+            raise RuntimeError("SearchClient is used outside its 'async with' block")
         send_headers = dict(headers or {})
         data: Optional[bytes] = None
         if ndjson is not None:
@@ -107,14 +107,14 @@ class Upstream:
                 status, reply_headers = response.status, response.headers
         except (aiohttp.ClientError, TimeoutError) as error:
             detail = excerpt(error) if str(error) else type(error).__name__
-            raise UpstreamError(f"{method} {self.shown_url}{path}: {detail}") from error
+            raise SearchClientError(f"{method} {self.shown_url}{path}: {detail}") from error
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
         if status not in expect:
-            raise UpstreamError(f"{method} {self.shown_url}{path}: HTTP {status}: {excerpt(_reason(body))}",
-                                status, body)
+            raise SearchClientError(f"{method} {self.shown_url}{path}: HTTP {status}: {excerpt(_reason(body))}",
+                                    status, body)
         return Reply(status, reply_headers, body, elapsed_ms)
 
 

@@ -91,13 +91,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 async def _load(args: argparse.Namespace) -> int:
-    from ._client import Upstream
+    from ._client import SearchClient
     from .loader import load_collection
     from .trec import read_collection
 
     docs = read_collection(args.collection, fields=args.fields, format=args.format)
-    async with Upstream(args.upstream, timeout=args.timeout) as upstream:
-        report = await load_collection(upstream, args.index, docs, recreate=args.recreate, batch_docs=args.batch_size)
+    async with SearchClient(args.upstream, timeout=args.timeout) as client:
+        report = await load_collection(client, args.index, docs, recreate=args.recreate, batch_docs=args.batch_size)
     print(
         f"indexed {report.indexed} documents into {report.index!r} in {report.seconds:.2f} s "
         f"({report.docs_per_second:.0f} docs/s); {report.failed} rejected"
@@ -168,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        from ._client import UpstreamError
+        from ._client import SearchClientError
         from .trec import TrecFormatError
     except ModuleNotFoundError as exc:
         raise needs_extra("this command", "eval", (exc.name or "aiohttp").partition(".")[0]) from None
@@ -176,7 +176,7 @@ def _main(args: argparse.Namespace) -> int:
     handler: Any = _load if args.command == "load" else _run
     try:
         return int(asyncio.run(handler(args)))
-    except (OSError, UpstreamError, TrecFormatError, ValueError) as error:
+    except (OSError, SearchClientError, TrecFormatError, ValueError) as error:
         raise CommandLineError(str(error), EXIT_FAILURE) from None
     except KeyboardInterrupt:
         return 130

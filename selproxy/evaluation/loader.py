@@ -1,4 +1,4 @@
-"""Index a document collection into an Elasticsearch-compatible upstream over ``_bulk``."""
+"""Index a document collection into an Elasticsearch-compatible engine over ``_bulk``."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional
 
-from ._client import Upstream, UpstreamError, index_path
+from ._client import SearchClient, SearchClientError, index_path
 
 __all__ = ("LoadReport", "load_collection", "mappings_for")
 
@@ -19,7 +19,7 @@ class LoadReport:
     indexed: int = 0
     failed: int = 0
     seconds: float = 0.0
-    # The first few per-item errors, as the upstream reported them.
+    # The first few per-item errors, as the engine reported them.
     errors: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -62,7 +62,7 @@ def _batches(docs: Iterable[Dict[str, Any]], max_docs: int, max_bytes: int) -> I
 
 
 async def load_collection(
-    upstream: Upstream,
+    client: SearchClient,
     index: str,
     docs: Iterable[Dict[str, Any]],
     *,
@@ -77,13 +77,13 @@ async def load_collection(
 
     Per-document rejections are counted, not raised: one bad record should not
     abort a large load.  An HTTP error on the bulk request itself does raise
-    :class:`UpstreamError`.
+    :class:`SearchClientError`.
     """
     report = LoadReport(index)
     started = time.perf_counter()
-    exists = (await upstream.request("HEAD", index_path(index), expect=(200, 404))).status == 200
+    exists = (await client.request("HEAD", index_path(index), expect=(200, 404))).status == 200
     if exists and recreate:
-        await upstream.request("DELETE", index_path(index))
+        await client.request("DELETE", index_path(index))
         exists = False
 
     iterator = iter(docs)
@@ -93,17 +93,17 @@ async def load_collection(
         return report
     if not exists:
         body = {"mappings": mappings if mappings is not None else mappings_for(first)}
-        await upstream.request("PUT", index_path(index), json_body=body)
+        await client.request("PUT", index_path(index), json_body=body)
 
     def all_docs() -> Iterator[Dict[str, Any]]:
         yield first
         yield from iterator
 
     for batch in _batches(all_docs(), batch_docs, batch_bytes):
-        reply = await upstream.request("POST", index_path(index, "_bulk"), ndjson=b"".join(batch))
+        reply = await client.request("POST", index_path(index, "_bulk"), ndjson=b"".join(batch))
         items = reply.body.get("items", []) if isinstance(reply.body, dict) else []
         if len(items) != len(batch):
-            raise UpstreamError(
+            raise SearchClientError(
                 f"_bulk answered {len(items)} items for {len(batch)} actions", reply.status, reply.body
             )
         for item in items:
@@ -114,6 +114,6 @@ async def load_collection(
                 report.failed += 1
                 if len(report.errors) < max_errors_kept:
                     report.errors.append({"_id": result.get("_id"), "error": result.get("error")})
-    await upstream.request("POST", index_path(index, "_refresh"))
+    await client.request("POST", index_path(index, "_refresh"))
     report.seconds = time.perf_counter() - started
     return report

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ._client import Reply, Upstream, UpstreamError, index_path
+from ._client import Reply, SearchClient, SearchClientError, index_path
 from .metrics import mrr_at, ndcg_at, percentile, recall_at
 from .trec import Qrels, Topic
 
@@ -22,7 +22,7 @@ __all__ = (
     "RunSummary",
     "Report",
     "search_body",
-    "server_timing",
+    "parse_server_timing",
     "run_topics",
     "summarise",
     "judged_topics",
@@ -113,7 +113,7 @@ def search_body(text: str, fields: Sequence[str], size: int) -> Dict[str, Any]:
     return {"query": query, "size": size}
 
 
-def server_timing(values: Sequence[str]) -> Dict[str, float]:
+def parse_server_timing(values: Sequence[str]) -> Dict[str, float]:
     """Durations by metric name from ``Server-Timing`` header values
     (``upstream;dur=3.1, rank;desc="minilm";dur=12.5``), in milliseconds."""
     durations: Dict[str, float] = {}
@@ -144,12 +144,12 @@ def _hit_ids(reply: Reply) -> List[str]:
     try:
         hits = reply.body["hits"]["hits"]
     except (KeyError, TypeError):
-        raise UpstreamError("a search answer without hits.hits", reply.status, reply.body) from None
+        raise SearchClientError("a search answer without hits.hits", reply.status, reply.body) from None
     return [str(hit["_id"]) for hit in hits]
 
 
 async def run_topics(
-    upstream: Upstream,
+    client: SearchClient,
     index: str,
     topics: Sequence[Topic],
     *,
@@ -161,11 +161,11 @@ async def run_topics(
     unloaded server; the first ``warmup`` topics are sent once beforehand, unrecorded."""
     path = index_path(index, "_search")
     for topic in topics[:warmup]:
-        await upstream.request("POST", path, json_body=search_body(topic.text, fields, size))
+        await client.request("POST", path, json_body=search_body(topic.text, fields, size))
     results = []
     for topic in topics:
-        reply = await upstream.request("POST", path, json_body=search_body(topic.text, fields, size))
-        timings = server_timing(reply.header_values("Server-Timing"))
+        reply = await client.request("POST", path, json_body=search_body(topic.text, fields, size))
+        timings = parse_server_timing(reply.header_values("Server-Timing"))
         rerank = reply.header_values("X-Selproxy-Rerank")
         results.append(SearchResult(
             topic.id, _hit_ids(reply), reply.elapsed_ms, timings.get("rank"),
@@ -231,7 +231,7 @@ async def evaluate(
     runs = []
     targets = [("engine", engine_url), *(proxies or {}).items()]
     for label, url in targets:
-        async with Upstream(url, timeout=timeout) as upstream:
-            results = await run_topics(upstream, index, judged, size=window, fields=fields, warmup=warmup)
+        async with SearchClient(url, timeout=timeout) as client:
+            results = await run_topics(client, index, judged, size=window, fields=fields, warmup=warmup)
         runs.append(summarise(label, results, qrels, k=k, window=window))
     return Report(index, k, window, len(topics), len(judged), runs)

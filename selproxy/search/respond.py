@@ -27,7 +27,7 @@ Every header value the search path adds is printable ASCII (:func:`header_safe`)
 nothing a client or a ranker sends can put CR, LF, NUL or a non-Latin-1
 character into a response head.
 ``Server-Timing`` gives ``upstream``, ``queue``, ``encode``, ``score`` and
-``rank`` in milliseconds (see :func:`server_timing`).
+``rank`` in milliseconds (see :func:`format_server_timing`).
 With ``explain`` or the ``debug`` override each returned hit carries
 ``"_selproxy": {"engine_rank": <0-based>, "engine_score": <score>}``.
 """
@@ -42,7 +42,7 @@ from .config import DEFAULT_MAX_DECODED_BODY, ParamSearchAPI
 from .rewrite import SearchPlan
 
 __all__ = ("decode_body", "skip_reason", "header_safe", "accepts_gzip", "page_hits", "apply_es",
-           "apply_params", "hits_at", "server_timing", "client_response", "passthrough_response", "value_path")
+           "apply_params", "hits_at", "format_server_timing", "client_response", "passthrough_response", "value_path")
 
 _DROPPED = frozenset(("content-length", "transfer-encoding", "content-encoding"))
 
@@ -178,8 +178,8 @@ def apply_params(doc: Dict[str, Any], api: ParamSearchAPI, plan: SearchPlan,
                 echo.pop(name, None)
 
 
-def server_timing(upstream_s: float, queue_s: float = 0.0, rank_s: float = 0.0,
-                  encode_s: float = 0.0, score_s: float = 0.0) -> str:
+def format_server_timing(upstream_s: float, queue_s: float = 0.0, rank_s: float = 0.0,
+                         encode_s: float = 0.0, score_s: float = 0.0) -> str:
     """``Server-Timing`` in milliseconds: the engine, then the ranker's step:
     ``rank`` is all the time the search waited for it (a missed deadline
     included), of which ``queue`` waiting for the model, ``encode``

@@ -27,7 +27,7 @@ from .config import SearchConfig, SearchRoute
 from .extract import FieldSpec, document_text, parse_field_spec
 from .overrides import Overrides, extract_overrides
 from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body, hits_at,
-                      passthrough_response, server_timing, skip_reason)
+                      passthrough_response, format_server_timing, skip_reason)
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
                       request_body, rewrite_query_string)
 from .routes import default_routes, split_indices
@@ -292,14 +292,14 @@ class SearchService:
         for outcome in outcomes:
             self.stats.record(outcome)
         return passthrough_response(response, ", ".join(map(_header, outcomes)),
-                                    server_timing(elapsed), prep.overrides.ignored)
+                                    format_server_timing(elapsed), prep.overrides.ignored)
 
     def _verbatim(self, response: Response, prep: _Prepared, outcomes: Sequence[Outcome],
                   upstream_s: float) -> Response:
         for outcome in outcomes:
             self.stats.record(outcome)
         return passthrough_response(response, ", ".join(map(_header, outcomes)),
-                                    server_timing(upstream_s), prep.overrides.ignored)
+                                    format_server_timing(upstream_s), prep.overrides.ignored)
 
     def _texts(self, hits: Sequence[Any], route: SearchRoute, source_key: str = "_source",
                drop: Sequence[str] = ()) -> List[str]:
@@ -349,8 +349,8 @@ class SearchService:
         return client_response(response, _json.dumps(doc), gzip_ok=accepts_gzip(request.headers),
                                gzip_level=self.config.gzip_level,
                                rerank=", ".join(map(_header, outcomes)),
-                               timing=server_timing(upstream_s, timing.queue, timing.rank,
-                                                    timing.encode, timing.score),
+                               timing=format_server_timing(upstream_s, timing.queue, timing.rank,
+                                                           timing.encode, timing.score),
                                ignored=prep.overrides.ignored)
 
     async def _rerank(self, route: SearchRoute, request: Request, upstream: Upstream, prep: _Prepared,

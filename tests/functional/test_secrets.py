@@ -57,7 +57,7 @@ def test_the_evaluation_client_quotes_urls_without_credentials() -> None:
     pytest.importorskip("aiohttp")
     from support.aio import run
 
-    from selproxy.evaluation._client import Upstream, UpstreamError
+    from selproxy.evaluation._client import SearchClient, SearchClientError
 
     async def scenario() -> str:
         # A port nothing listens on: bind one, then close it.
@@ -65,10 +65,10 @@ def test_the_evaluation_client_quotes_urls_without_credentials() -> None:
         port = probe.sockets[0].getsockname()[1]
         probe.close()
         await probe.wait_closed()
-        async with Upstream(f"http://elastic:hunter2@127.0.0.1:{port}/?api_key=q-secret-42",
-                            timeout=5) as upstream:
-            with pytest.raises(UpstreamError) as failed:
-                await upstream.request("GET", "/_search")
+        async with SearchClient(f"http://elastic:hunter2@127.0.0.1:{port}/?api_key=q-secret-42",
+                                timeout=5) as client:
+            with pytest.raises(SearchClientError) as failed:
+                await client.request("GET", "/_search")
         return str(failed.value)
 
     message = run(scenario(), 20)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from selproxy.evaluation.run import judged_topics, server_timing
+from selproxy.evaluation.run import judged_topics, parse_server_timing
 from selproxy.evaluation.trec import (
     Topic,
     TrecFormatError,
@@ -104,7 +104,7 @@ def test_unclosed_doc_is_an_error(tmp_path):
 
 def test_server_timing_parsing():
     values = ['upstream;dur=3.1, queue;dur=0.2', 'rank;desc="MiniLM";dur=12.5', "missedCache"]
-    assert server_timing(values) == {"upstream": 3.1, "queue": 0.2, "rank": 12.5}
+    assert parse_server_timing(values) == {"upstream": 3.1, "queue": 0.2, "rank": 12.5}
 
 
 def test_topics_numbered_like_the_qrels():

@@ -7,7 +7,7 @@ from selproxy.handler import Response
 from selproxy.search import _json
 from selproxy.search.config import SOLR
 from selproxy.search.respond import (accepts_gzip, apply_es, apply_params, client_response,
-                                     decode_body, page_hits, passthrough_response, server_timing)
+                                     decode_body, page_hits, passthrough_response, format_server_timing)
 from selproxy.search.rewrite import SearchPlan, SourceFilter
 
 
@@ -122,7 +122,7 @@ def test_gzip_both_ways():
 
 def test_passthrough_keeps_body_and_encoding():
     upstream = Response(404, [("content-encoding", "gzip"), ("content-length", "3")], b"abc")
-    out = passthrough_response(upstream, "skipped; reason=upstream_status", server_timing(0.0012))
+    out = passthrough_response(upstream, "skipped; reason=upstream_status", format_server_timing(0.0012))
     assert out.status == 404 and out.body == b"abc" and out.header("content-encoding") == "gzip"
     assert out.header("server-timing") == (
         "upstream;dur=1.20, queue;dur=0.00, encode;dur=0.00, score;dur=0.00, rank;dur=0.00")
