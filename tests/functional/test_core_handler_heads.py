@@ -228,7 +228,7 @@ def test_override_names_echoed_by_the_search_layer_cannot_split_or_hang_a_respon
     # Through the real search routes: whatever the search layer echoes, the
     # core writes no header of the client's making, and always answers.
     from selproxy.search import SearchConfig, SearchService
-    from selproxy.search._testing import FakeEngine, ReverseRanker
+    from support.search_doubles import FakeEngine, ReverseRanker
 
     async def main():
         engine = FakeEngine({"books": [("d1", {"title": "rocket"})]})

@@ -23,7 +23,7 @@ from support.proxy import ProxyProcess
 
 from selproxy import Proxy
 from selproxy.search import SearchConfig, SearchService
-from selproxy.search._testing import FakeEngine
+from support.search_doubles import FakeEngine
 
 aiohttp = pytest.importorskip("aiohttp")
 

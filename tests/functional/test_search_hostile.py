@@ -20,7 +20,7 @@ except ImportError:  # the compiled core is not built
     Proxy = None
 
 from selproxy.search import SearchConfig, SearchService
-from selproxy.search._testing import ReverseRanker
+from support.search_doubles import ReverseRanker
 
 pytestmark = pytest.mark.skipif(Proxy is None, reason="selproxy._core is not built")
 

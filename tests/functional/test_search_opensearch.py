@@ -9,6 +9,8 @@ from support.proxy import in_process
 from support.rawhttp import RawClient
 from support.upstream import RecordingUpstream, response
 
+from selproxy.search import SearchConfig
+
 INFO = {"name": "node-1", "cluster_name": "opensearch", "cluster_uuid": "x1",
         "version": {"distribution": "opensearch", "number": "2.11.0", "build_type": "tar",
                     "lucene_version": "9.7.0", "minimum_wire_compatibility_version": "7.10.0",
@@ -51,4 +53,8 @@ def test_opensearch_answers_are_reranked_and_everything_else_passes():
     assert [h["_id"] for h in doc["hits"]["hits"]] == ["3", "2"]
     assert {k: v for k, v in doc.items() if k != "hits"} == {k: v for k, v in SEARCH.items() if k != "hits"}
     assert doc["hits"]["total"] == SEARCH["hits"]["total"]
-    assert json.loads(seen[1].body)["size"] >= 4
+    # The engine was asked for the whole window (topn, 50 by default) from 0,
+    # and the rest of the client's search as it sent it.
+    assert SearchConfig().topn == 50
+    assert json.loads(seen[1].body) == {"query": {"match": {"title": "x"}}, "size": 50, "from": 0}
+    assert seen[1].target == "/books/_search"

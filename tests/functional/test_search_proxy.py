@@ -1,6 +1,6 @@
 """Claimed searches through the real proxy, against a loopback fake engine.
 
-The engine (``selproxy.search._testing.FakeEngine``) answers in Elasticsearch's
+The engine (``support.search_doubles.FakeEngine``) answers in Elasticsearch's
 documented shapes; the clients are aiohttp and the official ``elasticsearch``
 client, unmodified, sync and async.
 """
@@ -17,7 +17,7 @@ except ImportError:  # the compiled core is not built
     Proxy = None
 
 from selproxy.search import SearchConfig, SearchService, solr_routes
-from selproxy.search._testing import FakeEngine, ReverseRanker
+from support.search_doubles import FakeEngine, ReverseRanker
 
 pytestmark = pytest.mark.skipif(Proxy is None, reason="selproxy._core is not built")
 

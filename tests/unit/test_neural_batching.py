@@ -25,13 +25,19 @@ class ScriptedRanker:
         self.keys_seen: List[Any] = []
         self.gate: Optional[threading.Event] = None
         self.fail: Optional[Exception] = None
+        #: Calls inside batch_rank now (held at the gate, or sleeping).
+        self.running = 0
 
     def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]], *,
                    keys: Optional[Sequence[Any]] = None) -> List[List[float]]:
         self.batches.append([(q, len(d)) for q, d in requests])
         self.keys_seen.append(keys)
-        if self.gate is not None:
-            assert self.gate.wait(10)
+        self.running += 1
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10)
+        finally:
+            self.running -= 1
         if self.delay:
             time.sleep(self.delay)
         if self.fail is not None:
@@ -62,7 +68,9 @@ def test_concurrent_searches_share_batches() -> None:
 
 def test_a_batch_closes_at_max_pairs() -> None:
     model = ScriptedRanker()
-    batcher = MicroBatcher(model, max_pairs=10, max_wait_ms=300)
+    # A full batch does not wait out max_wait_ms: one wait of a minute would
+    # outlast the 10 s the run is given.
+    batcher = MicroBatcher(model, max_pairs=10, max_wait_ms=60_000)
 
     async def main() -> None:
         try:
@@ -70,11 +78,8 @@ def test_a_batch_closes_at_max_pairs() -> None:
         finally:
             await batcher.aclose()
 
-    started = time.perf_counter()
     run(main(), 10)
     assert [sum(n for _q, n in b) for b in model.batches] == [10, 10, 10]
-    # Full batches do not wait out max_wait_ms (three waits would be 0.9 s).
-    assert time.perf_counter() - started < 0.6
 
 
 def test_keys_reach_the_model_per_search() -> None:
@@ -99,7 +104,11 @@ def test_full_queue_refuses_at_once() -> None:
 
     async def main() -> None:
         running = asyncio.ensure_future(batcher.rank("running", docs(4)))
-        await asyncio.sleep(0.05)  # the first batch is now in the model
+        for _ in range(1000):  # until the first batch is in the model
+            if model.running:
+                break
+            await asyncio.sleep(0.005)
+        assert model.running == 1
         queued = [asyncio.ensure_future(batcher.rank("queued", docs(4))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
@@ -243,26 +252,33 @@ def test_batches_count_model_inputs_when_the_ranker_says() -> None:
 
 
 def test_a_lone_search_does_not_wait_and_the_loop_stays_free() -> None:
-    model = ScriptedRanker(delay=0.3)
-    batcher = MicroBatcher(model, max_wait_ms=500)
+    model = ScriptedRanker()
+    model.gate = threading.Event()
+    # A lone search goes to the model at once: a wait of max_wait_ms (a
+    # minute) would outlast the 10 s the run is given.
+    batcher = MicroBatcher(model, max_wait_ms=60_000)
 
-    async def ticker() -> float:
-        started = time.perf_counter()
-        for _ in range(10):
-            await asyncio.sleep(0.01)
-        return time.perf_counter() - started
-
-    async def main() -> Tuple[float, float]:
-        started = time.perf_counter()
+    async def main() -> Tuple[int, bool, List[float]]:
         ranking = asyncio.ensure_future(batcher.rank("alone", docs(3)))
-        ticked = await ticker()  # runs while the model sleeps in its thread
-        await ranking
+        for _ in range(1000):
+            if model.running:
+                break
+            await asyncio.sleep(0.005)
+        # The model is held in its thread until the loop has ticked: a model
+        # run on the loop would never see the gate open.
+        ticks = 0
+        for _ in range(10):
+            await asyncio.sleep(0)
+            ticks += 1
+        held = model.running == 1 and not ranking.done()
+        model.gate.set()
+        scores = await ranking
         await batcher.aclose()
-        return ticked, time.perf_counter() - started
+        return ticks, held, scores
 
-    ticked, total = run(main(), 10)
-    assert ticked < 0.25
-    assert total < 0.3 + 0.4  # the model's 0.3 s, and no 0.5 s batch wait
+    ticks, held, scores = run(main(), 10)
+    assert ticks == 10 and held
+    assert scores == [1.0, 2.0, 3.0] and len(model.batches) == 1
 
 
 # -- a failing model never fails a search, nor the worker ----------------------
@@ -340,6 +356,7 @@ def test_an_async_model_that_swallows_cancellation_is_left_and_bounded() -> None
     class Stubborn:
         def __init__(self) -> None:
             self.calls = 0
+            self.finished = False
 
         async def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
             self.calls += 1
@@ -348,31 +365,31 @@ def test_an_async_model_that_swallows_cancellation_is_left_and_bounded() -> None
                     await asyncio.sleep(0.01)
                 except asyncio.CancelledError:
                     pass  # the defect under test
+            self.finished = True
             return [[0.0] * len(d) for _q, d in requests]
 
     model = Stubborn()
     batcher = MicroBatcher(model, max_wait_ms=0, max_abandoned=1)
 
-    async def main() -> Tuple[float, float]:
-        started = time.perf_counter()
+    async def main() -> Tuple[bool, bool]:
+        # The model runs until ``stop``, which only the end of the test sets:
+        # a caller or aclose that waited for it would not come back.
         with pytest.raises(DeadlineExceeded):
             await batcher.rank("a", docs(2), timeout=0.1)
-        late = time.perf_counter() - started
+        left_running = not model.finished
         for _ in range(100):  # the worker notices its caller has gone
             if batcher._abandoned:
                 break
             await asyncio.sleep(0.01)
         with pytest.raises(Overloaded):
             await batcher.rank("b", docs(2), timeout=5)
-        started = time.perf_counter()
         await batcher.aclose()
-        closing = time.perf_counter() - started
+        closed_running = not model.finished
         stop.set()
         await asyncio.sleep(0.05)  # let the left call end before the loop closes
-        return late, closing
+        return left_running, closed_running
 
-    late, closing = run(main(), 10)
-    assert late < 1.0 and closing < 1.0
+    assert run(main(), 10) == (True, True)
     assert model.calls == 1
 
 
@@ -381,7 +398,7 @@ def test_a_stuck_sync_model_does_not_hold_aclose_or_the_process() -> None:
     model.gate = threading.Event()
     batcher = MicroBatcher(model, max_wait_ms=0, max_abandoned=1)
 
-    async def main() -> float:
+    async def main() -> int:
         with pytest.raises(DeadlineExceeded):
             await batcher.rank("a", docs(2), timeout=0.1)
         for _ in range(100):  # the worker notices its caller has gone
@@ -390,12 +407,12 @@ def test_a_stuck_sync_model_does_not_hold_aclose_or_the_process() -> None:
             await asyncio.sleep(0.01)
         with pytest.raises(Overloaded):
             await batcher.rank("b", docs(2), timeout=5)
-        started = time.perf_counter()
         await batcher.aclose()
-        return time.perf_counter() - started
+        return model.running
 
     try:
-        assert run(main(), 10) < 1.0
+        # aclose came back while the model was still held at its gate.
+        assert run(main(), 10) == 1
         batch_threads = [t for t in threading.enumerate() if t.name.startswith("selproxy-batch")]
         assert batch_threads and all(t.daemon for t in batch_threads)
     finally:

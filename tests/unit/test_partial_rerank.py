@@ -12,7 +12,7 @@ from support.aio import run
 from selproxy.handler import Request
 from selproxy.rankers.base import Scores
 from selproxy.search import SearchConfig, SearchService
-from selproxy.search._testing import FakeEngine
+from support.search_doubles import FakeEngine
 from selproxy.search.respond import page_hits
 from selproxy.search.rewrite import plan_search
 

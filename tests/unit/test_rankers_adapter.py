@@ -99,7 +99,7 @@ def test_deadline_and_overload_for_sync_rankers():
 
     class Stuck:
         def rank(self, query, docs):
-            release.wait(5)
+            release.wait(60)
             return [0.0] * len(docs)
 
     adapter = RankerAdapter(Stuck(), threads=1, max_pending=2)
@@ -113,13 +113,13 @@ def test_deadline_and_overload_for_sync_rankers():
                 reasons.append(failure.reason)
         return reasons
 
-    started = time.perf_counter()
     # 1st: running, times out; 2nd: queued, times out and is cancelled; 3rd:
     # the first still holds its worker and slot, the 2nd's slot is free again.
-    reasons = run(scenario())
+    # The ranker is held until ``release``: three deadlines while it still
+    # runs show the callers were not kept by it.
+    reasons = run(scenario(), 30)
     assert reasons == ["deadline", "deadline", "deadline"]
-    assert adapter.pending == 1
-    assert time.perf_counter() - started < 1.0
+    assert adapter.pending == 1 and not release.is_set()
     release.set()
     for _ in range(100):
         if adapter.pending == 0:
@@ -275,10 +275,10 @@ def test_an_async_ranker_that_swallows_cancellation_is_left_at_the_deadline():
     adapter = RankerAdapter(Stubborn(), max_abandoned=1)
 
     async def scenario():
-        started = time.perf_counter()
         with pytest.raises(RankFailed) as late:
             await adapter.rank([JOB], 0.1)
-        elapsed = time.perf_counter() - started
+        # ``stop`` is not set: the ranker still runs, and the caller is back.
+        still_running = not stop.is_set()
         assert adapter.abandoned == 1 and adapter.pending == 1
         # The bound on calls left behind: the next search falls back at once.
         with pytest.raises(RankFailed) as refused:
@@ -288,10 +288,10 @@ def test_an_async_ranker_that_swallows_cancellation_is_left_at_the_deadline():
             if adapter.pending == 0:
                 break
             await asyncio.sleep(0.01)
-        return late.value.reason, elapsed, refused.value.reason
+        return late.value.reason, still_running, refused.value.reason
 
-    reason, elapsed, refused = run(scenario(), timeout=10)
-    assert reason == "deadline" and elapsed < 1.0
+    reason, still_running, refused = run(scenario(), timeout=10)
+    assert reason == "deadline" and still_running
     assert refused == "overloaded"
     assert adapter.pending == 0 and adapter.abandoned == 0
 

@@ -1,7 +1,7 @@
 """Query text and document text, from decoded JSON (no sockets)."""
 import pytest
 
-from selproxy.search._testing import QUERY_FORMS
+from support.search_doubles import QUERY_FORMS
 from selproxy.search.extract import (FieldSpec, document_text, lucene_text, parse_field_spec,
                                      query_text, value_at)
 

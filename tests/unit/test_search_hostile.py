@@ -13,7 +13,7 @@ from selproxy._inflate import DecodedTooLarge, gunzip
 from selproxy.errors import BodyTooLarge
 from selproxy.handler import Request, Response
 from selproxy.search import SearchConfig, SearchService, _json
-from selproxy.search._testing import ReverseRanker
+from support.search_doubles import ReverseRanker
 from selproxy.search.overrides import MAX_ECHOED_NAMES, extract_overrides
 from selproxy.search.respond import decode_body, header_safe, hits_at, passthrough_response
 from selproxy.search.rewrite import plan_search, request_body

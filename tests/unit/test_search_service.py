@@ -2,7 +2,6 @@
 import asyncio
 import gzip
 import json
-import time
 
 import pytest
 from support.aio import run
@@ -10,7 +9,7 @@ from support.aio import run
 from selproxy._routes import RouteTable
 from selproxy.handler import Request
 from selproxy.search import SearchConfig, SearchService, solr_routes
-from selproxy.search._testing import QUERY_FORMS, FailingRanker, FakeEngine, ReverseRanker, SlowRanker
+from support.search_doubles import QUERY_FORMS, FailingRanker, FakeEngine, HeldRanker, ReverseRanker
 from selproxy.rankers.identity import IdentityRanker
 
 
@@ -139,33 +138,35 @@ def test_fallback_on_exception():
 @pytest.mark.parametrize("use_async", [True, False])
 def test_fallback_on_deadline(use_async):
     fake = engine()
-    service = SearchService(SlowRanker(0.5, use_async), SearchConfig(rank_deadline=0.05))
-    started = time.perf_counter()
+    ranker = HeldRanker(use_async)
+    service = SearchService(ranker, SearchConfig(rank_deadline=0.05))
     response = search(service, fake, {**Q, "size": 3})
-    assert time.perf_counter() - started < 0.4
+    # The ranker was called and is still held: the deadline answered, not the ranker.
+    assert ranker.entered == 1 and not ranker.release.is_set()
     assert response.header("x-selproxy-rerank") == "fallback; reason=deadline"
     assert ids(response) == engine_ids(fake, {**Q, "size": 3})
+    ranker.release.set()
     service.close()
 
 
 def test_slow_ranker_never_blocks_other_requests():
     fake = engine()
-    service = SearchService(SlowRanker(0.3, use_async=False),
-                            SearchConfig(rank_deadline=0.05, max_pending_ranks=2))
+    ranker = HeldRanker(use_async=False)
+    service = SearchService(ranker, SearchConfig(rank_deadline=0.05, max_pending_ranks=2))
 
     async def many():
-        started = time.perf_counter()
-        results = await asyncio.gather(*(call(service, fake, "POST", "/books/_search", Q) for _ in range(6)))
-        return results, time.perf_counter() - started
+        return await asyncio.gather(*(call(service, fake, "POST", "/books/_search", Q) for _ in range(6)))
 
-    results, elapsed = run(many(), 10)
+    results = run(many(), 10)
+    # Every search was answered while the ranker was still held.
+    assert not ranker.release.is_set() and ranker.entered >= 1
     reasons = sorted(r.header("x-selproxy-rerank") for r in results)
-    assert elapsed < 0.25
     assert set(reasons) <= {"fallback; reason=deadline", "fallback; reason=overloaded"}
     assert "fallback; reason=overloaded" in reasons
     # passthrough is untouched meanwhile
     response = search(service, fake, {**Q, "sort": ["year"]})
     assert response.header("x-selproxy-rerank") == "skipped; reason=sort"
+    ranker.release.set()
     service.close()
 
 
@@ -199,9 +200,14 @@ def test_source_filtering_still_reranks():
 
 def test_configured_text_fields():
     ranker = ReverseRanker()
-    service = SearchService(ranker, SearchConfig(topn=3, text_fields=("title:6",)))
-    search(service, engine(), Q)
-    assert all(len(t) <= 6 for t in ranker.calls[0][1])
+    service = SearchService(ranker, SearchConfig(topn=3, text_fields=("title:16",)))
+    fake = engine()
+    search(service, fake, Q)
+    # Exactly the title of each hit of the window, cut at 16 characters.
+    titles = {doc_id: source["title"] for doc_id, source in DOCS}
+    window = engine_ids(fake, {**Q, "size": 3})
+    assert ranker.calls == [("rocket engine", [titles[i][:16] for i in window])]
+    assert all(len(titles[i]) > 16 for i in window)
 
 
 @pytest.mark.parametrize("client_gzip", [True, False])

@@ -1,4 +1,5 @@
-"""A small fake search engine for tests: Elasticsearch- and Solr-shaped answers.
+"""Test doubles for the search path: a small fake search engine with
+Elasticsearch- and Solr-shaped answers, and rankers that misbehave on purpose.
 
 :class:`FakeEngine` implements the :class:`~selproxy.handler.Upstream`
 protocol in-process, so the search handlers can be tested end to end without
@@ -16,13 +17,15 @@ import asyncio
 import gzip
 import json
 import re
+import threading
 from fnmatch import fnmatchcase
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from ..handler import Headers, Response, header_value
+from selproxy.errors import error_document
+from selproxy.handler import Headers, Response, header_value
 
-__all__ = ("FakeEngine", "ReverseRanker", "FailingRanker", "SlowRanker", "QUERY_FORMS")
+__all__ = ("FakeEngine", "ReverseRanker", "FailingRanker", "HeldRanker", "QUERY_FORMS")
 
 _WORD = re.compile(r"\w+")
 
@@ -80,21 +83,29 @@ class FailingRanker:
         raise RuntimeError("model exploded")
 
 
-class SlowRanker:
-    """Answers after ``delay`` seconds; sync (thread) or async."""
+class HeldRanker:
+    """Answers once ``release`` is set (or after ``hold`` seconds at most);
+    sync (a worker thread) or async.  ``entered`` counts the calls that began:
+    a search answered while the ranker is still held was not kept by it."""
 
-    def __init__(self, delay: float = 1.0, use_async: bool = True) -> None:
-        self.delay = delay
+    def __init__(self, use_async: bool = True, hold: float = 30.0) -> None:
+        self.release = threading.Event()
+        self.hold = hold
+        self.entered = 0
         if not use_async:
             setattr(self, "rank", self._rank_sync)
 
     async def rank(self, query: str, docs: List[str]) -> List[float]:
-        await asyncio.sleep(self.delay)
+        self.entered += 1
+        for _ in range(int(self.hold / 0.005)):
+            if self.release.is_set():
+                break
+            await asyncio.sleep(0.005)
         return [float(i) for i in range(len(docs))]
 
     def _rank_sync(self, query: str, docs: List[str]) -> List[float]:
-        import time
-        time.sleep(self.delay)
+        self.entered += 1
+        self.release.wait(self.hold)
         return [float(i) for i in range(len(docs))]
 
 
@@ -149,8 +160,7 @@ class FakeEngine:
 
     @staticmethod
     def _error(status: int, es_type: str, reason: str) -> Dict[str, Any]:
-        cause = {"type": es_type, "reason": reason}
-        return {"error": {"root_cause": [cause], **cause}, "status": status}
+        return error_document(status, {"type": es_type, "reason": reason})
 
     def _docs(self, expr: str) -> Optional[List[Tuple[str, str, Dict[str, Any]]]]:
         names = [n for n in expr.split(",") if n]
