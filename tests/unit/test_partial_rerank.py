@@ -69,26 +69,28 @@ def ranker():
 def test_a_deadline_bounds_the_prefix_and_the_rest_is_embedded_in_the_background(ranker):
     docs = [f"{PASSAGE} variant {n}" for n in range(12)]
     keys = [("cold", str(n), f"h{n}") for n in range(12)]
-    # A model that takes 40 ms a document: with 200 ms, about four fit.
+    # A model that takes 100 ms a document: with 600 ms, about five fit.  (The
+    # slow part dominates the model's own work, which a shared machine's load
+    # stretches: at 40 ms and 200 ms, a loaded machine fitted none.)
     embed = ranker.encoder.embed
 
     def slow(texts, *args):
-        time.sleep(0.040 * sum(1 for t in texts if t.startswith(PASSAGE)))
+        time.sleep(0.100 * sum(1 for t in texts if t.startswith(PASSAGE)))
         return embed(texts, *args)
 
     ranker.encoder.embed = slow
     try:
         started = time.perf_counter()
         scores = ranker.batch_rank([("wing lift", docs)], keys=[keys],
-                                   deadlines=[started + 0.2])[0]
+                                   deadlines=[started + 0.6])[0]
         elapsed = time.perf_counter() - started
     finally:
         ranker.encoder.embed = embed
     assert isinstance(scores, Scores)
-    assert 1 <= len(scores) <= 5, len(scores)
+    assert 1 <= len(scores) <= 6, len(scores)
     # Chunk by chunk, with the cost it measures: it stops before the deadline
     # (a loaded machine may add the length of one chunk at most).
-    assert elapsed < 0.2 + 0.2, elapsed
+    assert elapsed < 0.6 + 0.6, elapsed
     assert scores.encoded == len(scores)
     assert set(scores.timing) == {"wait", "lookup", "encode", "score"}
     # The rest went to the background, which embeds each once.
