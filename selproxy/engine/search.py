@@ -303,8 +303,12 @@ def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest,
         bounds.append("rid <= ?")
         bound_params.append(high_water)
     if after is not None and not windows and keys[0].field in ("_doc", "_shard_doc") and after[0] is not None:
-        # PERF(engine): a walk in document order starts each page from its rid,
-        # on the primary key, instead of reading every earlier document again.
+        # PERF: a walk in document order starts each page from its rid, on the
+        # primary key, instead of reading every earlier document again.  Measured
+        # 2026-12-06 (2 shared cores, SQLite 3.40): an index of 60,000 documents
+        # (benchmarks/bench_engine_bulk.py --docs 60000 --data FILE), a page of 100
+        # with sort [_doc] and search_after at 50,000 over HTTP, best of 5:
+        # 1.9-3.3 ms with the bound, 6.3-10.5 ms without.
         first = int(after[0]) - (position * SHARD_DOC_SHIFT if keys[0].field == "_shard_doc" else 0)
         bounds.append("rid <= ?" if keys[0].desc else "rid >= ?")
         bound_params.append(first)
@@ -317,8 +321,10 @@ def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest,
         columns.append(f"{expr} AS s{i}")
         col_params += params
         if key.field in ("_doc", "_shard_doc"):
-            # PERF(engine): within one index both orders are rid's, never null; said so, SQLite
+            # PERF: within one index both orders are rid's, never null; said so, SQLite
             # reads a document-order page straight off the primary key and stops at the limit.
+            # Measured as above (first page of 100, sort [_doc], best of 5): 1.8-2.1 ms,
+            # against 30-44 ms with the generic NULL-ordered sort column.
             order.append(f"rid {'DESC' if key.desc else 'ASC'}")
             continue
         null_order = f"s{i} IS NOT NULL" if key.missing_first else f"s{i} IS NULL"
@@ -327,9 +333,10 @@ def _search_index(conn: sqlite3.Connection, meta: IndexMeta, req: SearchRequest,
     where, where_params = "", []  # type: str, List[Any]
     if after is not None:
         where, where_params = _search_after(keys, after)
-    # PERF(engine): the query runs once; the window functions count and take the
-    # best score over every match before the page is cut, and only the page is
-    # joined to the stored documents.
+    # NOTE: the query runs once; the window functions count and take the best
+    # score over every match before the page is cut (a second COUNT statement
+    # would run the full-text match again), and only the page is joined to the
+    # stored documents.  A design choice, not measured against the alternative.
     window = ", count(*) OVER () AS _total, max(q.score) OVER () AS _max" if windows else ""
     ranked = (f"SELECT q.rid AS rid, q.score AS score{''.join(', ' + c for c in columns)}{window} "
               f"FROM ({query.text}) AS q")
