@@ -20,7 +20,7 @@ import logging
 import os
 import ssl
 import sys
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 from urllib.parse import urlsplit
 
 from ._version import __version__
@@ -63,6 +63,17 @@ def report(prog: str, error: CommandLineError) -> int:
     """Print ``error`` the one way every selproxy command does; its code."""
     print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
     return error.code
+
+
+def run_command(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+                argv: Optional[Sequence[str]]) -> int:
+    """Parse ``argv`` and ``run`` it: every selproxy command's entry point,
+    with a :class:`CommandLineError` reported the one way (:func:`report`)."""
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except CommandLineError as error:
+        return report(prog, error)
 
 
 def missing_module(modules: Sequence[str]) -> Optional[str]:
@@ -240,11 +251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except CommandLineError as error:
-        return report("selproxy", error)
+    return run_command("selproxy", build_parser(), _run, argv)
 
 
 #: Messages of Config's checks name its fields; the user typed flags.

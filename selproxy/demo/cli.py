@@ -8,7 +8,7 @@ import errno
 import sys
 from typing import Any, AsyncIterator, List, Optional, Sequence
 
-from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, report, require_extra
+from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, require_extra, run_command
 
 __all__ = ("main", "build_parser")
 
@@ -100,11 +100,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except CommandLineError as error:
-        return report(PROG, error)
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:

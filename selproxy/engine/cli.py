@@ -8,7 +8,7 @@ import sqlite3
 import sys
 from typing import List, Optional
 
-from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, needs_extra, report
+from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, needs_extra, run_command
 
 __all__ = ("build_parser", "main")
 
@@ -30,11 +30,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except CommandLineError as error:
-        return report(PROG, error)
+    return run_command(PROG, build_parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:

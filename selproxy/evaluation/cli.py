@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, needs_extra, report
+from ..cli import EXIT_FAILURE, CommandLineError, CommandLineParser, needs_extra, run_command
 
 __all__ = ("main", "build_parser")
 
@@ -159,11 +159,7 @@ def _check_files(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for ``selproxy eval``; ``argv`` excludes the program and ``eval``."""
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args)
-    except CommandLineError as error:
-        return report(PROG, error)
+    return run_command(PROG, build_parser(), _main, argv)
 
 
 def _main(args: argparse.Namespace) -> int:
