@@ -33,10 +33,12 @@ def weights(seed: int) -> Dict[str, np.ndarray]:
             "U": rng.normal(0, 0.7, (DIM, DIM)).astype(np.float32)}
 
 
-def build_tokenizer(path: Path) -> None:
+def build_tokenizer(path: Path, vocab: List[str] = VOCAB) -> None:
+    """A WordPiece ``tokenizer.json`` over ``vocab`` (``[CLS]`` 2, ``[SEP]`` 3),
+    with BERT's single and pair templates."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.post_processor = processors.TemplateProcessing(

@@ -1,11 +1,9 @@
 """``_mget`` without HTTP: parsing, the response shape, and one query per index."""
 from __future__ import annotations
 
-import json
-
 import pytest
+from support.engine_store import bulk, memory_store
 
-from selproxy.engine.app import _bulk_txn
 from selproxy.engine.errors import ActionRequestValidation, ElasticsearchParseError, ParsingError
 from selproxy.engine.mget import MgetItem, parse_mget, run_mget
 from selproxy.engine.store import Store
@@ -13,15 +11,7 @@ from selproxy.engine.store import Store
 
 @pytest.fixture
 def store():
-    s = Store(":memory:", readers=1)
-    s._load()
-    yield s
-    s.close_sync()
-
-
-def bulk(store: Store, *lines: dict) -> dict:
-    raw = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
-    return store._write_sync(_bulk_txn, (store, raw, None))
+    yield from memory_store()
 
 
 def mget(store: Store, items):

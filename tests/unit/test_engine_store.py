@@ -1,11 +1,9 @@
 """The store without HTTP: transactions publish index metadata only when they commit."""
 from __future__ import annotations
 
-import json
-
 import pytest
+from support.engine_store import bulk, memory_store
 
-from selproxy.engine.app import _bulk_txn
 from selproxy.engine.errors import IllegalArgument, IndexNotFound
 from selproxy.engine.search import parse_search, run_search
 from selproxy.engine.store import Store
@@ -13,15 +11,7 @@ from selproxy.engine.store import Store
 
 @pytest.fixture
 def store():
-    s = Store(":memory:", readers=1)
-    s._load()
-    yield s
-    s.close_sync()
-
-
-def bulk(store: Store, *lines: dict) -> dict:
-    raw = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
-    return store._write_sync(_bulk_txn, (store, raw, None))
+    yield from memory_store()
 
 
 def search(store: Store, index: str, body: dict) -> dict:

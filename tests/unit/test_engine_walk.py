@@ -6,6 +6,7 @@ import json
 from typing import List, Optional
 
 import pytest
+from support.engine_store import memory_store
 
 from selproxy.engine.app import _bulk_txn
 from selproxy.engine.errors import IllegalArgument
@@ -15,10 +16,7 @@ from selproxy.engine.store import Store, high_waters
 
 @pytest.fixture
 def store():
-    s = Store(":memory:", readers=1)
-    s._load()
-    yield s
-    s.close_sync()
+    yield from memory_store()
 
 
 def fill(store: Store, index: str, count: int, start: int = 0) -> None:

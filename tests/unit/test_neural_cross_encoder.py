@@ -22,6 +22,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from selproxy.rankers._onnx import ModelNotFound  # noqa: E402
 from selproxy.rankers.cross_encoder import CrossEncoderRanker  # noqa: E402
+from support.tiny_bi_encoder import build_tokenizer as build_vocab_tokenizer  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "on", "mat",
          "a", "where", "is", "rug", "##s"]
@@ -29,15 +30,7 @@ DIM = 4
 
 
 def build_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer.save(str(path))
+    build_vocab_tokenizer(path, VOCAB)
 
 
 def build_model(path: Path, labels: int = 1) -> None:
