@@ -158,11 +158,12 @@ def test_slow_ranker_never_blocks_other_requests():
         return await asyncio.gather(*(call(service, fake, "POST", "/books/_search", Q) for _ in range(6)))
 
     results = run(many(), 10)
-    # Every search was answered while the ranker was still held.
-    assert not ranker.release.is_set() and ranker.entered >= 1
+    # Every search was answered while the ranker was still held: the first in
+    # its one thread, the second queued behind it (its call cancelled at its
+    # deadline, never started), the other four refused at once.
+    assert not ranker.release.is_set() and ranker.entered == 1
     reasons = sorted(r.header("x-selproxy-rerank") for r in results)
-    assert set(reasons) <= {"fallback; reason=deadline", "fallback; reason=overloaded"}
-    assert "fallback; reason=overloaded" in reasons
+    assert reasons == ["fallback; reason=deadline"] * 2 + ["fallback; reason=overloaded"] * 4
     # passthrough is untouched meanwhile
     response = search(service, fake, {**Q, "sort": ["year"]})
     assert response.header("x-selproxy-rerank") == "skipped; reason=sort"
