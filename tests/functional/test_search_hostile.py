@@ -6,6 +6,7 @@ answered promptly.  On main these froze the whole proxy for 1 to 50 seconds,
 took it to gigabytes of memory, or split its response.
 """
 import asyncio
+import contextlib
 import gzip
 import json
 import time
@@ -92,26 +93,32 @@ def hostile_requests():
     ]
 
 
+@contextlib.asynccontextmanager
+async def search_proxy():
+    """The real proxy on loopback, reranking (topn 3) in front of :func:`engine`; its port."""
+    async with RecordingUpstream(engine) as upstream:
+        service = SearchService(ReverseRanker(), SearchConfig(topn=3))
+        proxy = Proxy(upstream=upstream.url, listen="127.0.0.1:0", routes=service.routes())
+        await proxy.start()
+        try:
+            yield int(proxy.url.rsplit(":", 1)[1])
+        finally:
+            await proxy.stop(grace=1.0)
+            service.close()
+
+
 def test_hostile_searches_get_bounded_answers_while_passthrough_flows():
     async def scenario():
-        async with RecordingUpstream(engine) as upstream:
-            service = SearchService(ReverseRanker(), SearchConfig(topn=3))
-            proxy = Proxy(upstream=upstream.url, listen="127.0.0.1:0", routes=service.routes())
-            await proxy.start()
-            port = int(proxy.url.rsplit(":", 1)[1])
-            try:
-                cases = hostile_requests()
-                hostile = [asyncio.create_task(exchange(port, head, body)) for _, head, body, _, _ in cases]
-                passthrough = []
-                while not all(task.done() for task in hostile) or len(passthrough) < 3:
-                    status, _, body, seconds = await exchange(
-                        port, b"GET /books/_count HTTP/1.1\r\nHost: x\r\n", timeout=HOSTILE_SECONDS)
-                    assert status == 200 and json.loads(body) == {"count": 3}
-                    passthrough.append(seconds)
-                results = await asyncio.gather(*hostile)
-            finally:
-                await proxy.stop(grace=1.0)
-                service.close()
+        async with search_proxy() as port:
+            cases = hostile_requests()
+            hostile = [asyncio.create_task(exchange(port, head, body)) for _, head, body, _, _ in cases]
+            passthrough = []
+            while not all(task.done() for task in hostile) or len(passthrough) < 3:
+                status, _, body, seconds = await exchange(
+                    port, b"GET /books/_count HTTP/1.1\r\nHost: x\r\n", timeout=HOSTILE_SECONDS)
+                assert status == 200 and json.loads(body) == {"count": 3}
+                passthrough.append(seconds)
+            results = await asyncio.gather(*hostile)
         return cases, results, passthrough
 
     cases, results, passthrough = run(scenario(), 90)
@@ -126,19 +133,11 @@ def test_hostile_searches_get_bounded_answers_while_passthrough_flows():
 
 def test_override_names_cannot_split_or_stall_the_response():
     async def scenario():
-        async with RecordingUpstream(engine) as upstream:
-            service = SearchService(ReverseRanker(), SearchConfig(topn=3))
-            proxy = Proxy(upstream=upstream.url, listen="127.0.0.1:0", routes=service.routes())
-            await proxy.start()
-            port = int(proxy.url.rsplit(":", 1)[1])
-            try:
-                target = ("/books/_search?q=rocket&selproxy.x%0d%0aSet-Cookie:%20a%3d1=1"
-                          "&selproxy.%E2%98%83=1&selproxy.a%00b=1&selproxy.topn=2")
-                return await exchange(port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n",
-                                      timeout=10)
-            finally:
-                await proxy.stop(grace=1.0)
-                service.close()
+        async with search_proxy() as port:
+            target = ("/books/_search?q=rocket&selproxy.x%0d%0aSet-Cookie:%20a%3d1=1"
+                      "&selproxy.%E2%98%83=1&selproxy.a%00b=1&selproxy.topn=2")
+            return await exchange(port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n",
+                                  timeout=10)
 
     status, headers, body, _ = run(scenario(), 30)
     assert status == 200

@@ -350,6 +350,19 @@ def test_unreadable_scores_fail_the_batch_not_the_worker() -> None:
     assert run(main(), 10) == [2.0, 2.0]
 
 
+async def leave_one_call(batcher: MicroBatcher) -> None:
+    """One search past its deadline, its model call left running; then, with
+    ``max_abandoned=1``, the next search refused at once."""
+    with pytest.raises(DeadlineExceeded):
+        await batcher.rank("a", docs(2), timeout=0.1)
+    for _ in range(100):  # the worker notices its caller has gone
+        if batcher._abandoned:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await batcher.rank("b", docs(2), timeout=5)
+
+
 def test_an_async_model_that_swallows_cancellation_is_left_and_bounded() -> None:
     stop = threading.Event()
 
@@ -374,15 +387,8 @@ def test_an_async_model_that_swallows_cancellation_is_left_and_bounded() -> None
     async def main() -> Tuple[bool, bool]:
         # The model runs until ``stop``, which only the end of the test sets:
         # a caller or aclose that waited for it would not come back.
-        with pytest.raises(DeadlineExceeded):
-            await batcher.rank("a", docs(2), timeout=0.1)
+        await leave_one_call(batcher)
         left_running = not model.finished
-        for _ in range(100):  # the worker notices its caller has gone
-            if batcher._abandoned:
-                break
-            await asyncio.sleep(0.01)
-        with pytest.raises(Overloaded):
-            await batcher.rank("b", docs(2), timeout=5)
         await batcher.aclose()
         closed_running = not model.finished
         stop.set()
@@ -399,14 +405,7 @@ def test_a_stuck_sync_model_does_not_hold_aclose_or_the_process() -> None:
     batcher = MicroBatcher(model, max_wait_ms=0, max_abandoned=1)
 
     async def main() -> int:
-        with pytest.raises(DeadlineExceeded):
-            await batcher.rank("a", docs(2), timeout=0.1)
-        for _ in range(100):  # the worker notices its caller has gone
-            if batcher._abandoned:
-                break
-            await asyncio.sleep(0.01)
-        with pytest.raises(Overloaded):
-            await batcher.rank("b", docs(2), timeout=5)
+        await leave_one_call(batcher)
         await batcher.aclose()
         return model.running
 
