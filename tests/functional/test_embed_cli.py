@@ -137,20 +137,30 @@ def test_a_changed_document_is_embedded_again_and_only_it(engine, tmp_path):
         ("changing", "d7")]
 
 
-def test_sigint_stops_after_the_batch_in_hand_and_the_next_run_embeds_only_the_rest(engine, tmp_path):
-    store = tmp_path / "vectors.sqlite3"
+def held_at_second_batch(engine, store, tmp_path, *flags):
+    """``selproxy embed`` of ``docs`` in batches of 4, its ranker held at the
+    start of the second batch until ``gate / "go"`` exists; the process and
+    the gate directory, once it is held there."""
     gate = tmp_path / "gate"
     gate.mkdir()
-    proc = subprocess.Popen(embed_argv(engine, "docs", store, "--batch-size", "4", "--ranker-option",
-                                       f"gate_dir={gate}"),
+    proc = subprocess.Popen(embed_argv(engine, "docs", store, "--batch-size", "4", *flags,
+                                       "--ranker-option", f"gate_dir={gate}"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, env=env(tmp_path))
+    deadline = time.monotonic() + 60
+    while not (gate / "second-batch").exists():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"the second batch never started: {out} {err}")
+        time.sleep(0.01)
+    return proc, gate
+
+
+def test_sigint_stops_after_the_batch_in_hand_and_the_next_run_embeds_only_the_rest(engine, tmp_path):
+    store = tmp_path / "vectors.sqlite3"
+    proc, gate = held_at_second_batch(engine, store, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not (gate / "second-batch").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the second batch never started"
-            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         # The run says it will stop after this batch before the batch is let go.
         assert proc.stderr is not None
@@ -255,18 +265,8 @@ def test_after_embedding_with_the_real_model_a_search_encodes_nothing(engine, tm
 
 def test_a_point_in_time_that_expires_between_pages_is_one_line_and_keeps_what_was_stored(engine, tmp_path):
     store = tmp_path / "vectors.sqlite3"
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    proc = subprocess.Popen(embed_argv(engine, "docs", store, "--batch-size", "4", "--keep-alive", "1s",
-                                       "--ranker-option", f"gate_dir={gate}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, env=env(tmp_path))
+    proc, gate = held_at_second_batch(engine, store, tmp_path, "--keep-alive", "1s")
     try:
-        deadline = time.monotonic() + 60
-        while not (gate / "second-batch").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the second batch never started"
-            time.sleep(0.01)
         time.sleep(1.5)  # past the keep-alive, while the second page is being embedded
         (gate / "go").touch()
         out, err = proc.communicate(timeout=60)
