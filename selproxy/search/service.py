@@ -26,8 +26,8 @@ from . import _json
 from .config import SearchConfig, SearchRoute
 from .extract import FieldSpec, document_text, parse_field_spec
 from .overrides import Overrides, extract_overrides
-from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body, hits_at,
-                      passthrough_response, format_server_timing, skip_reason)
+from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body,
+                      format_server_timing, hits_at, passthrough_response, skip_reason)
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
                       request_body, rewrite_query_string)
 from .routes import default_routes, split_indices

@@ -7,7 +7,7 @@ from selproxy.handler import Response
 from selproxy.search import _json
 from selproxy.search.config import SOLR
 from selproxy.search.respond import (accepts_gzip, apply_es, apply_params, client_response,
-                                     decode_body, page_hits, passthrough_response, format_server_timing)
+                                     decode_body, format_server_timing, page_hits, passthrough_response)
 from selproxy.search.rewrite import SearchPlan, SourceFilter
 
 
