@@ -26,6 +26,7 @@ from . import _json
 from .config import SearchConfig, SearchRoute
 from .extract import FieldSpec, document_text, parse_field_spec
 from .overrides import Overrides, extract_overrides
+from .relevance import RelevanceOps
 from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body, hits_at,
                       passthrough_response, server_timing, skip_reason)
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
@@ -205,6 +206,8 @@ class SearchService:
         model = getattr(ranker, "ranker", ranker)
         prefetch = getattr(model, "prefetch_query", None)
         self._prefetch_query = prefetch if callable(prefetch) else None
+        # [relevance] --interleave / --capture (issue 13); None when both are off.
+        self.relevance = RelevanceOps.from_config(self)
 
     # -- public surface -------------------------------------------------
 
@@ -214,8 +217,11 @@ class SearchService:
 
     def routes(self) -> List[Route]:
         """The core's routes, one per :class:`SearchRoute`."""
-        return [Route(tuple(r.methods), r.path, self._handler(r), r.name or r.kind)
-                for r in self.search_routes()]
+        routes = [Route(tuple(r.methods), r.path, self._handler(r), r.name or r.kind)
+                  for r in self.search_routes()]
+        if self.relevance is not None:  # [relevance] POST /_selproxy/click
+            routes += self.relevance.routes()
+        return routes
 
     def status(self) -> Dict[str, Any]:
         """Counters for ``GET /_selproxy/status`` (JSON-ready)."""
@@ -235,9 +241,13 @@ class SearchService:
         snapshot["pending_ranks"] = self.adapter.pending
         snapshot["topn"] = self.config.topn
         snapshot["rank_deadline"] = self.config.rank_deadline
+        if self.relevance is not None:  # [relevance] "interleaving" and "capture" sections
+            snapshot.update(self.relevance.status())
         return snapshot
 
     def close(self) -> None:
+        if self.relevance is not None:  # [relevance] arm rankers, capture writer
+            self.relevance.close()
         self.adapter.close()
 
     async def aclose(self) -> None:
@@ -246,6 +256,8 @@ class SearchService:
         aclose = getattr(self.adapter.ranker, "aclose", None)
         if callable(aclose):
             await aclose()
+        if self.relevance is not None:  # [relevance]
+            await self.relevance.aclose()
         self.close()
 
     # -- handlers -------------------------------------------------------
@@ -395,6 +407,14 @@ class SearchService:
 
         window = hits[:plan.window]
         texts = self._texts(window, route)
+        ops = self.relevance  # [relevance] interleave, or sample for capture
+        if ops is not None and ops.interleave is not None and any(texts):
+            try:
+                return await ops.interleaved(route, request, response, prep, plan, doc, window,
+                                             texts, upstream_s)
+            except SourceFilterTooCostly as exc:
+                return await self._skip(upstream, request, prep, [exc.reason])
+        captured = ops.sample(prep, plan, window, texts) if ops is not None else None
         if not any(texts):
             scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
         else:
@@ -403,7 +423,10 @@ class SearchService:
             apply_es(doc, plan, scores)
         except SourceFilterTooCostly as exc:
             return await self._skip(upstream, request, prep, [exc.reason])
-        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        answer = self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        if captured is not None and ops is not None:  # [relevance] queue the capture line
+            answer = ops.captured(captured, answer, doc, scores, _header(outcome), timing, upstream_s)
+        return answer
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         prep = _Prepared(request, route, self.config.max_topn)
