@@ -1,0 +1,225 @@
+"""Interleaving through real sockets: the embedded engine, selproxy with
+``--interleave``, the click beacon, the status page; and across two workers."""
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from support.engine import engine_in_thread
+from support.proxy import ProxyProcess
+
+import selproxy
+from selproxy.search import SearchConfig
+from selproxy.search.interleave import CoinSource, InterleaveConfig, ResultSetToken, team_draft
+from support.aio import run
+
+WORDS = ["wing", "lift", "drag", "flow", "shock", "wave", "boundary", "layer", "heat", "jet"]
+DOCS = {str(i): " ".join(WORDS[j % len(WORDS)] for j in range(i, i + 1 + i % 4)) + " wing"
+        for i in range(20)}
+
+
+class ReversingRanker:
+    """The window in reverse engine order."""
+
+    def rank(self, query, docs):
+        return [float(i) for i in range(len(docs))]
+
+
+def post(url, body, headers=None):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as res:
+            return res.status, dict(res.headers), json.loads(res.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=20) as res:
+        return json.loads(res.read())
+
+
+def index_docs(engine_url):
+    lines = "".join(json.dumps({"index": {"_index": "docs", "_id": i}}) + "\n" + json.dumps({"body": t}) + "\n"
+                    for i, t in DOCS.items())
+    post(f"{engine_url}/_bulk?refresh=true", lines.encode(), {"Content-Type": "application/x-ndjson"})
+
+
+def search_body(size=10, **extra):
+    return {"query": {"match": {"body": "wing"}}, "size": size, **extra}
+
+
+def in_thread_proxy(engine_url, interleave, **search):
+    """An in-process proxy on its own loop in a thread: (url, stop)."""
+    import threading
+    ready, stop, urls = threading.Event(), threading.Event(), []
+
+    async def main():
+        config = SearchConfig(topn=20, rank_deadline=30, interleave=interleave, **search)
+        async with selproxy.Proxy(upstream=engine_url, listen="127.0.0.1:0", ranker=ReversingRanker(),
+                                  search=config) as proxy:
+            urls.append(proxy.url)
+            ready.set()
+            while not stop.is_set():
+                import asyncio
+                await asyncio.sleep(0.02)
+
+    thread = threading.Thread(target=lambda: run(main(), timeout=120), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    return urls[0], stop, thread
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with engine_in_thread() as url:
+        index_docs(url)
+        yield url
+
+
+@pytest.fixture
+def proxy(engine, request):
+    options = getattr(request, "param", {})
+    interleave = InterleaveConfig(arms=("ranker", "engine"), seed=11, **options)
+    url, stop, thread = in_thread_proxy(engine, interleave)
+    yield url, interleave
+    stop.set()
+    thread.join(30)
+
+
+def test_an_interleaved_page_is_the_team_draft_of_both_arms(engine, proxy):
+    url, config = proxy
+    _, _, direct = post(f"{engine}/docs/_search", search_body(size=20))
+    engine_ids = [hit["_id"] for hit in direct["hits"]["hits"]]
+    coins = CoinSource(config.seed)
+    for page_from in (0, 0, 5):
+        status, headers, found = post(f"{url}/docs/_search", search_body(size=5, **{"from": page_from},
+                                                                          explain=True))
+        assert status == 200 and headers["X-Selproxy-Rerank"] == "applied; interleaved"
+        # The same coins, in the same order, give the same merge.
+        draft = team_draft(list(reversed(range(20))), list(range(20)), CoinSource.coins(coins.next_seed()))
+        expected = [engine_ids[i] for i in draft.order][page_from:page_from + 5]
+        assert [hit["_id"] for hit in found["hits"]["hits"]] == expected
+        arms = [hit["_selproxy"]["arm"] for hit in found["hits"]["hits"]]
+        assert arms == [("ranker", "engine")[t] for t in draft.teams[page_from:page_from + 5]]
+        # Scores stay the engine's: two rankers' scores do not compare.
+        assert [hit["_score"] for hit in found["hits"]["hits"]] == [
+            direct["hits"]["hits"][engine_ids.index(h["_id"])]["_score"] for h in found["hits"]["hits"]]
+        token = ResultSetToken.decode(headers["X-Selproxy-Result-Set"], config.secret)
+        assert token.interleaved and token.offset == page_from and len(token.teams) == 5
+
+
+def test_clicks_credit_the_arm_that_contributed_the_hit(proxy):
+    url, _ = proxy
+    _, headers, found = post(f"{url}/docs/_search", search_body(size=6, explain=True))
+    result_set = headers["X-Selproxy-Result-Set"]
+    hits = found["hits"]["hits"]
+    by_arm = {arm: [h["_id"] for h in hits if h["_selproxy"]["arm"] == arm] for arm in ("ranker", "engine")}
+    assert len(by_arm["ranker"]) == len(by_arm["engine"]) == 3
+
+    status, _, reply = post(f"{url}/_selproxy/click", {"result_set": result_set, "_id": by_arm["ranker"][0]})
+    assert status == 200 and reply["arm"] == "A" and reply["credited"] is True
+    section = get(f"{url}/_selproxy/status")["search"]["interleaving"]
+    assert section["arms"]["A"]["wins"] == 1 and section["arms"]["B"]["losses"] == 1
+
+    # The same hit again credits nothing more.
+    _, _, reply = post(f"{url}/_selproxy/click", {"result_set": result_set, "_id": by_arm["ranker"][0]})
+    assert reply["credited"] is False and reply["arm"] == "A"
+    # One click each way: a tie.
+    post(f"{url}/_selproxy/click", {"result_set": result_set, "_id": by_arm["engine"][1]})
+    section = get(f"{url}/_selproxy/status")["search"]["interleaving"]
+    assert section["arms"]["A"] == {"name": "ranker", "wins": 0, "losses": 0, "ties": 1, "clicks": 1}
+    assert section["arms"]["B"]["clicks"] == 1 and section["repeat_clicks"] == 1
+    # Then two for the engine: B wins.
+    post(f"{url}/_selproxy/click", {"result_set": result_set, "_id": by_arm["engine"][0]})
+    section = get(f"{url}/_selproxy/status")["search"]["interleaving"]
+    assert (section["arms"]["B"]["wins"], section["arms"]["B"]["ties"], section["arms"]["A"]["losses"]) == (1, 0, 1)
+    # A text/plain beacon (what navigator.sendBeacon sends for a string) works alike.
+    status, _, reply = post(f"{url}/_selproxy/click", json.dumps(
+        {"result_set": result_set, "_id": by_arm["engine"][2]}).encode(), {"Content-Type": "text/plain;charset=UTF-8"})
+    assert status == 200 and reply["arm"] == "B"
+
+
+@pytest.mark.parametrize("body,status,reason", [
+    (b"not json", 400, "not JSON"),
+    (b"[1, 2]", 400, "not a JSON object"),
+    (b'{"result_set": "x"}', 400, "needs result_set and _id"),
+    (b'{"result_set": 5, "_id": "1"}', 400, "needs result_set and _id"),
+    (b'{"result_set": "x", "_id": "1", "admin": true}', 400, "result_set, _id and _index only"),
+    (b'{"result_set": "AAAA", "_id": "1"}', 400, "not one this proxy issued (malformed)"),
+    pytest.param(json.dumps({"result_set": "A" * 5000, "_id": "1"}).encode(), 413, "at most 4096 bytes",
+                 id="too-large"),
+    pytest.param(json.dumps({"result_set": "x", "_id": "i" * 600}).encode(), 400, "at most 512 characters",
+                 id="long-id"),
+    pytest.param(b"[" * 2000 + b"]" * 2000, 400, "not JSON", id="deeply-nested"),
+    (b"\xff\xfe{", 400, "not JSON"),
+])
+def test_hostile_click_bodies_get_an_error_in_the_engines_shape(proxy, body, status, reason):
+    url, _ = proxy
+    got, _, doc = post(f"{url}/_selproxy/click", body)
+    assert got == status
+    assert doc["status"] == status and reason in doc["error"]["reason"]
+    assert doc["error"]["root_cause"][0]["type"] == doc["error"]["type"]
+
+
+def test_a_forged_or_foreign_result_set_is_refused(proxy):
+    url, config = proxy
+    _, headers, found = post(f"{url}/docs/_search", search_body(size=3))
+    real = headers["X-Selproxy-Result-Set"]
+    hit = found["hits"]["hits"][0]["_id"]
+    foreign = ResultSetToken.decode(real, config.secret)
+    status, _, doc = post(f"{url}/_selproxy/click", {"result_set": foreign.encode(b"k" * 32), "_id": hit})
+    assert status == 400 and "forged" in doc["error"]["reason"]
+    status, _, doc = post(f"{url}/_selproxy/click", {"result_set": real, "_id": "not-on-the-page"})
+    assert status == 404 and doc["error"]["type"] == "resource_not_found_exception"
+    rejected = get(f"{url}/_selproxy/status")["search"]["interleaving"]["rejected_clicks"]
+    assert rejected["forged"] == 1 and rejected["not_shown"] == 1
+
+
+@pytest.mark.parametrize("proxy", [{"ttl": 1.0, "max_open": 2}], indirect=True)
+def test_result_sets_are_bounded_in_number_and_expire(proxy):
+    url, _ = proxy
+    sets = []
+    for _ in range(3):
+        _, headers, found = post(f"{url}/docs/_search", search_body(size=2))
+        sets.append((headers["X-Selproxy-Result-Set"], found["hits"]["hits"][0]["_id"]))
+    for result_set, hit in sets:
+        assert post(f"{url}/_selproxy/click", {"result_set": result_set, "_id": hit})[0] == 200
+    section = get(f"{url}/_selproxy/status")["search"]["interleaving"]
+    assert section["open_result_sets"] == 2 and section["evicted"] == 1
+    # Ids carry whole seconds: past ttl + 1 s every one is refused.
+    time.sleep(2.2)
+    status, _, doc = post(f"{url}/_selproxy/click", {"result_set": sets[0][0], "_id": sets[0][1]})
+    assert status == 404 and "expired" in doc["error"]["reason"]
+
+
+def test_any_of_two_workers_credits_a_click_for_a_search_another_served(engine, tmp_path):
+    """Searches and clicks on fresh connections spread over both workers; the
+    capture's per-worker files show which served what."""
+    capture = tmp_path / "capture.jsonl"
+    args = ["--upstream", engine, "--workers", "2", "--ranker", "bm25", "--interleave", "bm25,engine",
+            "--topn", "20", "--rank-deadline", "30", "--capture", str(capture), "--capture-rate", "1.0"]
+    with ProxyProcess(args, timeout=60) as proxy:
+        proxy.wait_for_workers(2, timeout=60)
+        clicked = 0
+        for _ in range(24):
+            status, headers, found = post(f"{proxy.url}/docs/_search", search_body(size=4))
+            assert status == 200 and headers["X-Selproxy-Rerank"] == "applied; interleaved"
+            status, _, reply = post(f"{proxy.url}/_selproxy/click", {
+                "result_set": headers["X-Selproxy-Result-Set"], "_id": found["hits"]["hits"][0]["_id"]})
+            assert status == 200 and reply["credited"] is True, reply
+            clicked += 1
+    files = sorted(p for p in os.listdir(tmp_path) if p.startswith("capture."))
+    assert len(files) == 2, files  # capture.<pid>.jsonl, one per worker
+    served, credited = {}, {}
+    for name in files:
+        for line in (tmp_path / name).read_text().splitlines():
+            record = json.loads(line)
+            (served if record["type"] == "search" else credited)[record["result_set"]] = name
+    assert len(served) == len(credited) == clicked
+    crossed = [rs for rs, name in credited.items() if served[rs] != name]
+    assert crossed, "every click landed on the worker that served its search"
