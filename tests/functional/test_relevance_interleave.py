@@ -3,75 +3,17 @@
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from support.engine import engine_in_thread
 from support.proxy import ProxyProcess
+from support.relevance import ReversingRanker, get, index_docs, post, proxy_in_thread
 
-import selproxy
-from selproxy.search import SearchConfig
 from selproxy.search.interleave import CoinSource, InterleaveConfig, ResultSetToken, team_draft
-from support.aio import run
-
-WORDS = ["wing", "lift", "drag", "flow", "shock", "wave", "boundary", "layer", "heat", "jet"]
-DOCS = {str(i): " ".join(WORDS[j % len(WORDS)] for j in range(i, i + 1 + i % 4)) + " wing"
-        for i in range(20)}
-
-
-class ReversingRanker:
-    """The window in reverse engine order."""
-
-    def rank(self, query, docs):
-        return [float(i) for i in range(len(docs))]
-
-
-def post(url, body, headers=None):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers=headers or {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=20) as res:
-            return res.status, dict(res.headers), json.loads(res.read())
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read())
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=20) as res:
-        return json.loads(res.read())
-
-
-def index_docs(engine_url):
-    lines = "".join(json.dumps({"index": {"_index": "docs", "_id": i}}) + "\n" + json.dumps({"body": t}) + "\n"
-                    for i, t in DOCS.items())
-    post(f"{engine_url}/_bulk?refresh=true", lines.encode(), {"Content-Type": "application/x-ndjson"})
 
 
 def search_body(size=10, **extra):
     return {"query": {"match": {"body": "wing"}}, "size": size, **extra}
-
-
-def in_thread_proxy(engine_url, interleave, **search):
-    """An in-process proxy on its own loop in a thread: (url, stop)."""
-    import threading
-    ready, stop, urls = threading.Event(), threading.Event(), []
-
-    async def main():
-        config = SearchConfig(topn=20, rank_deadline=30, interleave=interleave, **search)
-        async with selproxy.Proxy(upstream=engine_url, listen="127.0.0.1:0", ranker=ReversingRanker(),
-                                  search=config) as proxy:
-            urls.append(proxy.url)
-            ready.set()
-            while not stop.is_set():
-                import asyncio
-                await asyncio.sleep(0.02)
-
-    thread = threading.Thread(target=lambda: run(main(), timeout=120), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    return urls[0], stop, thread
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +27,8 @@ def engine():
 def proxy(engine, request):
     options = getattr(request, "param", {})
     interleave = InterleaveConfig(arms=("ranker", "engine"), seed=11, **options)
-    url, stop, thread = in_thread_proxy(engine, interleave)
-    yield url, interleave
-    stop.set()
-    thread.join(30)
+    with proxy_in_thread(engine, ReversingRanker(), topn=20, rank_deadline=30, interleave=interleave) as url:
+        yield url, interleave
 
 
 def test_an_interleaved_page_is_the_team_draft_of_both_arms(engine, proxy):
