@@ -104,8 +104,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="seconds a replayed ranker may take per window (default 60)")
     replay.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
-    inter = commands.add_parser("interleaving", help="the preference between two interleaved arms, "
-                                                    "with a sign test")
+    inter = commands.add_parser(
+        "interleaving", help="the preference between two interleaved arms, with a sign test")
     inter.add_argument("source", nargs="+",
                        help="capture files (their click lines), or status URLs http[s]://HOST:PORT")
     inter.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 from .metrics import sign_test
 
@@ -55,7 +55,7 @@ def preference(arms: Sequence[str], a_wins: int, b_wins: int, ties: int, source:
 
 def from_clicks(paths: Iterable[str]) -> Preference:
     """Add up the click lines of capture files, per result set."""
-    per_set: Dict[str, Dict[str, set]] = {}
+    per_set: Dict[str, Dict[str, Set[Any]]] = {}
     names: Dict[str, str] = {}
     for path in paths:
         with open(path, encoding="utf-8") as stream:

@@ -13,7 +13,7 @@ helpers in :mod:`selproxy.evaluation.run` leave them out and say how many.
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Mapping, Sequence, Set
 
 __all__ = ("ndcg_at", "mrr_at", "recall_at", "percentile", "rbo", "sign_test")
 
@@ -81,8 +81,8 @@ def rbo(first: Sequence[Hashable], second: Sequence[Hashable], p: float = 0.9) -
     depth = min(len(first), len(second))
     if depth == 0:
         return 0.0
-    seen_first: set = set()
-    seen_second: set = set()
+    seen_first: Set[Hashable] = set()
+    seen_second: Set[Hashable] = set()
     overlap = 0
     weighted = 0.0
     for d in range(1, depth + 1):

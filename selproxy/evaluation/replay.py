@@ -108,7 +108,7 @@ async def _rank_all(spec: str, searches: Sequence[CapturedSearch], deadline: flo
 def replay_rankers(specs: Sequence[str], searches: Sequence[CapturedSearch], deadline: float = 60.0
                    ) -> Dict[str, Tuple[List[List[int]], List[float]]]:
     """Each ranker's order of every window, and its time per window (ms)."""
-    results = {}
+    results: Dict[str, Tuple[List[List[int]], List[float]]] = {}
     for spec in specs:
         label = spec if spec not in results else f"{spec}#{len(results) + 1}"
         results[label] = asyncio.run(_rank_all(spec, searches, deadline))
@@ -157,8 +157,8 @@ class ReplayReport:
                          f"| {_num(row.top_overlap_live)} | {_num(row.click_rank, 2)} "
                          f"| {_num(row.rank_p50_ms, 1)} | {_num(row.rank_p99_ms, 1)} |")
         lines.append("")
-        lines.append("RBO (p=0.9) between orders: " + ", ".join(f"{pair} {value:.4f}"
-                                                               for pair, value in self.rbo.items()))
+        pairs = ", ".join(f"{pair} {value:.4f}" for pair, value in self.rbo.items())
+        lines.append(f"RBO (p=0.9) between orders: {pairs}")
         return "\n".join(lines)
 
 

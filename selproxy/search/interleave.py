@@ -47,7 +47,7 @@ import os
 import random
 import struct
 import time
-from typing import (Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar)
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 __all__ = ("InterleaveConfig", "team_draft", "TeamDraft", "ResultSetToken", "TokenError",
            "ClickBook", "page_in_order", "id_digest", "MAX_CREDITED", "ENGINE_ARM")
@@ -57,7 +57,8 @@ K = TypeVar("K", bound=Hashable)
 #: The arm that stands for the engine's own order.
 ENGINE_ARM = "engine"
 #: Shown positions a result set credits (one team bit and one digest each):
-#: clicks further down a longer page are acknowledged but credit no arm.
+#: a click further down a longer page, or on a hit past the interleaved
+#: window, is refused as not credited.
 MAX_CREDITED = 64
 #: Longest result-set id the click beacon accepts, in characters.
 MAX_TOKEN_CHARS = 512
@@ -116,7 +117,7 @@ def team_draft(a: Sequence[K], b: Sequence[K], rand_bit: Callable[[], int]) -> T
     An item repeated within a ranking, or already taken from the other one,
     is skipped.  It stops once either ranking has nothing left to give, so
     with two orders of the same window the result is that whole window."""
-    taken: set = set()
+    taken: Set[K] = set()
     order: List[K] = []
     teams: List[int] = []
     sizes = [0, 0]
@@ -275,7 +276,7 @@ class _OpenSet:
 
     def __init__(self, issued: int) -> None:
         self.issued = issued
-        self.clicked: set = set()
+        self.clicked: Set[int] = set()
         self.per_team = [0, 0]
 
     def outcome(self) -> Optional[int]:

@@ -211,7 +211,9 @@ class RelevanceOps:
             page = doc["hits"]["hits"]
         except (KeyError, TypeError):
             return None
-        shown = page[:MAX_CREDITED]
+        # An interleaved page credits the hits the draft placed (not those
+        # past the window, which no arm contributed).
+        shown = page[:MAX_CREDITED if teams is None else min(MAX_CREDITED, len(teams))]
         digests = tuple(id_digest(str(hit.get("_id", ""))) for hit in shown)
         team_bits = tuple(teams[:len(shown)]) if teams is not None else ()
         return ResultSetToken(secrets.randbits(64), int(time.time()), offset, team_bits, digests,
@@ -261,7 +263,8 @@ class RelevanceOps:
             outcome = ("fallback", failed[0])
             hits["hits"] = page_in_order(hits["hits"], list(range(len(window))), plan.offset, plan.size,
                                          plan.explain, plan.source_filter)
-            answer = self.service._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+            answer: Response = self.service._answer(request, response, prep, doc, [outcome],
+                                                    upstream_s, timing)
             if record is not None:
                 answer = self.captured(record, answer, doc, None, f"fallback; reason={failed[0]}",
                                        timing, upstream_s)
@@ -276,6 +279,7 @@ class RelevanceOps:
                    if s is not None and len(s) < len(window)]
         outcome = ("applied", "; ".join(["interleaved"] + partial[:1]))
         answer = self.service._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        assert isinstance(answer, Response)
         token = self._token(doc, plan.offset, draft.teams[plan.offset:])
         self.result_sets += 1
         if token is not None:

@@ -9,6 +9,8 @@ from support.engine import engine_in_thread
 from support.proxy import ProxyProcess
 from support.relevance import ReversingRanker, get, index_docs, post, proxy_in_thread
 
+from selproxy.evaluation import cli as eval_cli
+from selproxy.evaluation.metrics import sign_test
 from selproxy.search.interleave import CoinSource, InterleaveConfig, ResultSetToken, team_draft
 
 
@@ -37,8 +39,8 @@ def test_an_interleaved_page_is_the_team_draft_of_both_arms(engine, proxy):
     engine_ids = [hit["_id"] for hit in direct["hits"]["hits"]]
     coins = CoinSource(config.seed)
     for page_from in (0, 0, 5):
-        status, headers, found = post(f"{url}/docs/_search", search_body(size=5, **{"from": page_from},
-                                                                          explain=True))
+        body = search_body(size=5, explain=True, **{"from": page_from})
+        status, headers, found = post(f"{url}/docs/_search", body)
         assert status == 200 and headers["X-Selproxy-Rerank"] == "applied; interleaved"
         # The same coins, in the same order, give the same merge.
         draft = team_draft(list(reversed(range(20))), list(range(20)), CoinSource.coins(coins.next_seed()))
@@ -137,7 +139,37 @@ def test_result_sets_are_bounded_in_number_and_expire(proxy):
     assert status == 404 and "expired" in doc["error"]["reason"]
 
 
-def test_any_of_two_workers_credits_a_click_for_a_search_another_served(engine, tmp_path):
+class RaisingRanker:
+    def rank(self, query, docs):
+        raise RuntimeError("no model")
+
+
+def test_an_arm_that_fails_gives_the_engines_page_and_no_result_set(engine):
+    interleave = InterleaveConfig(arms=("engine", "ranker"), seed=1)
+    with proxy_in_thread(engine, RaisingRanker(), topn=20, interleave=interleave) as url:
+        _, _, direct = post(f"{engine}/docs/_search", search_body(size=4))
+        status, headers, found = post(f"{url}/docs/_search", search_body(size=4))
+        section = get(f"{url}/_selproxy/status")["search"]["interleaving"]
+    assert status == 200 and headers["X-Selproxy-Rerank"] == "fallback; reason=error"
+    assert "X-Selproxy-Result-Set" not in headers
+    assert [h["_id"] for h in found["hits"]["hits"]] == [h["_id"] for h in direct["hits"]["hits"]]
+    assert section["not_interleaved"] == {"error": 1} and section["result_sets"] == 0
+
+
+def test_eval_interleaving_reads_the_status_page(proxy, capsys):
+    url, _ = proxy
+    for n in range(3):
+        _, headers, found = post(f"{url}/docs/_search", search_body(size=4, explain=True))
+        arm = "engine" if n < 2 else "ranker"
+        hit = next(h["_id"] for h in found["hits"]["hits"] if h["_selproxy"]["arm"] == arm)
+        post(f"{url}/_selproxy/click", {"result_set": headers["X-Selproxy-Result-Set"], "_id": hit})
+    assert eval_cli.main(["interleaving", url, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == {"arms": ["ranker", "engine"], "a_wins": 1, "b_wins": 2, "ties": 0,
+                      "p_value": 1.0, "delta": 1 / 3 - 0.5, "source": "status page"}
+
+
+def test_any_of_two_workers_credits_a_click_for_a_search_another_served(engine, tmp_path, capsys):
     """Searches and clicks on fresh connections spread over both workers; the
     capture's per-worker files show which served what."""
     capture = tmp_path / "capture.jsonl"
@@ -163,3 +195,13 @@ def test_any_of_two_workers_credits_a_click_for_a_search_another_served(engine, 
     assert len(served) == len(credited) == clicked
     crossed = [rs for rs, name in credited.items() if served[rs] != name]
     assert crossed, "every click landed on the worker that served its search"
+
+    # The click lines add up exactly across the workers' files.
+    arms = [json.loads(line)["arm"] for name in files for line in (tmp_path / name).read_text().splitlines()
+            if json.loads(line)["type"] == "click"]
+    capsys.readouterr()
+    assert eval_cli.main(["interleaving", *(str(tmp_path / name) for name in files), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["arms"] == ["bm25", "engine"] and result["source"] == "click log"
+    assert (result["a_wins"], result["b_wins"], result["ties"]) == (arms.count("A"), arms.count("B"), 0)
+    assert result["p_value"] == sign_test(arms.count("A"), arms.count("B"))
