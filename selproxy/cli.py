@@ -294,7 +294,7 @@ _FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "header_timeout", "idle_timeout", "connect_timeout", "response_timeout", "body_timeout",
     "shutdown_grace", "topn", "max_topn", "rank_deadline", "max_field_chars", "ranker_threads",
     "max_pending_ranks", "capture_rate", "capture_max_bytes", "capture_backups", "interleave_max_open",
-    "interleave_ttl")}
+    "interleave_ttl", "interleave")}
 
 
 def _usage_error(exc: Exception) -> CommandLineError:

@@ -94,8 +94,10 @@ class InterleaveConfig:
             raise ValueError("interleave needs two arms, A,B")
         if self.arms[0] == self.arms[1]:
             raise ValueError("interleave needs two different arms")
-        if self.max_open < 1 or self.ttl <= 0:
-            raise ValueError("interleave_max_open and interleave_ttl must be positive")
+        if self.max_open < 1:
+            raise ValueError("interleave_max_open must be positive")
+        if self.ttl <= 0:
+            raise ValueError("interleave_ttl must be positive")
         if len(self.secret) < 16:
             raise ValueError("the interleaving secret needs at least 16 bytes")
 
