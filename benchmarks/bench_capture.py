@@ -62,7 +62,7 @@ async def main(args: argparse.Namespace) -> Dict[str, Any]:
                     if service.relevance is not None and service.relevance.writer is not None:
                         snapshot = service.relevance.writer.snapshot()
                         totals = captured.setdefault(label, {"written": 0, "dropped": 0, "errors": 0})
-                        for key in totals:
+                        for key in ("written", "dropped", "errors"):
                             totals[key] += snapshot[key]
                 finally:
                     await proxy.stop(grace=1.0)

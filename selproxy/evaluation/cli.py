@@ -102,6 +102,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     replay.add_argument("--k", type=_positive, default=10, help="cut-off for nDCG and MRR (default 10)")
     replay.add_argument("--deadline", type=float, default=60.0,
                         help="seconds a replayed ranker may take per window (default 60)")
+    replay.add_argument("--upstream", metavar="URL",
+                        help="for a capture without texts: read the documents from this engine (_mget)")
+    replay.add_argument("--text-field", action="append", default=[], metavar="SPEC",
+                        help="with --upstream: the proxy's --text-field specs, to make the same texts")
+    replay.add_argument("--max-field-chars", type=int, default=2000, metavar="N",
+                        help="with --upstream: the proxy's --max-field-chars (default 2000)")
     replay.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
     inter = commands.add_parser(
@@ -167,15 +173,25 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _replay(args: argparse.Namespace) -> int:
-    from .replay import read_capture, replay_rankers, report
+    from .replay import fetch_texts, read_capture, replay_rankers, report
     from .trec import number_like_qrels, read_qrels, read_topics
 
     searches, clicks = read_capture(args.capture)
     if not searches:
         raise CommandLineError("the capture holds no searches", EXIT_FAILURE)
     if args.ranker and any(s.texts is None for s in searches):
-        raise CommandLineError("the capture holds no document texts (it was made without "
-                               "--capture-texts): replay needs them", EXIT_FAILURE)
+        if not args.upstream:
+            raise CommandLineError("the capture holds no document texts (it was made without "
+                                   "--capture-texts): give --upstream URL to read them from the engine",
+                                   EXIT_FAILURE)
+        loop = asyncio.get_running_loop()
+        searches, stale = await loop.run_in_executor(None, fetch_texts, searches, args.upstream,
+                                                     args.text_field, args.max_field_chars)
+        if stale:
+            print(f"note: {stale} captured windows left out: their documents' texts changed since "
+                  "(or --text-field differs from the proxy's)", file=sys.stderr)
+        if not searches:
+            raise CommandLineError("no captured window could be replayed", EXIT_FAILURE)
     qrels = read_qrels(args.qrels) if args.qrels else None
     topics: Any = []
     if qrels is not None:

@@ -2,8 +2,12 @@
 
 Reads the JSON lines ``--capture`` wrote (``search`` and ``click`` lines; any
 number of files, rotated ones included) and ranks each captured window again
-with each ``--ranker``, from the texts the capture holds (a capture made
-without ``--capture-texts`` has only their hashes, and cannot be replayed).
+with each ``--ranker``, from the texts the capture holds.  A capture made
+without ``--capture-texts`` holds only each text's hash: :func:`fetch_texts`
+then reads the documents from the engine (``_mget``), makes their texts as
+the proxy does (the same ``--text-field`` specs), and keeps a window only if
+every text hashes to what was captured (a document changed since, or other
+text fields, would replay something the live ranker never saw).
 The replayed ranker gets exactly what the live one got: the query, the
 window's texts, their store keys and the engine's scores; its order is made
 as the proxy makes a page's (highest score first, ties in engine order).
@@ -26,7 +30,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .metrics import mrr_at, ndcg_at, percentile, rbo
 from .trec import Qrels, Topic
 
-__all__ = ("CapturedSearch", "read_capture", "replay_rankers", "ReplayReport", "report")
+__all__ = ("CapturedSearch", "read_capture", "fetch_texts", "replay_rankers", "ReplayReport", "report")
 
 
 class CaptureFormatError(ValueError):
@@ -70,6 +74,41 @@ def read_capture(paths: Iterable[str]) -> Tuple[List[CapturedSearch], Dict[str, 
                         rank_ms=(record.get("timings_ms") or {}).get("rank"),
                         texts=texts if all(isinstance(t, str) for t in texts) else None))
     return searches, clicks
+
+
+def fetch_texts(searches: Sequence[CapturedSearch], upstream: str, text_fields: Sequence[str] = (),
+                max_field_chars: int = 2000, timeout: float = 60.0) -> Tuple[List[CapturedSearch], int]:
+    """The searches with their texts, those without read from the engine at
+    ``upstream`` with ``_mget``; and how many were dropped because a text
+    no longer hashes to the captured one."""
+    import hashlib
+    import urllib.request
+
+    from ..search.extract import parse_field_spec
+    from ..search.service import hit_texts
+    specs = [parse_field_spec(name, max_field_chars) for name in text_fields]
+    kept: List[CapturedSearch] = []
+    stale = 0
+    for search in searches:
+        if search.texts is not None:
+            kept.append(search)
+            continue
+        body = json.dumps({"docs": [{"_index": h.get("_index"), "_id": h.get("_id")}
+                                    for h in search.window]}).encode()
+        request = urllib.request.Request(upstream.rstrip("/") + "/_mget", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            docs = json.loads(answer.read()).get("docs", [])
+        hits = [{"_index": d.get("_index"), "_id": d.get("_id"), "_source": d.get("_source", {})}
+                if isinstance(d, dict) and d.get("found") else {} for d in docs]
+        texts = hit_texts(hits, specs, max_field_chars) if len(hits) == len(search.window) else []
+        hashes = [hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
+        if hashes and hashes == [h.get("text_sha1") for h in search.window]:
+            search.texts = texts
+            kept.append(search)
+        else:
+            stale += 1
+    return kept, stale
 
 
 def _order(scores: Sequence[float], n: int) -> List[int]:

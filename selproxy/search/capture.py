@@ -151,8 +151,13 @@ class CaptureWriter:
 
     def _write(self, record: Dict[str, Any]) -> None:
         try:
-            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-                    + "\n").encode("utf-8", "surrogatepass")
+            text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            try:
+                line = (text + "\n").encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (a document's broken text): escaped, so the
+                # line stays UTF-8 and reads back as the same string.
+                line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
         except (TypeError, ValueError):
             self.errors += 1
             return

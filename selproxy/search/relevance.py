@@ -147,6 +147,9 @@ class RelevanceOps:
                 aclose = getattr(arm.adapter.ranker, "aclose", None)
                 if callable(aclose):
                     await aclose()
+        if self.writer is not None:
+            # Flushing what is queued takes the writer thread's time, not the loop's.
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
         self.close()
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 errors that never fail a search), and replay reproducing the live ranker's
 nDCG on a captured Cranfield run."""
 import hashlib
+import math
 import json
 import os
 
@@ -151,3 +152,31 @@ def test_replay_reproduces_the_live_rankers_ndcg_on_a_captured_cranfield_run(tmp
     assert rows["bm25"]["rbo_live"] == pytest.approx(1.0)
     assert report["rbo"]["live~bm25"] == pytest.approx(1.0)
     assert rows["engine"]["ndcg"] != live_ndcg
+
+
+def test_replay_reads_the_texts_of_a_capture_without_them_from_the_engine(tmp_path, capsys):
+    path = tmp_path / "capture.jsonl"
+    with engine_in_thread() as engine:
+        index_docs(engine)
+        with proxy_in_thread(engine, ReversingRanker(), topn=8, capture=CaptureConfig(str(path), rate=1.0)) as url:
+            for query in ("wing", "drag"):
+                _, headers, found = post(f"{url}/docs/_search", {"query": {"match": {"body": query}}})
+            clicked = found["hits"]["hits"][2]["_id"]
+            post(f"{url}/_selproxy/click", {"result_set": headers["X-Selproxy-Result-Set"], "_id": clicked})
+        capsys.readouterr()
+        replay = ["replay", str(path), "--ranker", "support.relevance:ReversingRanker", "--json"]
+        assert eval_cli.main(replay) == 1
+        assert "give --upstream URL" in capsys.readouterr().err
+        assert eval_cli.main(replay + ["--upstream", engine]) == 0
+        report = json.loads(capsys.readouterr().out)
+        rows = {row["label"]: row for row in report["rows"]}
+        # No qrels: the click is the judgement; the replayed ranker is the live one.
+        assert (report["judgements"], report["searches"], report["judged"]) == ("clicks", 2, 1)
+        assert rows["support.relevance:ReversingRanker"]["ndcg"] == rows["live"]["ndcg"] == 1 / math.log2(4)
+        assert rows["support.relevance:ReversingRanker"]["rbo_live"] == pytest.approx(1.0)
+        assert rows["live"]["click_rank"] == 3.0
+        # A document changed since: its windows are left out, not replayed on other text.
+        post(f"{engine}/docs/_doc/{clicked}?refresh=true", {"body": "rewritten wing drag"})
+        assert eval_cli.main(replay + ["--upstream", engine]) == 1
+        err = capsys.readouterr().err
+        assert "2 captured windows left out" in err and "no captured window could be replayed" in err
