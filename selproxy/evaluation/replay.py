@@ -67,9 +67,11 @@ def read_capture(paths: Iterable[str]) -> Tuple[List[CapturedSearch], Dict[str, 
                 elif kind == "search":
                     window = record["window"]
                     texts = [hit.get("text") for hit in window]
+                    # "live" is the order served: for an interleaved page, the merge.
+                    served = (record.get("interleaving") or {}).get("order") or record.get("order")
                     searches.append(CapturedSearch(
                         query=record["query"], ids=[str(hit.get("_id")) for hit in window], window=window,
-                        live_order=list(record.get("order") or range(len(window))),
+                        live_order=list(served or range(len(window))),
                         result_set=record.get("result_set"),
                         rank_ms=(record.get("timings_ms") or {}).get("rank"),
                         texts=texts if all(isinstance(t, str) for t in texts) else None))

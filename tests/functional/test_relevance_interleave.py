@@ -205,3 +205,25 @@ def test_any_of_two_workers_credits_a_click_for_a_search_another_served(engine, 
     assert result["arms"] == ["bm25", "engine"] and result["source"] == "click log"
     assert (result["a_wins"], result["b_wins"], result["ties"]) == (arms.count("A"), arms.count("B"), 0)
     assert result["p_value"] == sign_test(arms.count("A"), arms.count("B"))
+
+
+def test_an_interleaved_capture_records_both_arms_and_replays_the_served_order(engine, tmp_path):
+    from selproxy.evaluation.replay import read_capture
+    from selproxy.search.capture import CaptureConfig
+    path = tmp_path / "capture.jsonl"
+    interleave = InterleaveConfig(arms=("ranker", "engine"), seed=5)
+    with proxy_in_thread(engine, ReversingRanker(), topn=20, interleave=interleave,
+                         capture=CaptureConfig(str(path), rate=1.0)) as url:
+        _, headers, found = post(f"{url}/docs/_search", search_body(size=20, explain=True))
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    ids = [hit["_id"] for hit in record["window"]]
+    served = [hit["_id"] for hit in found["hits"]["hits"]]
+    merged = record["interleaving"]
+    assert merged["arms"] == ["ranker", "engine"]
+    assert merged["orders"] == [list(reversed(range(20))), list(range(20))]
+    assert [ids[i] for i in merged["order"]] == served
+    assert [("ranker", "engine")[t] for t in merged["teams"]] == [h["_selproxy"]["arm"] for h in found["hits"]["hits"]]
+    assert record["order"] == list(reversed(range(20)))  # the proxy's own ranker's order
+    assert record["result_set"] == ResultSetToken.decode(headers["X-Selproxy-Result-Set"], interleave.secret).name
+    searches, _ = read_capture([str(path)])
+    assert [searches[0].ids[i] for i in searches[0].live_order] == served
