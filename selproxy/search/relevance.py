@@ -317,11 +317,12 @@ class RelevanceOps:
         unknown = set(body) - {"result_set", "_id", "_index"}
         if unknown:
             return self._reject("unknown_field", text="a click takes result_set, _id and _index only")
-        result_set, doc_id = body.get("result_set"), body.get("_id")
-        if not isinstance(result_set, str) or not isinstance(doc_id, str) or not doc_id:
-            return self._reject("missing_field", text="a click needs result_set and _id, as strings")
-        if len(doc_id) > MAX_CLICK_ID or not isinstance(body.get("_index", ""), str) \
-                or len(body.get("_index", "")) > MAX_CLICK_ID:
+        result_set, doc_id, index = body.get("result_set"), body.get("_id"), body.get("_index", "")
+        if not isinstance(result_set, str) or not isinstance(doc_id, str) or not doc_id \
+                or not isinstance(index, str):
+            return self._reject("missing_field", text="a click needs result_set and _id (and an _index, "
+                                                      "if any), as strings")
+        if len(doc_id) > MAX_CLICK_ID or len(index) > MAX_CLICK_ID:
             return self._reject("too_long", text=f"_id and _index are at most {MAX_CLICK_ID} characters")
         try:
             token = ResultSetToken.decode(result_set, self.secret)

@@ -91,6 +91,7 @@ def test_clicks_credit_the_arm_that_contributed_the_hit(proxy):
     (b"[1, 2]", 400, "not a JSON object"),
     (b'{"result_set": "x"}', 400, "needs result_set and _id"),
     (b'{"result_set": 5, "_id": "1"}', 400, "needs result_set and _id"),
+    (b'{"result_set": "x", "_id": "1", "_index": null}', 400, "needs result_set and _id"),
     (b'{"result_set": "x", "_id": "1", "admin": true}', 400, "result_set, _id and _index only"),
     (b'{"result_set": "AAAA", "_id": "1"}', 400, "not one this proxy issued (malformed)"),
     pytest.param(json.dumps({"result_set": "A" * 5000, "_id": "1"}).encode(), 413, "at most 4096 bytes",
