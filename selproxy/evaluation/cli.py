@@ -1,9 +1,12 @@
 """``selproxy eval``: load a collection into an upstream, and evaluate engine order
-against reranked order on judged queries.
+against reranked order on judged queries; replay a capture offline with other
+rankers; and read the verdict of an interleaving experiment.
 
     selproxy eval load --upstream http://127.0.0.1:9200 --index cranfield cran.all.1400.xml
     selproxy eval run --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:8080 \\
         --index cranfield --topics cran.qry.xml --qrels cranqrel.trec.txt --topic-ids ordinal
+    selproxy eval replay capture.jsonl --ranker bm25 --qrels cranqrel.trec.txt --topics cran.qry.xml
+    selproxy eval interleaving capture.jsonl   # or the proxy's URL (its status page)
 """
 from __future__ import annotations
 
