@@ -205,6 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--max-pending-ranks", type=int, default=sdefaults.max_pending_ranks, metavar="N",
                         help="past it searches fall back at once (default %(default)s)")
 
+    relevance = p.add_argument_group("relevance operations (see the README)")
+    relevance.add_argument("--interleave", metavar="A,B",
+                           help="team-draft interleave two arms on every claimed _search: ranker names, "
+                                "or 'engine' for the engine's order; clicks go to POST /_selproxy/click")
+    relevance.add_argument("--interleave-max-open", type=int, default=10000, metavar="N",
+                           help="result sets whose clicks are added up, per worker (default %(default)s)")
+    relevance.add_argument("--interleave-ttl", type=float, default=1800.0, metavar="S",
+                           help="seconds a result-set id takes clicks (default %(default)s)")
+    relevance.add_argument("--interleave-seed", type=int, metavar="N",
+                           help="seed the interleaving's coin flips (default: unpredictable)")
+    relevance.add_argument("--capture", metavar="FILE",
+                           help="write a sample of claimed searches, and every click, as JSON lines "
+                                "(with --workers, one FILE per worker: {pid} is put before the extension)")
+    relevance.add_argument("--capture-rate", type=float, default=0.01, metavar="0..1",
+                           help="share of searches captured (default %(default)s)")
+    relevance.add_argument("--capture-max-bytes", type=int, default=64 << 20, metavar="BYTES",
+                           help="rotate the file past this size (default %(default)s)")
+    relevance.add_argument("--capture-backups", type=int, default=4, metavar="N",
+                           help="rotated files kept, FILE.1..FILE.N (default %(default)s)")
+    relevance.add_argument("--capture-texts", action="store_true",
+                           help="also store the documents' texts (default: only their hashes)")
+    relevance.add_argument("--capture-seed", type=int, metavar="N",
+                           help="seed the sampling (default: unpredictable)")
+
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -244,6 +268,23 @@ def search_from_args(args: argparse.Namespace) -> Any:
         fields["exclude_indices"] = tuple(args.exclude_index)
     if args.solr:
         fields["extra_routes"] = tuple(solr_routes())
+    if args.interleave:
+        from .search.interleave import InterleaveConfig
+        arms = tuple(arm.strip() for arm in args.interleave.split(","))
+        if len(arms) != 2:
+            raise ValueError(f"--interleave takes two arms, A,B, not {args.interleave!r}")
+        fields["interleave"] = InterleaveConfig(
+            arms=(arms[0], arms[1]), primary=args.ranker, max_open=args.interleave_max_open,
+            ttl=args.interleave_ttl, seed=args.interleave_seed)
+    if args.capture:
+        from .search.capture import CaptureConfig
+        path = args.capture
+        if args.workers > 1 and "{pid}" not in path:
+            root, ext = os.path.splitext(path)
+            path = f"{root}.{{pid}}{ext}"
+        fields["capture"] = CaptureConfig(
+            path=path, rate=args.capture_rate, max_bytes=args.capture_max_bytes,
+            backups=args.capture_backups, texts=args.capture_texts, seed=args.capture_seed)
     return SearchConfig(**fields)
 
 
@@ -259,7 +300,8 @@ _FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "workers", "max_request_line", "max_header_bytes", "max_buffered_body", "max_upstream_connections",
     "header_timeout", "idle_timeout", "connect_timeout", "response_timeout", "body_timeout",
     "shutdown_grace", "topn", "max_topn", "rank_deadline", "max_field_chars", "ranker_threads",
-    "max_pending_ranks")}
+    "max_pending_ranks", "capture_rate", "capture_max_bytes", "capture_backups", "interleave_max_open",
+    "interleave_ttl", "interleave")}
 
 
 def _usage_error(exc: Exception) -> CommandLineError:
@@ -353,7 +395,14 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _check_addresses(args)
+    if args.interleave and args.ranker is None:
+        # The proxy's own ranker is the first arm that is one (no default
+        # neural model loads for an experiment that does not use it).
+        args.ranker = next((arm.strip() for arm in args.interleave.split(",")
+                            if arm.strip() not in ("engine", "ranker")), None)
     ranker = _chosen_ranker(args.ranker)
+    if (args.interleave or args.capture) and not ranker:
+        raise CommandLineError("--interleave and --capture need a ranker (not --ranker none)")
     try:
         config = config_from_args(args)
         search = search_from_args(args) if ranker else None
@@ -366,6 +415,11 @@ def _run(args: argparse.Namespace) -> int:
         _put_cwd_on_path()
     options = _ranker_options(args, ranker)
     try:
+        if search is not None and search.interleave is not None:
+            from .rankers.registry import check_ranker
+            for arm in search.interleave.arms:
+                if arm not in ("engine", "ranker", ranker):
+                    check_ranker(arm)
         proxy = Proxy(config=config, ranker=ranker, ranker_options=options or None, search=search)
         proxy.run()
     except RankerSpecError as exc:

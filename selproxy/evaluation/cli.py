@@ -1,9 +1,12 @@
 """``selproxy eval``: load a collection into an upstream, and evaluate engine order
-against reranked order on judged queries.
+against reranked order on judged queries; replay a capture offline with other
+rankers; and read the verdict of an interleaving experiment.
 
     selproxy eval load --upstream http://127.0.0.1:9200 --index cranfield cran.all.1400.xml
     selproxy eval run --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:8080 \\
         --index cranfield --topics cran.qry.xml --qrels cranqrel.trec.txt --topic-ids ordinal
+    selproxy eval replay capture.jsonl --ranker bm25 --qrels cranqrel.trec.txt --topics cran.qry.xml
+    selproxy eval interleaving capture.jsonl   # or the proxy's URL (its status page)
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = CommandLineParser(
         prog=prog, description="Measure the relevance a ranker adds over the engine's order."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{load,run}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{load,run,replay,interleaving}")
 
     load = commands.add_parser("load", help="index a collection (JSON lines or TREC XML) into the upstream")
     load.add_argument("collection", help="documents: .jsonl or TREC <doc> records, optionally .gz")
@@ -87,6 +91,33 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, default=2, help="topics sent once before measuring (default 2)")
     run.add_argument("--timeout", type=float, default=60.0, help="seconds per search (default 60)")
     run.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+    replay = commands.add_parser("replay", help="re-rank captured searches offline with other rankers")
+    replay.add_argument("capture", nargs="+", help="files --capture wrote (rotated ones too)")
+    replay.add_argument("--ranker", action="append", default=[], metavar="SPEC",
+                        help="a ranker to replay (repeatable): a registered name or package.module:Class")
+    replay.add_argument("--qrels", help="TREC qrels to judge by (default: the captured clicks)")
+    replay.add_argument("--topics", help="with --qrels: the topics, to match captured queries by their text")
+    replay.add_argument(
+        "--topic-ids", choices=("auto", "num", "ordinal"), default="auto",
+        help="as for run (Cranfield: ordinal; auto chooses)")
+    replay.add_argument("--topic-field", default="title", help="topic field used as query text (default title)")
+    replay.add_argument("--k", type=_positive, default=10, help="cut-off for nDCG and MRR (default 10)")
+    replay.add_argument("--deadline", type=float, default=60.0,
+                        help="seconds a replayed ranker may take per window (default 60)")
+    replay.add_argument("--upstream", metavar="URL",
+                        help="for a capture without texts: read the documents from this engine (_mget)")
+    replay.add_argument("--text-field", action="append", default=[], metavar="SPEC",
+                        help="with --upstream: the proxy's --text-field specs, to make the same texts")
+    replay.add_argument("--max-field-chars", type=int, default=2000, metavar="N",
+                        help="with --upstream: the proxy's --max-field-chars (default 2000)")
+    replay.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+    inter = commands.add_parser(
+        "interleaving", help="the preference between two interleaved arms, with a sign test")
+    inter.add_argument("source", nargs="+",
+                       help="capture files (their click lines), or status URLs http[s]://HOST:PORT")
+    inter.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -144,11 +175,71 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _replay(args: argparse.Namespace) -> int:
+    from .replay import fetch_texts, read_capture, replay_rankers, report
+    from .trec import number_like_qrels, read_qrels, read_topics
+
+    searches, clicks = read_capture(args.capture)
+    if not searches:
+        raise CommandLineError("the capture holds no searches", EXIT_FAILURE)
+    if args.ranker and any(s.texts is None for s in searches):
+        if not args.upstream:
+            raise CommandLineError("the capture holds no document texts (it was made without "
+                                   "--capture-texts): give --upstream URL to read them from the engine",
+                                   EXIT_FAILURE)
+        loop = asyncio.get_running_loop()
+        searches, stale = await loop.run_in_executor(None, fetch_texts, searches, args.upstream,
+                                                     args.text_field, args.max_field_chars)
+        if stale:
+            print(f"note: {stale} captured windows left out: their documents' texts changed since "
+                  "(or --text-field differs from the proxy's)", file=sys.stderr)
+        if not searches:
+            raise CommandLineError("no captured window could be replayed", EXIT_FAILURE)
+    qrels = read_qrels(args.qrels) if args.qrels else None
+    topics: Any = []
+    if qrels is not None:
+        if not args.topics:
+            raise CommandLineError("--qrels needs --topics, to match the captured queries")
+        if args.topic_ids == "auto":
+            topics = number_like_qrels(read_topics(args.topics, field=args.topic_field), qrels)
+        else:
+            topics = read_topics(args.topics, field=args.topic_field, ids=args.topic_ids)
+    loop = asyncio.get_running_loop()
+    # Each ranker runs on a loop of its own (asyncio.run), off this one.
+    replayed = await loop.run_in_executor(None, replay_rankers, args.ranker, searches, args.deadline)
+    result = report(searches, clicks, replayed, qrels=qrels, topics=topics, k=args.k)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"{result.searches} captured searches, {result.judged} judged by {result.judgements}")
+        print(result.table())
+    return 0
+
+
+async def _interleaving(args: argparse.Namespace) -> int:
+    from .interleaving import from_clicks, from_status
+
+    urls = [s for s in args.source if s.startswith(("http://", "https://"))]
+    if urls and len(urls) != len(args.source):
+        raise CommandLineError("give capture files or status URLs, not both")
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(None, from_status if urls else from_clicks, urls or args.source)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
+    return 0
+
+
 def _check_files(args: argparse.Namespace) -> None:
     """A file named on the command line that cannot be read is one line,
     naming its flag, before anything is sent to the upstream."""
-    named = ([("collection", args.collection)] if args.command == "load"
-             else [("--topics", args.topics), ("--qrels", args.qrels)])
+    if args.command == "load":
+        named = [("collection", args.collection)]
+    elif args.command == "run":
+        named = [("--topics", args.topics), ("--qrels", args.qrels)]
+    elif args.command == "replay":
+        named = [("capture", path) for path in args.capture]
+        named += [(flag, path) for flag, path in (("--topics", args.topics), ("--qrels", args.qrels)) if path]
+    else:
+        named = [("source", path) for path in args.source if not path.startswith(("http://", "https://"))]
     for flag, path in named:
         if not os.path.isfile(path):
             reason = "is a directory" if os.path.isdir(path) else "no such file"
@@ -169,9 +260,12 @@ def _main(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise needs_extra("this command", "eval", (exc.name or "aiohttp").partition(".")[0]) from None
     _check_files(args)
-    handler: Any = _load if args.command == "load" else _run
+    handler: Any = {"load": _load, "run": _run, "replay": _replay,
+                    "interleaving": _interleaving}[args.command]
     try:
         return int(asyncio.run(handler(args)))
+    except CommandLineError:
+        raise
     except (OSError, SearchClientError, TrecFormatError, ValueError) as error:
         raise CommandLineError(str(error), EXIT_FAILURE) from None
     except KeyboardInterrupt:

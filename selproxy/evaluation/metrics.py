@@ -13,9 +13,9 @@ helpers in :mod:`selproxy.evaluation.run` leave them out and say how many.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Hashable, Mapping, Sequence, Set
 
-__all__ = ("ndcg_at", "mrr_at", "recall_at", "percentile")
+__all__ = ("ndcg_at", "mrr_at", "recall_at", "percentile", "rbo", "sign_test")
 
 Judgements = Mapping[str, int]
 
@@ -68,3 +68,55 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def rbo(first: Sequence[Hashable], second: Sequence[Hashable], p: float = 0.9) -> float:
+    """Rank-biased overlap of two rankings, extrapolated (Webber, Moffat and
+    Zobel, "A similarity measure for indefinite rankings", TOIS 2010, eq. 32),
+    over the depth of the shorter one: 1.0 for the same order, 0.0 for no
+    item in common; ``p`` weighs the top (0.9: the first 10 ranks carry
+    about 86 % of the weight).  An item repeated within a ranking counts once."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be within (0, 1), not {p!r}")
+    depth = min(len(first), len(second))
+    if depth == 0:
+        return 0.0
+    seen_first: Set[Hashable] = set()
+    seen_second: Set[Hashable] = set()
+    overlap = 0
+    weighted = 0.0
+    for d in range(1, depth + 1):
+        a, b = first[d - 1], second[d - 1]
+        if a == b:
+            if a not in seen_first or a not in seen_second:
+                overlap += 1
+        else:
+            if a in seen_second and a not in seen_first:
+                overlap += 1
+            if b in seen_first and b not in seen_second:
+                overlap += 1
+        seen_first.add(a)
+        seen_second.add(b)
+        weighted += overlap / d * p ** d
+    return overlap / depth * p ** depth + (1 - p) / p * weighted
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial sign test of ``wins`` against ``losses``
+    (ties left out by the caller): the probability, were both sides equally
+    likely to win each comparison, of a split at least this uneven.  Sums
+    the binomial(n, 1/2) tail in log space, so it stays exact to float
+    precision for any n."""
+    if wins < 0 or losses < 0:
+        raise ValueError("wins and losses must be counts")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    low = min(wins, losses)
+    if 2 * low == n:
+        return 1.0
+    log_half = n * math.log(0.5)
+    log_n = math.lgamma(n + 1)
+    tail = math.fsum(math.exp(log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half)
+                     for i in range(low + 1))
+    return min(1.0, 2.0 * tail)

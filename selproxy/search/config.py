@@ -9,6 +9,8 @@ import dataclasses
 from typing import Optional, Tuple
 
 from ..config import Config
+from .capture import CaptureConfig
+from .interleave import InterleaveConfig
 
 __all__ = ("ParamSearchAPI", "SearchRoute", "SearchConfig", "SOLR", "DEFAULT_MAX_DECODED_BODY")
 
@@ -119,6 +121,10 @@ class SearchConfig:
     #: (raw or inflated) is passed through verbatim, not reranked (reason
     #: ``too_large``).  It bounds memory and the time JSON decoding holds the loop.
     max_decoded_body: int = DEFAULT_MAX_DECODED_BODY
+    #: ``--interleave A,B``: team-draft interleaving of two arms (relevance.py).
+    interleave: Optional[InterleaveConfig] = None
+    #: ``--capture FILE``: sampled searches and clicks as JSON lines (relevance.py).
+    capture: Optional[CaptureConfig] = None
 
     def __post_init__(self) -> None:
         if self.topn < 1 or self.max_topn < self.topn:

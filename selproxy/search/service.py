@@ -26,6 +26,7 @@ from . import _json
 from .config import SearchConfig, SearchRoute
 from .extract import FieldSpec, document_text, parse_field_spec
 from .overrides import Overrides, extract_overrides
+from .relevance import RelevanceOps
 from .respond import (accepts_gzip, apply_es, apply_params, client_response, decode_body,
                       format_server_timing, hits_at, passthrough_response, skip_reason)
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
@@ -163,9 +164,11 @@ def _with_body(headers: Headers, body: bytes) -> Headers:
 class _Prepared:
     """What every claimed request shares: overrides stripped, body decoded."""
 
-    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices")
+    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices", "started")
 
     def __init__(self, request: Request, max_topn: int) -> None:
+        # When the search reached the service: a capture line's total time.
+        self.started = time.perf_counter()
         self.overrides, self.target, self.headers = extract_overrides(
             request.target, request.headers, max_topn)
         self.path, _, self.query_string = self.target.partition("?")
@@ -195,6 +198,8 @@ class SearchService:
         model = getattr(ranker, "ranker", ranker)
         prefetch = getattr(model, "prefetch_query", None)
         self._prefetch_query = prefetch if callable(prefetch) else None
+        # [relevance] --interleave / --capture (issue 13); None when both are off.
+        self.relevance = RelevanceOps.from_config(self)
 
     # -- public surface -------------------------------------------------
 
@@ -204,8 +209,11 @@ class SearchService:
 
     def routes(self) -> List[Route]:
         """The core's routes, one per :class:`SearchRoute`."""
-        return [Route(tuple(r.methods), r.path, self._handler(r), r.name or r.kind)
-                for r in self.search_routes()]
+        routes = [Route(tuple(r.methods), r.path, self._handler(r), r.name or r.kind)
+                  for r in self.search_routes()]
+        if self.relevance is not None:  # [relevance] POST /_selproxy/click
+            routes += self.relevance.routes()
+        return routes
 
     def status(self) -> Dict[str, Any]:
         """Counters for ``GET /_selproxy/status`` (JSON-ready)."""
@@ -225,9 +233,13 @@ class SearchService:
         snapshot["pending_ranks"] = self.adapter.pending
         snapshot["topn"] = self.config.topn
         snapshot["rank_deadline"] = self.config.rank_deadline
+        if self.relevance is not None:  # [relevance] "interleaving" and "capture" sections
+            snapshot.update(self.relevance.status())
         return snapshot
 
     def close(self) -> None:
+        if self.relevance is not None:  # [relevance] arm rankers, capture writer
+            self.relevance.close()
         self.adapter.close()
 
     async def aclose(self) -> None:
@@ -236,6 +248,8 @@ class SearchService:
         aclose = aclose_method(self.adapter.ranker)
         if aclose is not None:
             await aclose()
+        if self.relevance is not None:  # [relevance]
+            await self.relevance.aclose()
         self.close()
 
     # -- handlers -------------------------------------------------------
@@ -356,12 +370,14 @@ class SearchService:
     async def _rerank(self, route: SearchRoute, request: Request, upstream: Upstream, prep: _Prepared,
                       plan: SearchPlan, response: Response, upstream_s: float, hits_path: Sequence[str],
                       cut_page: Callable[[Any, Optional[List[float]]], None],
-                      source_key: str = "_source", drop: Sequence[str] = ()) -> Response:
+                      source_key: str = "_source", drop: Sequence[str] = (),
+                      relevance: bool = False) -> Response:
         """The rerank step of one search once the engine has answered, shared
         by ``_search`` and ``_params``: read the hits at ``hits_path``, rank
         the plan's window, cut the client's page (``cut_page(doc, scores)``,
         in place) and answer.  A response it cannot rerank goes back as the
-        engine sent it."""
+        engine sent it.  ``relevance``: the relevance operations (interleaving,
+        capture) apply; today only to Elasticsearch ``_search``."""
         if response.status != 200:
             return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
         try:
@@ -374,16 +390,28 @@ class SearchService:
         if not hits:
             return self._verbatim(response, prep, [("skipped", "no_hits")], upstream_s)
 
-        job = self._window_job(route, plan, hits, source_key, drop)
-        if job is None:
+        window = hits[:plan.window]
+        texts = self._texts(window, route, source_key, drop)
+        ops = self.relevance if relevance else None  # [relevance] interleave, or sample for capture
+        if ops is not None and ops.interleave is not None and any(texts):
+            try:
+                return await ops.interleaved(route, request, response, prep, plan, doc, window,
+                                             texts, upstream_s)
+            except SourceFilterTooCostly as exc:
+                return await self._skip(upstream, request, prep, [exc.reason])
+        captured = ops.sample(prep, plan, window, texts) if ops is not None else None
+        if not any(texts):
             scores, outcome, timing = None, ("skipped", "no_doc_text"), RankTiming()
         else:
-            scores, outcome, timing = await self._rank_one(route, job)
+            scores, outcome, timing = await self._rank_one(route, self._job(plan, window, texts))
         try:
             cut_page(doc, scores)
         except SourceFilterTooCostly as exc:
             return await self._skip(upstream, request, prep, [exc.reason])
-        return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        answer = self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
+        if captured is not None and ops is not None:  # [relevance] queue the capture line
+            answer = ops.captured(captured, answer, doc, scores, _header(outcome), timing, upstream_s)
+        return answer
 
     def _plan_kwargs(self, route: SearchRoute, overrides: Overrides) -> Dict[str, Any]:
         return dict(topn=route.topn or self.config.topn, overrides=overrides,
@@ -412,7 +440,8 @@ class SearchService:
         response, upstream_s = await self._forward(
             upstream, request.method, prep.target_with(plan.params), headers, new_body)
         return await self._rerank(route, request, upstream, prep, plan, response, upstream_s,
-                                  ("hits", "hits"), lambda doc, scores: apply_es(doc, plan, scores))
+                                  ("hits", "hits"), lambda doc, scores: apply_es(doc, plan, scores),
+                                  relevance=True)
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         prep = _Prepared(request, self.config.max_topn)
