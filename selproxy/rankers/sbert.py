@@ -74,7 +74,7 @@ class SentenceTransformersRanker:
                 if max_length is not None:
                     model.max_seq_length = max_length
                 self._model = BiEncoderWrapper(model, batch_size=batch_size, cache_size=cache_size)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # files missing; a config transformers cannot read
             raise ModelNotFound(f"{self.model_dir} is not a loadable {self.kind} model: "
                                 f"{' '.join(str(exc).split())[:300]}") from None
 

@@ -52,7 +52,9 @@ name (``--ranker sentence-transformers --model-dir DIR``, see
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
+import inspect
 import math
 import sys
 import threading
@@ -118,6 +120,21 @@ def _has(obj: Any, method: str) -> bool:
     return callable(getattr(obj, method, None))
 
 
+def _with_supported(method: Callable[..., Any], **wanted: Any) -> Callable[..., Any]:
+    """``method`` with those of ``wanted`` keywords it takes (all of them if
+    it takes ``**kwargs``): the libraries' own methods take them all, an
+    object named with ``kind=`` may take none."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return method
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        taken = wanted
+    else:
+        taken = {name: value for name, value in wanted.items() if name in parameters}
+    return functools.partial(method, **taken) if taken else method
+
+
 class _Wrapper:
     """What every wrapper has: the object it wraps, and a name for the
     status page and logs."""
@@ -143,6 +160,7 @@ class CrossEncoderWrapper(_Wrapper):
     def __init__(self, model: Any, *, batch_size: int = 32) -> None:
         super().__init__(model)
         self.batch_size = batch_size
+        self._predict_pairs = _with_supported(model.predict, batch_size=batch_size, show_progress_bar=False)
 
     def warmup(self) -> None:
         self.batch_rank([("warm up", ["a passage to warm the model up"])])
@@ -164,7 +182,7 @@ class CrossEncoderWrapper(_Wrapper):
     def _predict(self, pairs: List[Tuple[str, str]]) -> List[float]:
         import numpy as np
 
-        raw = self.wrapped.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        raw = self._predict_pairs(pairs)
         scores = np.asarray(raw, dtype=np.float64)
         if scores.ndim == 2:
             scores = scores[:, -1]  # a two-label head: the last label is "relevant"
@@ -220,8 +238,10 @@ class BiEncoderWrapper(_Wrapper):
         super().__init__(model)
         self.batch_size = batch_size
         self.cache = _VectorCache(cache_size)
-        self._encode_query = getattr(model, "encode_query", None) or model.encode
-        self._encode_document = getattr(model, "encode_document", None) or model.encode
+        options = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+        self._encode_query = _with_supported(getattr(model, "encode_query", None) or model.encode, **options)
+        self._encode_document = _with_supported(getattr(model, "encode_document", None) or model.encode,
+                                                **options)
 
     def warmup(self) -> None:
         self.batch_rank([("warm up", ["a passage to warm the model up"])])
@@ -268,7 +288,7 @@ class BiEncoderWrapper(_Wrapper):
         """Unit-length float64 rows, so a dot product is the cosine."""
         import numpy as np
 
-        raw = encode(texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        raw = encode(texts)
         matrix = np.asarray(raw, dtype=np.float64)
         if matrix.ndim != 2 or matrix.shape[0] != len(texts):
             raise ValueError(f"encode gave vectors of shape {matrix.shape} for {len(texts)} texts")

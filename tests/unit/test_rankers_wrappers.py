@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
@@ -102,6 +103,19 @@ def test_kind_names_an_object_that_looks_like_nothing_known() -> None:
     assert isinstance(ranker, CrossEncoderWrapper)
     assert ranker.rank("q", ["ab", "a", "abcd"]) == [2.0, 1.0, 4.0]
     assert through_adapter(ranker, ["ab", "a"]) == [2.0, 1.0]
+
+
+def test_kind_bi_encoder_takes_a_bare_encode_and_scores_the_cosine() -> None:
+    class Letters:
+        """encode(texts) and nothing else: counts of a, b and c."""
+
+        def encode(self, texts: List[str]) -> List[List[float]]:
+            return [[float(t.count("a")), float(t.count("b")), float(t.count("c"))] for t in texts]
+
+    ranker = wrap(Letters(), kind="bi-encoder")
+    assert isinstance(ranker, BiEncoderWrapper)
+    scores = ranker.rank("ab", ["aabb", "c", "a", ""])
+    assert scores == pytest.approx([1.0, 0.0, math.sqrt(0.5), 0.0])
 
 
 # -- sentence-transformers ------------------------------------------------------------
@@ -198,8 +212,12 @@ def test_named_ranker_downloads_nothing(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="no model directory"):
         SentenceTransformersRanker(tmp_path / "absent")
     (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
-    with pytest.raises((ModelNotFound, OSError, ValueError)):
-        SentenceTransformersRanker(tmp_path)  # no weights: an error, not a download
+    with pytest.raises(ModelNotFound, match=f"{tmp_path} is not a loadable cross-encoder model: .*model_type"):
+        SentenceTransformersRanker(tmp_path)
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
+    # No weights: an error at once, not a download.
+    with pytest.raises(ModelNotFound, match="is not a loadable bi-encoder model: .*no file named model.safetensors"):
+        SentenceTransformersRanker(tmp_path)
 
 
 # -- rerankers --------------------------------------------------------------------------
