@@ -5,9 +5,10 @@ no cluster, no Docker daemon.
   linting); two stages, the runtime one non-root with every write path on a
   volume; its HEALTHCHECK command, run here, passes against a loopback
   ``/_selproxy/livez`` and fails against a 503.
-* ``docker-compose.yml`` and ``deploy/prometheus.yml``: parse, and every
-  reference (services, volumes, files, the scrape target) points at
-  something that exists.
+* ``docker-compose.yml`` and ``deploy/prometheus.yml``: parse, the compose
+  file follows the Compose specification (``compose-spec``, the Rust
+  ``compose_spec`` parser), and every reference (services, volumes, files,
+  the scrape target) points at something that exists.
 * ``deploy/helm/selproxy``: ``helm lint --strict``, then ``helm template``
   with the default values and with every optional part on; each manifest is
   validated against the Kubernetes schemas (``kubernetes-validate``, strict)
@@ -208,6 +209,18 @@ def test_compose_file_parses_and_its_references_hold() -> None:
     (target,) = job["static_configs"][0]["targets"]
     host, port = target.split(":")
     assert host == "selproxy" and port == env["SELPROXY_ADMIN_LISTEN"].rpartition(":")[2]
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    compose_spec = pytest.importorskip(
+        "compose_spec", reason="compose-spec not installed (pip install '.[test]')")
+    compose = compose_spec.PyCompose.from_yaml(COMPOSE.read_text())
+    assert compose.service_names() == ["opensearch", "selproxy", "prometheus"]
+    assert compose.to_dict()["services"]["selproxy"]["read_only"] is True
+    # It does validate: a misspelt service key is refused.
+    misspelt = COMPOSE.read_text().replace("    read_only: true", "    read_onyl: true")
+    with pytest.raises(ValueError, match="read_onyl"):
+        compose_spec.PyCompose.from_yaml(misspelt)
 
 
 # -- Helm chart ----------------------------------------------------------------------------
