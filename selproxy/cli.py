@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--ranker-option", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the ranker (repeatable)")
     search.add_argument("--model-dir", metavar="DIR",
-                        help="for rankers that load a model from a directory (cross-encoder, bi-encoder): "
+                        help="for rankers that load a model from a directory (cross-encoder, bi-encoder, "
+                             "sentence-transformers): "
                              "a local model directory")
     search.add_argument("--url", metavar="URL",
                         help="for --ranker remote: a /rerank endpoint (Cohere, Jina, TEI, Infinity)")

