@@ -20,7 +20,7 @@ import time
 import zlib
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..handler import Headers, Request, Response, Route, Upstream, header_value
+from ..handler import Headers, NotifyRoute, Request, Response, Route, Upstream, header_value
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming
 from . import _json
 from .config import SearchConfig, SearchRoute
@@ -31,7 +31,9 @@ from .respond import (accepts_gzip, apply_es, apply_params, client_response, dec
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
                       request_body, rewrite_query_string)
 from .routes import default_routes, split_indices
+from .shadow import ShadowMode
 from .source_filter import SourceFilterTooCostly
+from .window_cache import WindowCache, WriteLog
 
 __all__ = ("SearchService", "SearchStats", "document_key", "hit_texts")
 
@@ -194,7 +196,8 @@ class SearchService:
     :mod:`selproxy.rankers.base`).
     """
 
-    def __init__(self, ranker: Any, config: Optional[SearchConfig] = None) -> None:
+    def __init__(self, ranker: Any, config: Optional[SearchConfig] = None, *,
+                 write_log: Optional[WriteLog] = None) -> None:
         self.config = config or SearchConfig()
         self.adapter = RankerAdapter(ranker, threads=self.config.ranker_threads,
                                      max_pending=self.config.max_pending_ranks)
@@ -205,6 +208,17 @@ class SearchService:
         model = getattr(ranker, "ranker", ranker)
         prefetch = getattr(model, "prefetch_query", None)
         self._prefetch_query = prefetch if callable(prefetch) else None
+        # -- window cache and shadow mode (window_cache.py, shadow.py) --
+        cfg = self.config
+        self._ranker_name = str(getattr(model, "name", None) or type(model).__name__)
+        self.window_cache = WindowCache(
+            max_entries=cfg.cache_entries, max_bytes=cfg.cache_bytes, ttl=cfg.cache_ttl,
+            settle=cfg.cache_settle, by_index=cfg.cache_invalidation == "index",
+            first_page=cfg.cache_first_page, write_log=write_log)
+        self.shadow = ShadowMode(enabled=cfg.shadow, ring=cfg.shadow_ring,
+                                 concurrency=cfg.shadow_concurrency, queue=cfg.shadow_queue,
+                                 record_queries=cfg.shadow_record_queries)
+        # -- end window cache and shadow mode --
 
     # -- public surface -------------------------------------------------
 
@@ -216,6 +230,13 @@ class SearchService:
         """The core's routes, one per :class:`SearchRoute`."""
         return [Route(tuple(r.methods), r.path, self._handler(r), r.name or r.kind)
                 for r in self.search_routes()]
+
+    def notify_routes(self) -> List[NotifyRoute]:
+        """Writes the core passes through and tells the window cache of
+        (listed after every claimed route); none when no route caches."""
+        if not any(self._caches(r) for r in self.search_routes()):
+            return []
+        return self.window_cache.notify_routes()
 
     def status(self) -> Dict[str, Any]:
         """Counters for ``GET /_selproxy/status`` (JSON-ready)."""
@@ -235,9 +256,12 @@ class SearchService:
         snapshot["pending_ranks"] = self.adapter.pending
         snapshot["topn"] = self.config.topn
         snapshot["rank_deadline"] = self.config.rank_deadline
+        snapshot["window_cache"] = self.window_cache.stats()   # window cache
+        snapshot["shadow"] = self.shadow.stats()               # shadow mode
         return snapshot
 
     def close(self) -> None:
+        self.shadow.close()
         self.adapter.close()
 
     async def aclose(self) -> None:
@@ -280,6 +304,11 @@ class SearchService:
                         self._prefetch_query(query)
                     except Exception as exc:  # a hint: the search embeds the query itself
                         log.debug("query prefetch failed: %s", type(exc).__name__)
+
+    def _caches(self, route: SearchRoute) -> bool:
+        """Whether the window cache serves ``route`` (only ``_search`` routes)."""
+        wanted = self.config.window_cache if route.window_cache is None else route.window_cache
+        return wanted and route.kind == "search" and not self.shadow.applies(route)
 
     def _deadline(self, route: SearchRoute) -> float:
         return route.rank_deadline or self.config.rank_deadline
@@ -372,6 +401,17 @@ class SearchService:
                            query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
         if plan.skip:
             return await self._skip(upstream, request, prep, [plan.skip])
+        # -- shadow mode (shadow.py): the engine's answer, the rerank after it --
+        if self.shadow.applies(route):
+            return await self.shadow.search(self, route, request, upstream, prep, plan)
+        # -- window cache (window_cache.py): a later page from a kept window --
+        cache_key, cache_started = None, time.monotonic()
+        if self._caches(route):
+            cache_key = self.window_cache.key_for(route, self._ranker_name, prep, plan, body)
+            cached = self.window_cache.page(cache_key, plan) if self.window_cache.serves(plan.offset) else None
+            if cached is not None:
+                return self._answer(request, cached[0], prep, cached[1], [cached[2]], 0.0, RankTiming())
+        # -- end window cache --
         self._prefetch([plan.query])
 
         if plan.body is not None:
@@ -384,7 +424,8 @@ class SearchService:
         if response.status != 200:
             return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
         try:
-            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
+            decoded = decode_body(response, self.config.max_decoded_body)
+            doc = _json.loads(decoded)
             hits = hits_at(doc, ("hits", "hits"))
             if hits is None:
                 raise TypeError("hits.hits is not a list of objects")
@@ -403,10 +444,15 @@ class SearchService:
             apply_es(doc, plan, scores)
         except SourceFilterTooCostly as exc:
             return await self._skip(upstream, request, prep, [exc.reason])
+        if cache_key is not None:   # window cache: keep a complete ranking
+            self.window_cache.keep(cache_key, response, decoded, scores, outcome, plan, hits=len(hits),
+                                   started=cache_started, indices=prep.indices)
         return self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         prep = _Prepared(request, route, self.config.max_topn)
+        if self.shadow.applies(route):   # shadow mode: passed through, not recorded
+            return await self._skip(upstream, request, prep, ["shadow"])
         try:
             planned = plan_msearch(request_body(request, self.config.max_decoded_body), prep.indices,
                                    query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
@@ -475,6 +521,8 @@ class SearchService:
         api = route.api
         assert api is not None
         prep = _Prepared(request, route, self.config.max_topn)
+        if self.shadow.applies(route):   # shadow mode: passed through, not recorded
+            return await self._skip(upstream, request, prep, ["shadow"])
         form = ""
         content_type = (header_value(prep.headers, "content-type") or "").lower()
         if request.body and content_type.startswith("application/x-www-form-urlencoded"):
