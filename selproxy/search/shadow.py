@@ -129,7 +129,8 @@ class ShadowMode:
         self.searches += 1
         if response.status == 200:
             self._start(service, route, upstream, request, prep, plan)
-        return service._verbatim(response, prep, [("skipped", "shadow")], upstream_s)
+        answer: Response = service._verbatim(response, prep, [("skipped", "shadow")], upstream_s)
+        return answer
 
     def _start(self, service: Any, route: Any, upstream: Upstream, request: Request,
                prep: Any, plan: Any) -> None:

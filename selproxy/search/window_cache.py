@@ -218,7 +218,7 @@ class WindowCache:
         self.hits = 0
         self.misses = 0
         self.stores = 0
-        self.writes_seen = 0
+        self.write_notices = 0
         self.evictions: Dict[str, int] = collections.Counter()
         self.not_stored: Dict[str, int] = collections.Counter()
 
@@ -337,10 +337,16 @@ class WindowCache:
     def on_write(self, indices: Optional[Sequence[str]]) -> None:
         """A write to ``indices`` (None: any index) passed through this worker:
         note it for every worker, and drop this worker's entries it stales."""
-        self.writes_seen += 1
+        self.write_notices += 1
         self.write_log.note(indices)
-        for key in [k for k, e in self._entries.items() if self._stale(e, self._clock())]:
-            self._drop(key, "write")
+        if not self.by_index or indices is None or not indices or any(_broad(n) for n in indices):
+            # Every entry depends on such a write: all go now, so a stream of
+            # writes costs nothing once the cache is empty.
+            for key in list(self._entries):
+                self._drop(key, "write")
+        # PERF(selproxy): a write to named indices leaves the entries it
+        # stales to the check on their next lookup (counted then), not a
+        # scan of every entry per write; the bounds still hold.
 
     def notify_routes(self) -> List[NotifyRoute]:
         """The notify routes that tell this cache of writes."""
@@ -362,7 +368,7 @@ class WindowCache:
             "stores": self.stores,
             "evictions": dict(self.evictions),
             "not_stored": dict(self.not_stored),
-            "writes_seen": self.writes_seen,
+            "write_notices": self.write_notices,
         }
 
 

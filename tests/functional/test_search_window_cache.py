@@ -147,7 +147,7 @@ def test_a_bulk_through_the_proxy_drops_the_window_and_a_direct_write_waits_for_
             async with s.http.post(s.proxy.url + "/_bulk?refresh=true", data=lines,
                                    headers={"Content-Type": "application/x-ndjson"}) as r:
                 assert r.status == 200 and not (await r.json())["errors"]
-            assert s.cache.stats()["writes_seen"] == 2   # the head, then the end of the exchange
+            assert s.cache.stats()["write_notices"] == 2   # the head, then the end of the exchange
             engine_calls = s.tap.requests
             header, after = await _search(s.http, s.proxy.url, 5, 5)
             assert header == "applied" and s.tap.requests == engine_calls + 1
