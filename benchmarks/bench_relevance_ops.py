@@ -18,8 +18,8 @@ Phases:
   pages 2 and 3 said ``applied; cached``.
 - ``shadow``: page 1 per query from the engine directly, through ``--ranker
   none`` (passthrough) and through ``--shadow``: the client's wall time, back to
-  back and with a 100 ms gap between queries (a user's think time, in which
-  the shadow rerank runs), and the shadow records.
+  back and with a 100 ms gap between queries (``--gaps``: a user's think
+  time, in which the shadow rerank runs), and the shadow records.
 """
 from __future__ import annotations
 
@@ -125,9 +125,10 @@ async def phase_pages(engine_url: str, topics: Sequence[Any], store: str, ranker
     return out
 
 
-async def phase_shadow(engine_url: str, topics: Sequence[Any], store: str, ranker: Optional[str]) -> Dict[str, Any]:
+async def phase_shadow(engine_url: str, topics: Sequence[Any], store: str, ranker: Optional[str],
+                       gaps: Sequence[float] = (0.0, 0.1)) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    for gap in (0.0, 0.1):
+    for gap in gaps:
         suffix = "" if not gap else f", {gap * 1e3:.0f} ms gap"
         out["engine" + suffix] = quantiles([r[0]["wall_ms"] for r in await pages(engine_url, topics, 1, gap)])
         for label, flags in (("selproxy --ranker none", ("--ranker", "none")), ("selproxy --shadow", ("--shadow",))):
@@ -173,7 +174,8 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                 results["pages"] = await phase_pages(engine_url, topics, store, args.ranker)
                 print(json.dumps(results["pages"], indent=1), file=sys.stderr)
             if "shadow" in phases:
-                results["shadow"] = await phase_shadow(engine_url, topics, store, args.ranker)
+                results["shadow"] = await phase_shadow(engine_url, topics, store, args.ranker,
+                                                       [float(g) for g in args.gaps.split(",")])
                 print(json.dumps(results["shadow"], indent=1), file=sys.stderr)
         finally:
             engine.stop()
@@ -186,6 +188,7 @@ def main() -> int:
     parser.add_argument("--phases", default="pages,shadow")
     parser.add_argument("--ranker", help="a --ranker for selproxy (default: its default, after selproxy embed)")
     parser.add_argument("--queries", type=int, default=0, help="only the first N queries")
+    parser.add_argument("--gaps", default="0,0.1", help="seconds between queries in the shadow phase")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     import uvloop
