@@ -247,3 +247,49 @@ def test_a_write_to_one_index_drops_its_windows(mode):
             header, _ = await _search(s.http, s.proxy.url, 5, 5)
             assert header == "applied"
     run(scenario())
+
+
+def test_a_write_through_one_worker_drops_the_windows_of_all():
+    import http.client
+    import urllib.parse
+
+    from support.engine import engine_in_thread
+    from support.proxy import ProxyProcess
+
+    def post(conn, target, body, ctype="application/json"):
+        conn.request("POST", target, body=body, headers={"Content-Type": ctype})
+        response = conn.getresponse()
+        data = response.read()
+        assert response.status in (200, 201), data
+        return response.headers.get("X-Selproxy-Rerank"), data
+
+    def page(conn, offset, n):
+        # A query of its own per connection: a window of its own, in the
+        # worker that connection reached.
+        query = {"query": {"match": {"title": f"rocket note {n}"}}}
+        return post(conn, "/books/_search", json.dumps({**query, "from": offset, "size": 5}))[0]
+
+    with engine_in_thread() as url:
+        docs = "".join(json.dumps({"index": {"_index": "books", "_id": f"d{k}"}}) + "\n" + json.dumps(d) + "\n"
+                       for k, d in enumerate(DOCS))
+        engine = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(engine.hostname, engine.port, timeout=30)
+        post(conn, "/_bulk?refresh=true", docs, "application/x-ndjson")
+        conn.close()
+        args = ["--upstream", url, "--ranker", "bm25", "--workers", "2", "--cache-settle", "0", "--topn", "20"]
+        with ProxyProcess(args) as proxy:
+            proxy.wait_for_workers(2)
+            where = urllib.parse.urlsplit(proxy.url)
+            conns = [http.client.HTTPConnection(where.hostname, where.port, timeout=30) for _ in range(12)]
+            pids = set()
+            for n, c in enumerate(conns):
+                assert page(c, 0, n) == "applied"
+                assert page(c, 5, n) == "applied; cached"
+                c.request("GET", "/_selproxy/status")
+                pids.add(json.loads(c.getresponse().read())["pid"])
+            assert len(pids) == 2, "the connections all reached one worker"
+            writer = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+            post(writer, "/books/_doc/new?refresh=true", json.dumps({"title": "rocket"}))
+            for n, c in enumerate(conns):
+                assert page(c, 5, n) == "applied", n
+                c.close()
