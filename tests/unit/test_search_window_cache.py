@@ -124,3 +124,41 @@ def test_write_routes_are_notify_routes_that_do_not_shadow_searches():
 def test_bad_bounds(bad):
     with pytest.raises(ValueError):
         WindowCache(**bad)
+
+
+class Plan:
+    offset, size, window, fetch = 0, 10, 50, 50
+
+
+def test_only_a_complete_ranking_is_kept_and_first_pages_refresh():
+    cache = WindowCache(settle=0.0, write_log=WriteLog(64))
+    response = Response(200, [])
+    for name, scores, outcome in [(b"p", [1.0], ("applied", "partial=1/50")), (b"f", None, ("fallback", "deadline")),
+                                  (b"s", None, ("skipped", "no_doc_text"))]:
+        assert not cache.keep(name, response, b"{}", scores, outcome, Plan(), hits=50, started=0.0,
+                              indices=("books",))
+    assert cache.not_stored == {"partial": 1, "fallback": 1, "skipped": 1} and len(cache) == 0
+    assert cache.keep(b"k", response, b"{}", [1.0] * 50, ("applied", "fusion=off"), Plan(), hits=50,
+                      started=cache._clock(), indices=("books",))
+    assert not cache.serves(0) and cache.serves(10)
+    assert WindowCache(first_page=True, write_log=WriteLog(64)).serves(0)
+
+
+def test_a_cached_page_is_cut_from_the_kept_order_and_says_so():
+    import json
+
+    from selproxy.search.rewrite import SearchPlan
+
+    cache = WindowCache(settle=0.0, write_log=WriteLog(64))
+    hits = [{"_id": str(i), "_score": 1.0} for i in range(6)]
+    body = json.dumps({"took": 3, "hits": {"total": {"value": 6}, "max_score": 1.0, "hits": hits}}).encode()
+    scores = [float(i) for i in range(4)]   # the window (4) reversed, then 4, 5 in engine order
+    plan = SearchPlan(query="q", offset=0, size=6, window=4, fetch=6)
+    assert cache.keep(b"k", Response(200, [("X-Elastic-Product", "Elasticsearch")]), body, scores,
+                      ("applied", "fusion=off"), plan, hits=6, started=cache._clock(), indices=("b",))
+    later = SearchPlan(query="q", offset=2, size=3, window=4, fetch=5)
+    response, doc, outcome = cache.page(b"k", later)
+    assert outcome == ("applied", "fusion=off; cached")
+    assert response.headers == [("X-Elastic-Product", "Elasticsearch")]
+    assert [h["_id"] for h in doc["hits"]["hits"]] == ["1", "0", "4"]
+    assert doc["hits"]["max_score"] == 3.0 and doc["took"] == 3
