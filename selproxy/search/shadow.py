@@ -63,6 +63,9 @@ class ShadowRecord:
     ranker_scores: Optional[List[float]]
     upstream_ms: float
     rank_ms: float
+    #: SHA-1 of the text the ranker got for each hit of the window, in engine
+    #: order (the embedding store keys texts the same way).
+    text_hashes: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def client_page(self) -> List[str]:
@@ -200,7 +203,8 @@ class ShadowMode:
             engine_ids=[_hit_id(h) for h in hits], ranked_ids=[_hit_id(hits[i]) for i in order],
             outcome=_header(outcome), engine_scores=_engine_scores(window),
             ranker_scores=[float(s) for s in scores] if scores is not None else None,
-            upstream_ms=upstream_s * 1e3, rank_ms=timing.rank * 1e3)
+            upstream_ms=upstream_s * 1e3, rank_ms=timing.rank * 1e3,
+            text_hashes=[hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts])
 
     def _record(self, record: ShadowRecord) -> None:
         self.recorded += 1

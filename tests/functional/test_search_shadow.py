@@ -94,6 +94,8 @@ def test_shadow_answers_with_the_engine_bytes_and_records_both_orders_after():
                     assert record.ranked_ids == [h["_id"] for h in ranked]
                     assert record.client_page == [h["_id"] for h in expected["hits"]["hits"]]
                     assert record.outcome == "applied"
+                    assert len(record.text_hashes) == 12 and len(set(record.text_hashes)) == 12
+                    assert record.ranker_scores is not None and len(record.ranker_scores) == 12
                     status = proxy.status.document()["search"]
                     shadow = status["shadow"]
                     assert (shadow["searches"], shadow["recorded"], shadow["dropped"]) == (1, 1, 0)
