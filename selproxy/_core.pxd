@@ -170,6 +170,7 @@ cdef class Exchange:
     cdef list pending              # framed body pieces not yet sent upstream
     cdef Py_ssize_t pending_size
     cdef RouteMatch claim
+    cdef RouteMatch notify         # a notify route's match: told again at _finish
     cdef object body               # a claimed request's body: bytes, then a bytearray
     cdef Py_ssize_t budgeted       # of it, bytes counted in core.counters.buffered_bodies
     cdef bint body_first           # passthrough: the body is read before an upstream is taken
@@ -295,3 +296,4 @@ cdef class ProxyCore:
 
     cdef void _sweep(self)
     cdef bint take_budget(self, Py_ssize_t size)
+    cdef void notify(self, RouteMatch match, MessageHead head, bint done)

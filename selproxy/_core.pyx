@@ -1542,6 +1542,11 @@ cdef class ClientProtocol(ResponseSink):
             err = self._check_target(head)
         if err is None:
             ex.claim = core.routes.lookup(head.method, head.target)
+            if ex.claim is not None and ex.claim.notify:
+                # A write the search layer wants to hear of: told now, and
+                # again when its exchange ends; it passes through as any other.
+                ex.notify, ex.claim = ex.claim, None
+                core.notify(ex.notify, head, False)
             if ex.claim is not None:
                 if ex.upgrade:
                     err = BadRequest("a claimed route cannot be upgraded")
@@ -2029,6 +2034,8 @@ cdef class ClientProtocol(ResponseSink):
                             ex.head.target.decode("latin-1"),
                             (monotonic() - ex.started_at) * 1000.0)
         ex.answered = True
+        if ex.notify is not None:
+            self.core.notify(ex.notify, ex.head, True)
         if ex.budgeted:
             self.core.counters.buffered_bodies -= ex.budgeted
             ex.budgeted = 0
@@ -2248,6 +2255,18 @@ cdef class ProxyCore:
         """Count ``size`` more buffered bytes; False once over the budget."""
         self.counters.buffered_bodies += size
         return self.counters.buffered_bodies <= self.max_buffered_bodies
+
+    cdef void notify(self, RouteMatch match, MessageHead head, bint done):
+        """Tell a notify route's handler of a request passing through:
+        ``handler(method, target, params, done)``, at its head (done False)
+        and when its exchange ends (done True).  It runs on the loop and
+        must be quick; an error in it is logged, never the request's."""
+        try:
+            match.route.handler(head.method.decode("latin-1"), head.target.decode("latin-1"),
+                                match.params, done)
+        except Exception as exc:
+            if self.logger is not None:
+                self.logger.warning("notify route %s failed: %s", match.route.path, type(exc).__name__)
 
     cdef void _sweep(self):
         """Fire the deadlines that have passed.  PERF(selproxy): one timer

@@ -3,6 +3,7 @@
 cdef class RouteMatch:
     cdef readonly object route      # the selproxy.handler.Route
     cdef readonly dict params       # captured {name: segment}
+    cdef readonly bint notify       # a notify route's: passed through, its handler told
 
 
 cdef class RouteTable:

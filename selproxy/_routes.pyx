@@ -19,6 +19,10 @@ cdef class RouteMatch:
     def __cinit__(self, route, dict params):
         self.route = route
         self.params = params
+        # A notify route (selproxy.handler.NotifyRoute) is not claimed: the
+        # core tells its handler and passes the request through.  Read once
+        # per match, never for a request no route matches.
+        self.notify = getattr(route, "notify", False) is True
 
     def __repr__(self):
         return f"RouteMatch({self.route!r}, {self.params!r})"

@@ -229,6 +229,38 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also store the documents' texts (default: only their hashes)")
     relevance.add_argument("--capture-seed", type=int, metavar="N",
                            help="seed the sampling (default: unpredictable)")
+    cache = p.add_argument_group("window cache (later pages of a reranked search)")
+    cache.add_argument("--no-window-cache", dest="window_cache", action="store_false",
+                       help="rerank every page anew instead of cutting later pages from the kept window")
+    cache.add_argument("--cache-entries", type=int, default=sdefaults.cache_entries, metavar="N",
+                       help="windows kept per worker (default %(default)s)")
+    cache.add_argument("--cache-bytes", type=int, default=sdefaults.cache_bytes, metavar="BYTES",
+                       help="bytes of windows kept per worker (default %(default)s)")
+    cache.add_argument("--cache-ttl", type=float, default=sdefaults.cache_ttl, metavar="S",
+                       help="seconds a window is served; writes that bypass the proxy show after it "
+                            "(default %(default)s)")
+    cache.add_argument("--cache-settle", type=float, default=sdefaults.cache_settle, metavar="S",
+                       help="seconds a write through the proxy takes to show (the engine's refresh "
+                            "interval); windows begun sooner are not kept (default %(default)s)")
+    cache.add_argument("--cache-invalidation", choices=("all", "index"),
+                       default=sdefaults.cache_invalidation,
+                       help="a write through the proxy drops every window ('all', safe with aliases) "
+                            "or those of its index (default %(default)s)")
+    cache.add_argument("--cache-first-page", action="store_true",
+                       help="serve a repeated first page from the window too")
+    shadow = p.add_argument_group("shadow mode")
+    shadow.add_argument("--shadow", action="store_true",
+                        help="answer every search in the engine's order, byte for byte, and rerank it "
+                             "after the answer, recording both orders on the status page")
+    shadow.add_argument("--shadow-ring", type=int, default=sdefaults.shadow_ring, metavar="N",
+                        help="shadow records the status page keeps (default %(default)s)")
+    shadow.add_argument("--shadow-concurrency", type=int, default=sdefaults.shadow_concurrency, metavar="N",
+                        help="shadow reranks at once (default %(default)s)")
+    shadow.add_argument("--shadow-queue", type=int, default=sdefaults.shadow_queue, metavar="N",
+                        help="shadow reranks running or waiting; past it they are dropped "
+                             "(default %(default)s)")
+    shadow.add_argument("--shadow-record-queries", action="store_true",
+                        help="keep each shadowed query's text in its record (else a hash)")
 
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
@@ -262,7 +294,12 @@ def search_from_args(args: argparse.Namespace) -> Any:
     fields: Dict[str, Any] = dict(
         topn=args.topn, max_topn=args.max_topn, rank_deadline=args.rank_deadline,
         text_fields=tuple(args.text_field), max_field_chars=args.max_field_chars,
-        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks)
+        ranker_threads=args.ranker_threads, max_pending_ranks=args.max_pending_ranks,
+        window_cache=args.window_cache, cache_entries=args.cache_entries, cache_bytes=args.cache_bytes,
+        cache_ttl=args.cache_ttl, cache_settle=args.cache_settle,
+        cache_invalidation=args.cache_invalidation, cache_first_page=args.cache_first_page,
+        shadow=args.shadow, shadow_ring=args.shadow_ring, shadow_concurrency=args.shadow_concurrency,
+        shadow_queue=args.shadow_queue, shadow_record_queries=args.shadow_record_queries)
     if args.include_index:
         fields["include_indices"] = tuple(args.include_index)
     if args.exclude_index:

@@ -23,9 +23,10 @@ raises ``ValueError``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Awaitable, Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Awaitable, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
-__all__ = ("Headers", "Request", "Response", "Upstream", "Handler", "Route", "header_value")
+__all__ = ("Headers", "Request", "Response", "Upstream", "Handler", "Route", "NotifyHandler",
+           "NotifyRoute", "header_value")
 
 Headers = List[Tuple[str, str]]
 
@@ -107,3 +108,27 @@ class Route:
     path: str
     handler: Handler
     name: str = ""
+
+
+#: ``handler(method, target, params, done)``: see :class:`NotifyRoute`.
+NotifyHandler = Callable[[str, str, Dict[str, str], bool], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class NotifyRoute:
+    """Requests the core passes through unchanged, and streaming, but tells
+    ``handler`` about: once when the request head is read (``done`` False)
+    and once when its exchange ends (``done`` True, whatever the outcome).
+
+    ``path`` and ``methods`` match as in :class:`Route`, against the routes
+    before it: list notify routes after the claimed ones.  The handler runs
+    on the loop and must be quick; an exception in it is logged and the
+    request goes on.  The search layer uses these to hear of writes
+    (``_bulk``, ``_doc``...) and drop its cached windows.
+    """
+
+    methods: Sequence[str]
+    path: str
+    handler: NotifyHandler
+    name: str = ""
+    notify: bool = dataclasses.field(default=True, init=False)

@@ -182,6 +182,7 @@ class Proxy:
         self._warmup: Optional["asyncio.Future[Any]"] = None
         self._search: Optional[Tuple[Union[Ranker, str, None], Optional[Dict[str, Any]],
                                      Optional["SearchConfig"]]] = None
+        self._write_log: Any = None
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
                 from .rankers.registry import check_ranker
@@ -191,6 +192,10 @@ class Proxy:
             elif ranker_options:
                 raise TypeError("ranker_options go with a ranker given by name")
             self._search = (ranker, ranker_options, search)
+            # Made before the workers fork, so a write through any worker
+            # drops the window caches of all (selproxy.search.window_cache).
+            from .search.window_cache import WriteLog
+            self._write_log = WriteLog()
 
     def _start_search(self) -> Optional["SearchService"]:
         """The search service, built in the process that serves: a model
@@ -216,7 +221,7 @@ class Proxy:
                                                     limit=1000)) from exc
             self.search_service = SearchService(
                 ranker if ranker is not None else IdentityRanker(),
-                search if search is not None else SearchConfig())
+                search if search is not None else SearchConfig(), write_log=self._write_log)
         return self.search_service
 
     # -- addresses ---------------------------------------------------------
@@ -244,12 +249,14 @@ class Proxy:
         status = StatusPage(None, self.config)
         status.sections.update(self.status_sections)
         status.check_upstream = _UpstreamCheck(self.config)
-        routes = list(self.routes)
+        routes: List[Any] = list(self.routes)
         service = self._start_search()
         if service is not None:
             routes += service.routes()
             status.sections["search"] = service.status
         routes.append(Route(("GET",), "/_selproxy/status", status.handle, "status"))
+        if service is not None:   # writes the window cache hears of: after every claimed route
+            routes += service.notify_routes()
         core = _core.ProxyCore(self.config, loop, routes, self._run_route, log)
         status.core = core
         self.core, self.status = core, status

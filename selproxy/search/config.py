@@ -79,6 +79,10 @@ class SearchRoute:
     text_fields: Optional[Tuple[str, ...]] = None
     rank_deadline: Optional[float] = None
     topn: Optional[int] = None
+    #: Shadow mode for this route (None: ``SearchConfig.shadow``).
+    shadow: Optional[bool] = None
+    #: The window cache for this route (None: ``SearchConfig.window_cache``).
+    window_cache: Optional[bool] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +129,37 @@ class SearchConfig:
     interleave: Optional[InterleaveConfig] = None
     #: ``--capture FILE``: sampled searches and clicks as JSON lines (relevance.py).
     capture: Optional[CaptureConfig] = None
+    #: Keep each reranked window, so later pages of the same search need no
+    #: engine and no model call (:mod:`selproxy.search.window_cache`).  On:
+    #: a later page cut from the window its first page came from is what the
+    #: paging rule promises; the first page always goes to the engine.
+    window_cache: bool = True
+    #: Bounds of each worker's window cache: entries, and bytes (the engine's
+    #: decoded responses, the scores, the keys).
+    cache_entries: int = 1024
+    cache_bytes: int = 64 << 20
+    #: Seconds an entry is served; writes that bypass the proxy show after it.
+    cache_ttl: float = 120.0
+    #: Seconds a write through the proxy may take to show in searches (the
+    #: engine's refresh interval): entries begun sooner after it are not kept.
+    cache_settle: float = 1.0
+    #: ``"all"``: a write through the proxy drops every entry (safe with
+    #: aliases); ``"index"``: only the entries naming the written index (and
+    #: wildcard, ``_all`` and remote ones).
+    cache_invalidation: str = "all"
+    #: Serve a repeated first page from the cache too (else it refreshes it).
+    cache_first_page: bool = False
+    #: Shadow mode: rerank every claimed search after answering it in the
+    #: engine's order, byte for byte, and record both orders
+    #: (:mod:`selproxy.search.shadow`).
+    shadow: bool = False
+    #: Shadow records kept for the status page (the newest).
+    shadow_ring: int = 32
+    #: Shadow reranks running at once, and waiting; past that they are dropped.
+    shadow_concurrency: int = 2
+    shadow_queue: int = 64
+    #: Keep each shadowed query's text in its record (else only a hash).
+    shadow_record_queries: bool = False
 
     def __post_init__(self) -> None:
         if self.topn < 1 or self.max_topn < self.topn:
@@ -135,3 +170,9 @@ class SearchConfig:
             raise ValueError("ranker_threads and max_pending_ranks must be >= 1")
         if self.max_decoded_body < 1:
             raise ValueError("max_decoded_body must be positive")
+        if self.cache_entries < 1 or self.cache_bytes < 1 or self.cache_ttl <= 0 or self.cache_settle < 0:
+            raise ValueError("need cache_entries >= 1, cache_bytes >= 1, cache_ttl > 0, cache_settle >= 0")
+        if self.cache_invalidation not in ("all", "index"):
+            raise ValueError("cache_invalidation is 'all' or 'index'")
+        if self.shadow_ring < 0 or self.shadow_concurrency < 1 or self.shadow_queue < 1:
+            raise ValueError("need shadow_ring >= 0, shadow_concurrency >= 1, shadow_queue >= 1")

@@ -15,7 +15,8 @@ Every claimed response carries ``X-Selproxy-Rerank``:
   those K are in its order and the rest follow in engine order;
   ``; fusion=off`` is added when score fusion is configured but the hits had
   no engine scores (a sort, an unscored query), so the model's scores alone
-  ordered them;
+  ordered them; ``; cached`` is added to a later page cut from a kept window
+  (:mod:`selproxy.search.window_cache`), which made no engine or model call;
 * ``skipped; reason=<token>``: passed through (tokens: see
   :mod:`selproxy.search.rewrite`);
 * ``fallback; reason=<token>``: the ranker failed and the page is in engine

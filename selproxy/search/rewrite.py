@@ -6,7 +6,8 @@ first topn of them (the window), appends the rest in engine order, and answers
 hits [f, f + k) of that list.  A page that starts at or past the window is not
 rewritten at all (reason ``past_window``): it is the engine's own page.
 
-Paging is consistent: every page of one query is cut from the same list,
+Paging is consistent: every page of one query is cut from the same list
+(the window cache, :mod:`selproxy.search.window_cache`, keeps that list),
 rerank(engine[0:topn]) followed by engine[topn:], so pages neither repeat nor
 skip a hit, as long as the ranker is deterministic and the index does not
 change between the requests.  Hits past the window keep the engine's scores.
@@ -36,6 +37,8 @@ token              meaning
 ``no_hits``        the engine found nothing
 ``no_doc_text``    no hit had any text to rank
 ``upstream_status``  the engine answered with an error (sent on verbatim)
+``shadow``         shadow mode: the engine's answer, reranked after it is sent
+                   (see :mod:`selproxy.search.shadow`)
 =================  ===========================================================
 """
 from __future__ import annotations

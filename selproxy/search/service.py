@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..handler import Headers, Request, Response, Route, Upstream, header_value
+from ..handler import Headers, NotifyRoute, Request, Response, Route, Upstream, header_value
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming, aclose_method
 from ..rankers.base import Ranker
 from . import _json
@@ -32,7 +32,9 @@ from .respond import (accepts_gzip, apply_es, apply_params, client_response, dec
 from .rewrite import (SearchPlan, plan_msearch, plan_params_search, plan_search, query_params,
                       request_body, rewrite_query_string)
 from .routes import default_routes, split_indices
+from .shadow import ShadowMode
 from .source_filter import SourceFilterTooCostly
+from .window_cache import WindowCache, WriteLog
 
 __all__ = ("SearchService", "SearchStats", "document_key", "hit_texts")
 
@@ -187,7 +189,8 @@ class SearchService:
     contract is optional (see :mod:`selproxy.rankers.base`).
     """
 
-    def __init__(self, ranker: Ranker, config: Optional[SearchConfig] = None) -> None:
+    def __init__(self, ranker: Ranker, config: Optional[SearchConfig] = None, *,
+                 write_log: Optional[WriteLog] = None) -> None:
         self.config = config or SearchConfig()
         self.adapter = RankerAdapter(ranker, threads=self.config.ranker_threads,
                                      max_pending=self.config.max_pending_ranks)
@@ -198,6 +201,17 @@ class SearchService:
         model = getattr(ranker, "ranker", ranker)
         prefetch = getattr(model, "prefetch_query", None)
         self._prefetch_query = prefetch if callable(prefetch) else None
+        # -- window cache and shadow mode (window_cache.py, shadow.py) --
+        cfg = self.config
+        self._ranker_name = str(getattr(model, "name", None) or type(model).__name__)
+        self.window_cache = WindowCache(
+            max_entries=cfg.cache_entries, max_bytes=cfg.cache_bytes, ttl=cfg.cache_ttl,
+            settle=cfg.cache_settle, by_index=cfg.cache_invalidation == "index",
+            first_page=cfg.cache_first_page, write_log=write_log)
+        self.shadow = ShadowMode(enabled=cfg.shadow, ring=cfg.shadow_ring,
+                                 concurrency=cfg.shadow_concurrency, queue=cfg.shadow_queue,
+                                 record_queries=cfg.shadow_record_queries)
+        # -- end window cache and shadow mode --
         # [relevance] --interleave / --capture (issue 13); None when both are off.
         self.relevance = RelevanceOps.from_config(self)
 
@@ -214,6 +228,13 @@ class SearchService:
         if self.relevance is not None:  # [relevance] POST /_selproxy/click
             routes += self.relevance.routes()
         return routes
+
+    def notify_routes(self) -> List[NotifyRoute]:
+        """Writes the core passes through and tells the window cache of
+        (listed after every claimed route); none when no route caches."""
+        if not any(self._caches(r) for r in self.search_routes()):
+            return []
+        return self.window_cache.notify_routes()
 
     def status(self) -> Dict[str, Any]:
         """Counters for ``GET /_selproxy/status`` (JSON-ready)."""
@@ -233,11 +254,14 @@ class SearchService:
         snapshot["pending_ranks"] = self.adapter.pending
         snapshot["topn"] = self.config.topn
         snapshot["rank_deadline"] = self.config.rank_deadline
+        snapshot["window_cache"] = self.window_cache.stats()   # window cache
+        snapshot["shadow"] = self.shadow.stats()               # shadow mode
         if self.relevance is not None:  # [relevance] "interleaving" and "capture" sections
             snapshot.update(self.relevance.status())
         return snapshot
 
     def close(self) -> None:
+        self.shadow.close()
         if self.relevance is not None:  # [relevance] arm rankers, capture writer
             self.relevance.close()
         self.adapter.close()
@@ -284,6 +308,11 @@ class SearchService:
                         self._prefetch_query(query)
                     except Exception as exc:  # a hint: the search embeds the query itself
                         log.debug("query prefetch failed: %s", type(exc).__name__)
+
+    def _caches(self, route: SearchRoute) -> bool:
+        """Whether the window cache serves ``route`` (only ``_search`` routes)."""
+        wanted = self.config.window_cache if route.window_cache is None else route.window_cache
+        return wanted and route.kind == "search" and not self.shadow.applies(route)
 
     def _deadline(self, route: SearchRoute) -> float:
         return route.rank_deadline or self.config.rank_deadline
@@ -371,17 +400,20 @@ class SearchService:
                       plan: SearchPlan, response: Response, upstream_s: float, hits_path: Sequence[str],
                       cut_page: Callable[[Any, Optional[List[float]]], None],
                       source_key: str = "_source", drop: Sequence[str] = (),
-                      relevance: bool = False) -> Response:
+                      relevance: bool = False, cache_key: Optional[str] = None,
+                      cache_started: float = 0.0) -> Response:
         """The rerank step of one search once the engine has answered, shared
         by ``_search`` and ``_params``: read the hits at ``hits_path``, rank
         the plan's window, cut the client's page (``cut_page(doc, scores)``,
         in place) and answer.  A response it cannot rerank goes back as the
         engine sent it.  ``relevance``: the relevance operations (interleaving,
-        capture) apply; today only to Elasticsearch ``_search``."""
+        capture) apply; today only to Elasticsearch ``_search``.  ``cache_key``:
+        the window cache keeps this search's window under it, once complete."""
         if response.status != 200:
             return self._verbatim(response, prep, [("skipped", "upstream_status")], upstream_s)
         try:
-            doc = _json.loads(decode_body(response, self.config.max_decoded_body))
+            decoded = decode_body(response, self.config.max_decoded_body)
+            doc = _json.loads(decoded)
             hits = hits_at(doc, hits_path)
             if hits is None:
                 raise TypeError(f"{'.'.join(hits_path)} is not a list of objects")
@@ -408,6 +440,9 @@ class SearchService:
             cut_page(doc, scores)
         except SourceFilterTooCostly as exc:
             return await self._skip(upstream, request, prep, [exc.reason])
+        if cache_key is not None:   # window cache: keep a complete ranking
+            self.window_cache.keep(cache_key, response, decoded, scores, outcome, plan, hits=len(hits),
+                                   started=cache_started, indices=prep.indices)
         answer = self._answer(request, response, prep, doc, [outcome], upstream_s, timing)
         if captured is not None and ops is not None:  # [relevance] queue the capture line
             answer = ops.captured(captured, answer, doc, scores, _header(outcome), timing, upstream_s)
@@ -430,6 +465,17 @@ class SearchService:
                            query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
         if plan.skip:
             return await self._skip(upstream, request, prep, [plan.skip])
+        # -- shadow mode (shadow.py): the engine's answer, the rerank after it --
+        if self.shadow.applies(route):
+            return await self.shadow.search(self, route, request, upstream, prep, plan)
+        # -- window cache (window_cache.py): a later page from a kept window --
+        cache_key, cache_started = None, time.monotonic()
+        if self._caches(route):
+            cache_key = self.window_cache.key_for(route, self._ranker_name, prep, plan, body)
+            cached = self.window_cache.page(cache_key, plan) if self.window_cache.serves(plan.offset) else None
+            if cached is not None:
+                return self._answer(request, cached[0], prep, cached[1], [cached[2]], 0.0, RankTiming())
+        # -- end window cache --
         self._prefetch([plan.query])
 
         if plan.body is not None:
@@ -441,10 +487,12 @@ class SearchService:
             upstream, request.method, prep.target_with(plan.params), headers, new_body)
         return await self._rerank(route, request, upstream, prep, plan, response, upstream_s,
                                   ("hits", "hits"), lambda doc, scores: apply_es(doc, plan, scores),
-                                  relevance=True)
+                                  relevance=True, cache_key=cache_key, cache_started=cache_started)
 
     async def _msearch(self, route: SearchRoute, request: Request, upstream: Upstream) -> Response:
         prep = _Prepared(request, self.config.max_topn)
+        if self.shadow.applies(route):   # shadow mode: passed through, not recorded
+            return await self._skip(upstream, request, prep, ["shadow"])
         try:
             planned = plan_msearch(request_body(request, self.config.max_decoded_body), prep.indices,
                                    query_path=route.query_path, **self._plan_kwargs(route, prep.overrides))
@@ -512,6 +560,8 @@ class SearchService:
         api = route.api
         assert api is not None
         prep = _Prepared(request, self.config.max_topn)
+        if self.shadow.applies(route):   # shadow mode: passed through, not recorded
+            return await self._skip(upstream, request, prep, ["shadow"])
         form = ""
         content_type = (header_value(prep.headers, "content-type") or "").lower()
         if request.body and content_type.startswith("application/x-www-form-urlencoded"):
