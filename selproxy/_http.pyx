@@ -565,6 +565,25 @@ cdef object field_error(bytes name, bytes value):
     return None
 
 
+cdef int add_response_field(MessageHead head, bytes name, bytes value) except -1:
+    """Add ``name: value`` to a response head about to be written, unless it
+    has a field of that name already (the upstream's stays: one field, never
+    two).  The field is checked as a handler's are (:func:`field_error`)."""
+    cdef bytes lower = name.lower()
+    error = field_error(name, value)
+    if error is not None:
+        raise ValueError(error)
+    for n, _v in head.pairs():
+        if n.lower() == lower:
+            return 0
+    if head.kept is not None:
+        head.kept = b"".join((head.kept, name, b": ", value, CRLF))
+    else:
+        # end_to_end may be the headers list itself: a new list, never in place.
+        head.end_to_end = head.end_to_end + [(name, value)]
+    return 0
+
+
 cdef object target_error(bytes method, bytes target):
     """Why ``method target`` cannot be a request line, or None (RFC 9112
     section 3: a method is a token; a target has no whitespace or controls)."""

@@ -1,0 +1,271 @@
+"""Access lines and the JSON log form.
+
+The compiled core calls an :class:`AccessLog` twice per request, and only
+while the access log is on (``ProxyCore(access_hook=...)``; off, the core
+does not call into Python at all): :meth:`AccessLog.take_request_id` when a
+request head is complete, and :meth:`AccessLog.exchange_done` when its
+response is written, for passthrough and claimed requests alike.
+
+Every byte a client sends is hostile: a request id it gives is kept only if
+it is 1 to :data:`MAX_REQUEST_ID` safe characters, a ``traceparent`` only if
+it has the W3C form, and a target goes into a line with its credentials
+(``api_key=``, ``token=``, userinfo) replaced by ``***``, or without its query
+at all (``access_log_redact_query``).  JSON escapes whatever is left; the
+text form has no control characters to escape, since the parser refuses
+them in a request line.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import random
+import re
+import time
+import traceback
+from typing import IO
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ._redact import REDACTED, excerpt
+
+__all__ = ("AccessLog", "AccessLineHandler", "JsonFormatter", "MAX_REQUEST_ID", "valid_request_id", "trace_id",
+           "redact_target", "ACCESS_LOGGER")
+
+ACCESS_LOGGER = "selproxy.access"
+
+#: Longest client request id kept (Heroku's router keeps 20 to 200; nginx's
+#: own ids are 32): longer ones are replaced.
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,%d}" % MAX_REQUEST_ID)
+#: W3C Trace Context, section 3.2: version-traceid-parentid-flags, lower-case
+#: hex; version ff and all-zero ids are invalid.
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_ZERO_TRACE = b"0" * 32
+_ZERO_PARENT = b"0" * 16
+
+_SECRET_PARAM = re.compile(
+    r"(?i)((?:^|[?&;])[^=&;]*(?:api[-_]?key|apikey|access[-_]?key|secret|token|passw(?:or)?d|"
+    r"auth|signature|sig|credential|session)[^=&;]*=)[^&;#]*")
+_USERINFO = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://)[^/@?#]*@")
+
+
+def valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> bytes:
+    """32 random hex digits, as nginx's ``$request_id``.  PERF(selproxy):
+    from :mod:`random` (reseeded from the system in each forked worker), not
+    a ``getrandom`` call per request: an id must be unique, not secret."""
+    return b"%032x" % random.getrandbits(128)
+
+
+def trace_id(value: Optional[bytes]) -> Optional[str]:
+    """The trace id of a ``traceparent`` value, or None if it is not valid."""
+    if value is None:
+        return None
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace, parent, _flags, rest = match.groups()
+    if version == b"ff" or trace == _ZERO_TRACE or parent == _ZERO_PARENT:
+        return None
+    if version == b"00" and rest:
+        return None   # version 00 has exactly four fields
+    return trace.decode("ascii")
+
+
+def redact_target(target: str, drop_query: bool) -> str:
+    """A request target fit for a log line: userinfo and credential-looking
+    query parameters replaced by ``***``, or the whole query with
+    ``drop_query``."""
+    if not target.startswith("/"):
+        target = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", target)
+    path, sep, query = target.partition("?")
+    if not sep:
+        return path
+    if drop_query:
+        return f"{path}?{REDACTED}"
+    return path + "?" + _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, query)
+
+
+def _server_timing(value: bytes) -> Dict[str, float]:
+    """``upstream;dur=1.20, queue;dur=0.10`` -> {"upstream": 0.0012, ...} in seconds."""
+    found: Dict[str, float] = {}
+    for part in value.decode("latin-1").split(","):
+        name, _, params = part.strip().partition(";")
+        for param in params.split(";"):
+            key, _, number = param.strip().partition("=")
+            if key == "dur":
+                try:
+                    found[name] = float(number) / 1000.0
+                except ValueError:
+                    pass
+    return found
+
+
+class _Clock:
+    """UTC ISO 8601 time with milliseconds; the part up to the second is
+    formatted once a second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.prefix}.{int((now - second) * 1000):03d}Z"
+
+
+class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler the command puts on ``selproxy.access``: each line as it
+    is, to a stream (standard output) or a file it opened.  When it is the
+    logger's only handler, :class:`AccessLog` writes through
+    :meth:`write_line` and makes no ``LogRecord``."""
+
+    def __init__(self, stream: IO[str], owned: bool = False) -> None:
+        super().__init__(stream)
+        self.owned = owned
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def write_line(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        try:
+            if self.owned:
+                self.stream.close()
+        finally:
+            super().close()
+
+
+class AccessLog:
+    """The core's access hook: request ids, and one line per exchange on
+    ``logger`` (``selproxy.access``), as text or as a JSON object."""
+
+    def __init__(self, logger: logging.Logger, log_format: str = "text",
+                 redact_query: bool = False) -> None:
+        self.logger = logger
+        self.json = log_format == "json"
+        self.redact_query = redact_query
+        self.clock = _Clock()
+        # PERF(selproxy): a LogRecord costs more than the rest of a line;
+        # the command's own handler is written to directly.
+        handlers = logger.handlers
+        self.write_line = None
+        if (len(handlers) == 1 and isinstance(handlers[0], AccessLineHandler)
+                and not logger.propagate and logger.isEnabledFor(logging.INFO)):
+            self.write_line = handlers[0].write_line
+
+    # -- called by the core ------------------------------------------------
+
+    def take_request_id(self, head: Any) -> bytes:
+        """The request's id: its one ``X-Request-Id`` if that is valid, else
+        a new one, which replaces the client's in the head sent upstream."""
+        fields = head.end_to_end
+        given: List[bytes] = [v for n, v in fields if n.lower() == b"x-request-id"]
+        if len(given) == 1 and valid_request_id(given[0]):
+            return given[0]
+        request_id = new_request_id()
+        head.end_to_end = [(n, v) for n, v in fields if n.lower() != b"x-request-id"] + [
+            (b"X-Request-Id", request_id)]
+        return request_id
+
+    def exchange_done(self, peer: Any, head: Any, route: Any, status: int, sent: int,
+                      total_s: float, upstream_s: Optional[float], request_id: Optional[bytes],
+                      answer_headers: Optional[Sequence[Tuple[bytes, bytes]]]) -> None:
+        record = self.record(peer, head, route, status, sent, total_s, upstream_s, request_id,
+                             answer_headers)
+        line = json.dumps(record, separators=(",", ":")) if self.json else _text(record)
+        if self.write_line is not None:
+            self.write_line(line)
+        else:
+            self.logger.info("%s", line)
+
+    # -- the line ----------------------------------------------------------
+
+    def record(self, peer: Any, head: Any, route: Any, status: int, sent: int, total_s: float,
+               upstream_s: Optional[float], request_id: Optional[bytes],
+               answer_headers: Optional[Sequence[Tuple[bytes, bytes]]]) -> Dict[str, Any]:
+        timing: Dict[str, float] = {}
+        rerank = None
+        for name, value in answer_headers or ():
+            lowered = name.lower()
+            if lowered == b"server-timing":
+                timing = _server_timing(value)
+            elif lowered == b"x-selproxy-rerank":
+                rerank = excerpt(value.decode("latin-1"))
+        traceparent = None
+        for name, value in head.end_to_end or head.headers or ():
+            if name.lower() == b"traceparent":
+                traceparent = value
+                break
+        if upstream_s is None:
+            upstream_s = timing.get("upstream")
+        method = head.method.decode("latin-1") if head.method else "-"
+        target = head.target.decode("latin-1") if head.target else "-"
+        return {
+            "time": self.clock(),
+            "client": str(peer[0]) if peer else "-",
+            "method": method,
+            "target": redact_target(target, self.redact_query),
+            "route": (route.name or route.path) if route is not None else "passthrough",
+            "status": status,
+            "bytes": sent,
+            "duration_s": round(total_s, 6),
+            "upstream_s": None if upstream_s is None else round(upstream_s, 6),
+            "queue_s": _rounded(timing.get("queue")),
+            "rank_s": _rounded(timing.get("rank")),
+            "rerank": rerank,
+            "request_id": (request_id or new_request_id()).decode("ascii"),
+            "trace_id": trace_id(traceparent),
+        }
+
+
+def _rounded(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 6)
+
+
+def _text(record: Dict[str, Any]) -> str:
+    """``client "METHOD target" status bytes duration ...``: the combined
+    log's first fields, then key=value pairs for the rest."""
+    line = (f'{record["client"]} "{record["method"]} {record["target"]}" {record["status"]} '
+            f'{record["bytes"]} {record["duration_s"] * 1000:.1f}ms')
+    for key in ("upstream_s", "queue_s", "rank_s"):
+        if record[key] is not None:
+            line += f" {key[:-2]}={record[key] * 1000:.1f}ms"
+    if record["rerank"] is not None:
+        line += f' rerank="{record["rerank"]}"'
+    line += f' request_id={record["request_id"]}'
+    if record["trace_id"] is not None:
+        line += f' trace_id={record["trace_id"]}'
+    return line
+
+
+class JsonFormatter(logging.Formatter):
+    """A log record as one JSON object on one line: ``time``, ``level``,
+    ``logger``, ``message`` (with credentials redacted), ``pid``, and
+    ``error`` with the traceback when there is one.  Access lines, which are
+    JSON already, pass through as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == ACCESS_LOGGER:
+            return message
+        doc: Dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": excerpt(message, limit=4000),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            lines: List[str] = traceback.format_exception(*record.exc_info)
+            doc["error"] = excerpt("".join(lines), limit=8000)
+        return json.dumps(doc, separators=(",", ":"))
