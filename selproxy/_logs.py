@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import json.encoder
 import logging
 import random
 import re
@@ -41,6 +42,8 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,%d}" % MAX_REQUEST_ID)
 #: hex; version ff and all-zero ids are invalid.
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE = b"0" * 32
+#: A JSON string literal, quotes included, in ASCII (the C encoder's).
+_quote = json.encoder.encode_basestring_ascii
 _ZERO_PARENT = b"0" * 16
 
 _SECRET_PARAM = re.compile(
@@ -168,12 +171,20 @@ class AccessLog:
         """The request's id: its one ``X-Request-Id`` if that is valid, else
         a new one, which replaces the client's in the head sent upstream."""
         fields = head.end_to_end
-        given: List[bytes] = [v for n, v in fields if n.lower() == b"x-request-id"]
-        if len(given) == 1 and valid_request_id(given[0]):
-            return given[0]
+        given: Optional[bytes] = None
+        repeated = False
+        for name, value in fields:
+            # PERF(selproxy): the length first, so most names are not lowered.
+            if len(name) == 12 and name.lower() == b"x-request-id":
+                repeated = given is not None
+                given = value
+        if given is not None and not repeated and _REQUEST_ID.fullmatch(given) is not None:
+            return given
         request_id = new_request_id()
-        head.end_to_end = [(n, v) for n, v in fields if n.lower() != b"x-request-id"] + [
-            (b"X-Request-Id", request_id)]
+        if given is not None:
+            fields = [(n, v) for n, v in fields if n.lower() != b"x-request-id"]
+        # A new list: end_to_end may be the parser's headers list itself.
+        head.end_to_end = fields + [(b"X-Request-Id", request_id)]
         return request_id
 
     def exchange_done(self, peer: Any, head: Any, route: Any, status: int, sent: int,
@@ -181,7 +192,7 @@ class AccessLog:
                       answer_headers: Optional[Sequence[Tuple[bytes, bytes]]]) -> None:
         record = self.record(peer, head, route, status, sent, total_s, upstream_s, request_id,
                              answer_headers)
-        line = json.dumps(record, separators=(",", ":")) if self.json else _text(record)
+        line = _json_line(record) if self.json else _text(record)
         if self.write_line is not None:
             self.write_line(line)
         else:
@@ -192,43 +203,61 @@ class AccessLog:
     def record(self, peer: Any, head: Any, route: Any, status: int, sent: int, total_s: float,
                upstream_s: Optional[float], request_id: Optional[bytes],
                answer_headers: Optional[Sequence[Tuple[bytes, bytes]]]) -> Dict[str, Any]:
-        timing: Dict[str, float] = {}
-        rerank = None
+        queue_s = rank_s = rerank = None
         for name, value in answer_headers or ():
             lowered = name.lower()
             if lowered == b"server-timing":
                 timing = _server_timing(value)
+                queue_s, rank_s = timing.get("queue"), timing.get("rank")
+                if upstream_s is None:
+                    upstream_s = timing.get("upstream")
             elif lowered == b"x-selproxy-rerank":
                 rerank = excerpt(value.decode("latin-1"))
         traceparent = None
         for name, value in head.end_to_end or head.headers or ():
-            if name.lower() == b"traceparent":
+            if len(name) == 11 and name.lower() == b"traceparent":
                 traceparent = value
                 break
-        if upstream_s is None:
-            upstream_s = timing.get("upstream")
-        method = head.method.decode("latin-1") if head.method else "-"
         target = head.target.decode("latin-1") if head.target else "-"
+        if "?" in target or target[:1] != "/":
+            target = redact_target(target, self.redact_query)
         return {
             "time": self.clock(),
             "client": str(peer[0]) if peer else "-",
-            "method": method,
-            "target": redact_target(target, self.redact_query),
+            "method": head.method.decode("latin-1") if head.method else "-",
+            "target": target,
             "route": (route.name or route.path) if route is not None else "passthrough",
             "status": status,
             "bytes": sent,
             "duration_s": round(total_s, 6),
             "upstream_s": None if upstream_s is None else round(upstream_s, 6),
-            "queue_s": _rounded(timing.get("queue")),
-            "rank_s": _rounded(timing.get("rank")),
+            "queue_s": None if queue_s is None else round(queue_s, 6),
+            "rank_s": None if rank_s is None else round(rank_s, 6),
             "rerank": rerank,
             "request_id": (request_id or new_request_id()).decode("ascii"),
-            "trace_id": trace_id(traceparent),
+            "trace_id": None if traceparent is None else trace_id(traceparent),
         }
 
 
-def _rounded(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 6)
+def _json_line(record: Dict[str, Any]) -> str:
+    """``record`` as one compact JSON object.  PERF(selproxy): formatted in
+    place, about twice as fast as ``json.dumps`` of the dict."""
+    return ('{"time":"%s","client":%s,"method":%s,"target":%s,"route":%s,"status":%d,"bytes":%d,'
+            '"duration_s":%r,"upstream_s":%s,"queue_s":%s,"rank_s":%s,"rerank":%s,"request_id":%s,'
+            '"trace_id":%s}' % (
+                record["time"], _quote(record["client"]), _quote(record["method"]),
+                _quote(record["target"]), _quote(record["route"]), record["status"], record["bytes"],
+                record["duration_s"], _number(record["upstream_s"]), _number(record["queue_s"]),
+                _number(record["rank_s"]), _string(record["rerank"]), _quote(record["request_id"]),
+                _string(record["trace_id"])))
+
+
+def _number(value: Optional[float]) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _string(value: Optional[str]) -> str:
+    return "null" if value is None else _quote(value)
 
 
 def _text(record: Dict[str, Any]) -> str:

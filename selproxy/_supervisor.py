@@ -13,7 +13,9 @@ Signals to the master:
   drain; until then they serve.  A configuration that fails any step is
   refused in one log line, and the old workers go on as they were.  A new
   ``listen`` is bound beside the old one and the old one is closed when the
-  new workers serve (clients of the old address are then refused).
+  new workers serve (clients of the old address are then refused).  A
+  SIGHUP while workers start (the first ones, or a reload's) is kept and
+  runs once they listen.
 * SIGTERM, SIGINT -- passed to every worker (see ``Proxy._on_signal``:
   SIGTERM waits ``shutdown_delay`` first, SIGINT does not); the master
   closes its copy of the socket at once and exits when the workers have.
@@ -108,6 +110,7 @@ class Supervisor:
         self.next_index = 0
         self.generations = 0
         self.started = False                        # every first worker has listened
+        self.reload_pending = False                 # a SIGHUP came while workers started
         self.stopping: Optional[int] = None         # the signal passed on to the workers
         self.fatal: Optional[Tuple[str, str]] = None
         self.failed = False
@@ -270,8 +273,15 @@ class Supervisor:
         if generation is self.current and not self.started and \
                 generation.up.issuperset(generation.indices):
             self.started = True
+            self._pending_reload()
         if generation is self.next and generation.up.issuperset(generation.indices):
             self._reloaded()
+            self._pending_reload()
+
+    def _pending_reload(self) -> None:
+        if self.reload_pending:
+            self.reload_pending = False
+            self._reload()
 
     def _reap(self) -> None:
         while self.workers:
@@ -365,7 +375,11 @@ class Supervisor:
         if self.stopping is not None or current is None:
             return
         if not self.started or self.next is not None:
-            log.warning("SIGHUP: ignored, workers are still starting")
+            # Once they listen (a SIGHUP is never lost, and the file is read
+            # when the reload runs: the last one written wins).
+            if not self.reload_pending:
+                log.info("SIGHUP: the reload waits for the workers that are starting")
+            self.reload_pending = True
             return
         reloader = current.proxy.reloader
         try:
@@ -380,14 +394,17 @@ class Supervisor:
             return
         if proxy is not current.proxy and proxy.reloader is None:
             proxy.reloader = reloader
-        sock = current.sock
-        if proxy.config.listen != current.listen:
+        sock, listen = current.sock, current.listen
+        # The same Proxy (no reloader) has the port its claim got in place
+        # of the one configured: the same address.
+        if proxy is not current.proxy and proxy.config.listen != current.listen:
+            listen = proxy.config.listen
             try:
                 sock = _claim_listen_socket(proxy.config)
             except ListenError as exc:
                 log.error("SIGHUP: reload refused: %s; the workers keep the configuration they have", exc)
                 return
-        self.next = self._generation(proxy, sock, proxy.config.listen)
+        self.next = self._generation(proxy, sock, listen)
         log.info("SIGHUP: reloading: starting %d workers with the configuration read again",
                  len(self.next.indices))
         for index in self.next.indices:
@@ -426,6 +443,7 @@ class Supervisor:
         if new.sock is not self.current.sock:
             new.sock.close()
         log.error("SIGHUP: reload failed: %s; the old workers keep serving", why)
+        self._pending_reload()
 
 
 async def _serve(proxy: Proxy, sock: socket.socket, report: Any) -> None:

@@ -397,6 +397,9 @@ class Proxy:
         if delay > 0:
             log.info("%s: not ready; still accepting for %.1fs, then draining (grace %.1fs)",
                      signal.Signals(signum).name, delay, self.config.shutdown_grace)
+        elif signum == signal.SIGQUIT:
+            log.info("SIGQUIT (replaced by a reload, or told to stop now): draining (grace %.1fs)",
+                     self.config.shutdown_grace)
         else:
             log.info("%s: draining (grace %.1fs)", signal.Signals(signum).name,
                      self.config.shutdown_grace)

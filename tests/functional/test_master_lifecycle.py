@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from typing import List, Tuple
@@ -215,3 +216,89 @@ def test_draining_is_set_when_the_delay_starts(tmp_path):
             await asyncio.wait_for(serving, 10)
 
     run(scenario(), 30)
+
+
+WORKER_INDEX_SCRIPT = '''
+import logging
+import os
+import sys
+
+from selproxy import Proxy, Response, Route
+
+
+async def whoami(request, upstream):
+    return Response(200, [("Content-Type", "application/json")],
+                    ('{"pid": %d, "index": %d}' % (os.getpid(), proxy.worker_index)).encode())
+
+logging.basicConfig(level=logging.INFO)
+proxy = Proxy(upstream=sys.argv[1], listen="127.0.0.1:0", workers=2,
+              routes=[Route(("GET",), "/whoami", whoami)])
+proxy.run()
+'''
+
+
+def test_worker_indices_survive_a_restart_and_a_reload_takes_fresh_ones(tmp_path):
+    """The contract the status and metrics rely on: workers 0..N-1, a
+    restarted worker keeps its index, a reload's workers take new ones.  A
+    library Proxy.run() without a reloader reloads the same configuration."""
+    script = tmp_path / "indexed.py"
+    script.write_text(WORKER_INDEX_SCRIPT)
+
+    def indices(url: str, want: int) -> dict:
+        seen: dict = {}
+        deadline = time.monotonic() + 20
+        while len(seen) < want:
+            assert time.monotonic() < deadline, seen
+            who = json.loads(get(url, "/whoami")[1])
+            seen[who["pid"]] = who["index"]
+        return seen
+
+    with echo_upstream() as up:
+        with LoggedProxy([up.url], tmp_path, script=str(script)) as proxy:
+            proxy.wait_for("selproxy listening on", count=2)
+            first = indices(proxy.url, 2)
+            assert sorted(first.values()) == [0, 1]
+            killed = next(pid for pid, index in first.items() if index == 1)
+            os.kill(killed, signal.SIGKILL)
+            proxy.wait_for(rf"worker 1 \(pid {killed}\) was killed by SIGKILL")
+            proxy.wait_for("selproxy listening on", count=3)
+            after = indices(proxy.url, 2)   # the killed one answers no more
+            assert sorted(after.values()) == [0, 1] and killed not in after
+            assert sorted(after) == sorted(proxy.worker_pids())
+            proxy.signal(signal.SIGHUP)
+            proxy.wait_for("SIGHUP: reloaded")
+            deadline = time.monotonic() + 15
+            while set(proxy.worker_pids()) & set(after):
+                assert time.monotonic() < deadline, proxy.log
+                time.sleep(0.05)
+            assert sorted(indices(proxy.url, 2).values()) == [2, 3]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_reload_moves_to_a_new_listening_address(tmp_path):
+    first, second = _free_port(), _free_port()
+    config = tmp_path / "selproxy.toml"
+    config.write_text(f'listen = "127.0.0.1:{first}"\n')
+    with echo_upstream() as up:
+        with LoggedProxy(["--upstream", up.url, "--config", str(config)], tmp_path,
+                         listen_flag=False) as proxy:
+            assert proxy.url == f"http://127.0.0.1:{first}"
+            old = proxy.worker_pids()
+            config.write_text(f'listen = "127.0.0.1:{second}"\n')
+            proxy.signal(signal.SIGHUP)
+            proxy.wait_for("SIGHUP: reloaded")
+            assert get(f"http://127.0.0.1:{second}", "/moved")[0] == 200
+            deadline = time.monotonic() + 15
+            while set(proxy.worker_pids()) & set(old):
+                assert time.monotonic() < deadline, proxy.log
+                time.sleep(0.05)
+            try:
+                get(f"http://127.0.0.1:{first}", timeout=2)
+                raise AssertionError("the old address still accepts")
+            except ConnectionRefusedError:
+                pass

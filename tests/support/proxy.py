@@ -118,11 +118,14 @@ class LoggedProxy:
     process is.  ``env`` is added to the environment."""
 
     def __init__(self, args: List[str], tmp_path, env: Optional[dict] = None,
-                 timeout: float = 30.0, passthrough_only: bool = True) -> None:
+                 timeout: float = 30.0, passthrough_only: bool = True,
+                 script: Optional[str] = None, listen_flag: bool = True) -> None:
         self.args = list(args)
-        if passthrough_only and "--ranker" not in self.args:
+        #: A Python file to run instead of ``-m selproxy`` (args go to it as they are).
+        self.script = script
+        if script is None and passthrough_only and "--ranker" not in self.args:
             self.args += ["--ranker", "none"]
-        if "--listen" not in self.args:
+        if script is None and listen_flag and "--listen" not in self.args:
             self.args += ["--listen", "127.0.0.1:0"]
         self.err_path = tmp_path / f"selproxy-{id(self)}.err"
         self.out_path = tmp_path / f"selproxy-{id(self)}.out"
@@ -133,7 +136,8 @@ class LoggedProxy:
 
     def __enter__(self) -> "LoggedProxy":
         with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "selproxy", *self.args], stdout=out,
+            command = [self.script] if self.script else ["-m", "selproxy"]
+            self.proc = subprocess.Popen([sys.executable, *command, *self.args], stdout=out,
                                          stderr=err, stdin=subprocess.DEVNULL, env=self.env)
         match = self.wait_for(LISTENING.pattern, self.timeout)
         self.url = match.group(1)
