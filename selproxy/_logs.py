@@ -20,6 +20,7 @@ import datetime
 import json
 import json.encoder
 import logging
+import os
 import random
 import re
 import time
@@ -134,10 +135,24 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.owned = owned
         self.setFormatter(logging.Formatter("%(message)s"))
+        try:
+            stream.flush()
+            self.fd: Optional[int] = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None      # not a file (a test's StringIO)
 
     def write_line(self, line: str) -> None:
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        """One line, in one write(2) to the file (appended: O_APPEND), as
+        nginx writes its access log; the stream's buffers are skipped."""
+        if self.fd is not None:
+            data = (line + "\n").encode("utf-8", "replace")
+            written = os.write(self.fd, data)
+            while written < len(data):      # a pipe may take a long line in parts
+                data = data[written:]
+                written = os.write(self.fd, data)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         try:
