@@ -67,11 +67,19 @@ def test_json_access_lines_with_request_ids_trace_ids_and_no_secrets(tmp_path):
             # Credentials in the query and in headers stay out of the line.
             request(proxy.url, "/q?api_key=abc123secret&q=wings&token=tok456",
                     {"Authorization": "Bearer sekrit-bearer-789", "X-Api-Key": "hdr-key-000"})
+            # An upstream that sets X-Request-Id keeps its own: one field, not two.
+            parts = urlsplit(proxy.url)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+            conn.request("GET", "/echo-id", headers={"X-Request-Id": "mine"})
+            res = conn.getresponse()
+            res.read()
+            conn.close()
+            assert [v for k, v in res.getheaders() if k.lower() == "x-request-id"] == ["upstream-mine"]
             # A claimed route (the status page) has its line too, and its id.
             code, claimed, page = request(proxy.url, "/_selproxy/status")
             assert code == 200 and HEX32.fullmatch(claimed["x-request-id"])
-            found = lines_of(proxy, log, 9)
-    plain, given, *bad, traced, untraced, secret, status = found
+            found = lines_of(proxy, log, 10)
+    plain, given, *bad, traced, untraced, secret, upstream_id, status = found
     for line in found:
         assert set(line) == {"time", "client", "method", "target", "route", "status", "bytes",
                              "duration_s", "upstream_s", "queue_s", "rank_s", "rerank",
@@ -88,6 +96,7 @@ def test_json_access_lines_with_request_ids_trace_ids_and_no_secrets(tmp_path):
     assert traced["trace_id"] == TRACE and untraced["trace_id"] is None
     assert plain["trace_id"] is None
     assert secret["target"] == "/q?api_key=***&q=wings&token=***"
+    assert upstream_id["request_id"] == "mine"
     assert status["route"] == "status" and status["bytes"] == len(page)
     assert status["request_id"] == claimed["x-request-id"] and status["upstream_s"] is None
     text = log.read_text()

@@ -1,7 +1,8 @@
 """An upstream in a thread, for tests whose client code is synchronous (a
 loop of requests while the proxy reloads): a ``_search`` is answered with
 two hits in Elasticsearch's shape, any other request with ``200`` and a JSON
-echo of its method, target and headers."""
+echo of its method, target and headers (``/echo-id...`` with an
+``X-Request-Id`` of the upstream's own too)."""
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +30,9 @@ class _Echo(BaseHTTPRequestHandler):
             body = json.dumps({"method": self.command, "target": self.path,
                                "headers": dict(self.headers.items())}).encode()
         self.send_response(200)
+        if self.path.startswith("/echo-id"):
+            # An upstream that sets its own X-Request-Id.
+            self.send_header("X-Request-Id", f"upstream-{self.headers.get('X-Request-Id')}")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
