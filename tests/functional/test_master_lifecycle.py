@@ -161,11 +161,11 @@ def test_a_killed_worker_is_started_again(tmp_path):
 
 def test_sigterm_accepts_during_the_delay_then_drains(tmp_path):
     with echo_upstream() as up:
-        with LoggedProxy(["--upstream", up.url, "--shutdown-delay", "1.5"], tmp_path) as proxy:
+        with LoggedProxy(["--upstream", up.url, "--shutdown-delay", "3"], tmp_path) as proxy:
             assert get(proxy.url)[0] == 200
             signalled = time.monotonic()
             proxy.signal(signal.SIGTERM)
-            proxy.wait_for("SIGTERM: not ready; still accepting for 1.5s, then draining")
+            proxy.wait_for("SIGTERM: not ready; still accepting for 3.0s, then draining")
             # New connections are still taken during the delay ...
             served = 0
             while time.monotonic() - signalled < 1.0:
@@ -174,7 +174,7 @@ def test_sigterm_accepts_during_the_delay_then_drains(tmp_path):
             assert served >= 1
             # ... then the proxy drains and exits, and refuses connections.
             assert proxy.wait(15) == 0, proxy.log
-            assert time.monotonic() - signalled >= 1.5
+            assert time.monotonic() - signalled >= 3.0
             try:
                 get(proxy.url, timeout=2)
                 raise AssertionError("still accepting after the exit")
@@ -202,8 +202,11 @@ def test_draining_is_set_when_the_delay_starts(tmp_path):
         async with RecordingUpstream(echo) as up:
             proxy = in_process(up.url, shutdown_delay=0.6)
             serving = asyncio.ensure_future(proxy.serve())
-            while proxy.core is None:
+            # Listening: serve() has then put its signal handlers in place in
+            # the same step (a SIGTERM before would end the test process).
+            while proxy._address is None:
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
             assert proxy.draining is False
             os.kill(os.getpid(), signal.SIGTERM)
             deadline = time.monotonic() + 5
