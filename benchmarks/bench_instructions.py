@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_passthrough import (  # noqa: E402
     CASES, PROXY_SERVER, SEARCH_REQUEST_BODY, UPSTREAM_SERVER, WRK_LUA, Service,
-    default_selproxy, free_port, log, nginx_config, run_wrk, write_upstream_files,
+    free_port, log, nginx_config, run_wrk, write_upstream_files,
 )
 
 
@@ -51,6 +51,13 @@ def callgrind_total(path: Path) -> int:
 def passed_requests(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/_selproxy/status", timeout=30) as reply:
         return int(json.load(reply)["proxy"]["requests_passed"])
+
+
+def worker_pid(port: int) -> int:
+    """The worker that serves (selproxy's master forks it; callgrind follows
+    the fork and counts each process apart)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_selproxy/status", timeout=30) as reply:
+        return int(json.load(reply)["pid"])
 
 
 def measure(setup: str, case_name: str, upstream_port: int, tmp: Path, logdir: Path,
@@ -76,16 +83,17 @@ def measure(setup: str, case_name: str, upstream_port: int, tmp: Path, logdir: P
         service.wait_listening(port, timeout=180)
         run_wrk(port, case, args.conns, 3, None, tmp)          # warm-up, not counted
         before = passed_requests(port) if setup == "selproxy" else 0
-        subprocess.run(["callgrind_control", "-z", str(service.pid)], check=True,
+        pid = worker_pid(port) if setup == "selproxy" else service.pid
+        subprocess.run(["callgrind_control", "-z", str(pid)], check=True,
                        capture_output=True, timeout=60)
         result = run_wrk(port, case, args.conns, args.duration, None, tmp)
-        subprocess.run(["callgrind_control", "-d", str(service.pid)], check=True,
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True,
                        capture_output=True, timeout=60)
         # selproxy counts what it passed (the status request is not counted, and
         # comes after the dump); nginx is taken at wrk's word.
         requests = (passed_requests(port) - before) if setup == "selproxy" else result["requests"]
         time.sleep(0.5)
-        dumps = sorted(out.glob("cg.*.*"))
+        dumps = sorted(out.glob(f"cg.{pid}.*"))
         if not dumps:
             raise RuntimeError(f"callgrind wrote no dump for {setup} in {out}")
         total = callgrind_total(dumps[-1])
@@ -100,8 +108,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--setups", default="selproxy,nginx", help="selproxy,nginx")
     parser.add_argument("--conns", type=int, default=8, help="wrk connections")
     parser.add_argument("--duration", type=int, default=8, help="seconds of counted load")
-    parser.add_argument("--selproxy", default=default_selproxy(), metavar="CMD",
-                        help="the selproxy script (run under this Python and valgrind)")
+    parser.add_argument("--selproxy", default=str(Path(__file__).resolve().parent / "serve_one_worker.py"),
+                        metavar="CMD",
+                        help="the script that serves (run under this Python and valgrind); by default "
+                             "serve_one_worker.py, a worker without its master, which callgrind_control "
+                             "could not reach")
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "nginx", "wrk"):
         if shutil.which(tool) is None:

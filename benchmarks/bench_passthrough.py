@@ -484,8 +484,9 @@ def profile(service: Service, port: int, case: Case, args: argparse.Namespace,
         wrk=run_wrk(port, case, 64, seconds + 2, args.cpu_load, tmp)))
     load.start()
     time.sleep(0.5)
+    # Every process of the tree: selproxy's workers are children of its master.
     subprocess.run(["perf", "record", "-q", "-g", "-F", "1999", "-o", str(data), "-p",
-                    str(service.pid), "--", "sleep", str(seconds)],
+                    ",".join(map(str, service.pids())), "--", "sleep", str(seconds)],
                    capture_output=True, timeout=seconds + 30)
     load.join(seconds + 40)
     report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",

@@ -184,6 +184,12 @@ cdef class Exchange:
     cdef bint answered             # its response is out; the rest of its body is dropped
     cdef Py_ssize_t dropped        # bytes of that rest read so far
     cdef double started_at
+    # For the access log (core.access_hook); set only while it is on.
+    cdef int status                # of the response sent to the client
+    cdef long long bytes_out       # body bytes sent to the client
+    cdef double upstream_at        # passthrough: when the request went upstream
+    cdef bytes request_id          # echoed as X-Request-Id
+    cdef list answer_headers       # a response the proxy made: its headers
 
 
 cdef class ClientProtocol(ResponseSink):
@@ -238,6 +244,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _answer_error(self, Exchange ex, object exc)
     cdef void _acquire_upstream(self, Exchange ex)
     cdef void _finish(self, Exchange ex)
+    cdef void _log_exchange(self, Exchange ex)
     cdef bint _last_one(self)
     cdef bint _can_drain(self, Exchange ex)
     cdef void _write(self, bytes data)
@@ -292,7 +299,8 @@ cdef class ProxyCore:
     cdef long long max_buffered_bodies
     cdef double sweep_interval
     cdef bint forwarded_headers
-    cdef bint access_log
+    cdef bint access_log           # access_hook is not None
+    cdef object access_hook        # selproxy._logs.AccessLog: request ids and lines
 
     cdef void _sweep(self)
     cdef bint take_budget(self, Py_ssize_t size)

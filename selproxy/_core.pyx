@@ -23,7 +23,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from selproxy._http cimport (
     MessageHead, BodyFraming, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
     BODY_UNTIL_CLOSE, new_request_head, new_response_head, analyse_request,
-    analyse_raw_response, request_head_bytes, response_head_bytes, chunk_size_line,
+    analyse_raw_response, request_head_bytes, response_head_bytes, chunk_size_line, add_response_field,
     field_error, target_error,
 )
 from selproxy._routes cimport RouteTable, RouteMatch
@@ -134,7 +134,6 @@ def debug_counts():
 
 
 cdef object log = logging.getLogger("selproxy")
-cdef object access_log = logging.getLogger("selproxy.access")
 
 cdef inline double monotonic() noexcept:
     cdef timespec ts
@@ -1571,6 +1570,10 @@ cdef class ClientProtocol(ResponseSink):
                 raise self._last_error
             self.upgrading = ex
             self.upgrade_body_left = head.content_length if head.framing == BODY_LENGTH else 0
+        if core.access_log:
+            # The client's X-Request-Id if it is a safe one, else a new one
+            # (the hook puts it in head.end_to_end, so the upstream sees it).
+            ex.request_id = core.access_hook.take_request_id(head)
         if head.framing == BODY_NONE:
             ex.request_complete = not ex.upgrade
         else:
@@ -1806,6 +1809,8 @@ cdef class ClientProtocol(ResponseSink):
                 node = f'"[{node}]"'
             extra.append((b"Forwarded", f"for={node};proto=http".encode()))
         conn.send(self, request_head_bytes(head, extra))
+        if core.access_log:
+            ex.upstream_at = monotonic()
         if self.writing_paused:
             conn.set_reading(False)
         if conn.writing_paused:
@@ -1871,6 +1876,9 @@ cdef class ClientProtocol(ResponseSink):
             close = close or not chunked
         ex.response_chunked = chunked
         ex.close_after = close
+        ex.status = head.status
+        if ex.request_id is not None:
+            add_response_field(head, b"X-Request-Id", ex.request_id)
         self._write(response_head_bytes(head, close, chunked))
 
     cdef bint _can_drain(self, Exchange ex):
@@ -1893,6 +1901,7 @@ cdef class ClientProtocol(ResponseSink):
             self.out.write(data)
             return
         ex = self.first
+        ex.bytes_out += PyBytes_GET_SIZE(data)
         if ex.response_chunked:
             self._writelines([chunk_size_line(PyBytes_GET_SIZE(data)), data, CRLF])
         else:
@@ -2009,6 +2018,13 @@ cdef class ClientProtocol(ResponseSink):
             out += (b"Content-Length: ", str(len(body)).encode(), CRLF)
             if ex.head.method == b"HEAD":
                 body = EMPTY
+        if self.core.access_log:
+            ex.status = status
+            ex.bytes_out = len(body)
+            ex.answer_headers = headers
+            if ex.request_id is not None and field_error(b"X-Request-Id", ex.request_id) is None and not any(
+                    name.lower() == b"x-request-id" for name, _value in headers):
+                out += (b"X-Request-Id: ", ex.request_id, CRLF)
         if close:
             out.append(b"Connection: close\r\n")
         out.append(CRLF)
@@ -2029,10 +2045,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _finish(self, Exchange ex):
         """The active exchange's response is written: on to the next."""
         if self.core.access_log:
-            access_log.info("%s %s %s %.1fms", self.peer[0] if self.peer else "-",
-                            ex.head.method.decode("latin-1") if ex.head.method else "-",
-                            ex.head.target.decode("latin-1"),
-                            (monotonic() - ex.started_at) * 1000.0)
+            self._log_exchange(ex)
         ex.answered = True
         if ex.notify is not None:
             self.core.notify(ex.notify, ex.head, True)
@@ -2053,6 +2066,19 @@ cdef class ClientProtocol(ResponseSink):
         elif self.state == CLIENT_OPEN and not self.in_head and self.receiving is None:
             self.deadline_kind = DEADLINE_IDLE
             self.deadline = monotonic() + self.core.idle_timeout
+
+    cdef void _log_exchange(self, Exchange ex):
+        """Hand the exchange's figures to the access log hook (only while
+        it is on).  Nothing it raises may reach the protocol."""
+        cdef double now = monotonic()
+        try:
+            self.core.access_hook.exchange_done(
+                self.peer, ex.head, ex.claim.route if ex.claim is not None else None,
+                ex.status, ex.bytes_out, now - ex.started_at,
+                now - ex.upstream_at if ex.upstream_at != 0 else None,
+                ex.request_id, ex.answer_headers)
+        except Exception:
+            log.exception("the access log failed")
 
     cdef bint _last_one(self):
         """Closing (drain, half-close, parse error): is this the last answer?"""
@@ -2183,7 +2209,7 @@ cdef class ProxyCore:
     """One worker's proxy: its configuration in C fields, its routes, its
     upstream pool, its counters and its open client connections."""
 
-    def __init__(self, config, loop, routes=(), handler_runner=None, logger=None):
+    def __init__(self, config, loop, routes=(), handler_runner=None, logger=None, access_hook=None):
         scheme, host, port = config.upstream_address
         self.config = config
         self.loop = loop
@@ -2227,7 +2253,8 @@ cdef class ProxyCore:
         self.request_buffer_size = config.request_buffer_size
         self.max_buffered_bodies = config.max_buffered_bodies
         self.forwarded_headers = config.forwarded_headers
-        self.access_log = config.access_log
+        self.access_hook = access_hook
+        self.access_log = access_hook is not None
         self.sweep_interval = min(1.0, max(0.05, min(
             self.header_timeout, self.idle_timeout, self.response_timeout, self.body_timeout,
             self.upstream_idle_timeout, self.send_timeout, self.upstream_queue_timeout) / 4.0))

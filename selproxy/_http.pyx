@@ -565,6 +565,32 @@ cdef object field_error(bytes name, bytes value):
     return None
 
 
+cdef int add_response_field(MessageHead head, bytes name, bytes value) except -1:
+    """Add ``name: value`` to a response head about to be written, unless it
+    has a field of that name already (the upstream's stays: one field, never
+    two).  The field is checked as a handler's are (:func:`field_error`)."""
+    cdef bytes lower = name.lower()
+    cdef bytes kept = head.kept
+    error = field_error(name, value)
+    if error is not None:
+        raise ValueError(error)
+    if kept is not None:
+        # Field lines as they came: no whitespace before the colon (RFC 9112
+        # section 5.1), so a name is found by its line start and colon.
+        # PERF(selproxy): a search in the block, not a pair per field.
+        kept = kept.lower()
+        if kept.startswith(lower + b":") or (CRLF + lower + b":") in kept:
+            return 0
+        head.kept = b"".join((head.kept, name, b": ", value, CRLF))
+    else:
+        for n, _v in head.end_to_end:
+            if n.lower() == lower:
+                return 0
+        # end_to_end may be the headers list itself: a new list, never in place.
+        head.end_to_end = head.end_to_end + [(name, value)]
+    return 0
+
+
 cdef object target_error(bytes method, bytes target):
     """Why ``method target`` cannot be a request line, or None (RFC 9112
     section 3: a method is a token; a target has no whitespace or controls)."""

@@ -20,10 +20,12 @@ import logging
 import os
 import ssl
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence
 from urllib.parse import urlsplit
 
 from ._version import __version__
+from ._logs import ACCESS_LOGGER, AccessLineHandler, JsonFormatter
+from ._settings import SettingsError, render_toml, resolve, settings_of
 from .config import Config, parse_listen, parse_upstream
 
 __all__ = ("main", "CommandLineParser", "CommandLineError", "EXIT_USAGE", "EXIT_FAILURE")
@@ -112,9 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "'selproxy embed' "
                     "(each has its own --help).")
     p.add_argument("--version", action="version", version=f"selproxy {__version__}")
+    p.add_argument("--config", metavar="FILE",
+                   help="read settings from this TOML file: keys are the long flags without "
+                        "their dashes (rank-deadline = 0.25); flags and SELPROXY_* variables "
+                        "override it (see the README)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration as TOML, secrets redacted, and exit")
     p.add_argument("--listen", default=defaults.listen, metavar="HOST:PORT",
                    help="address to listen on (default %(default)s)")
-    p.add_argument("--upstream", required=True, metavar="URL",
+    # Required, but it may come from SELPROXY_UPSTREAM or the file: checked
+    # once they are read.
+    p.add_argument("--upstream", metavar="URL",
                    help="the search engine: http[s]://HOST:PORT")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes sharing the port (default 1)")
@@ -159,10 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
                         ("--response-timeout", "response_timeout"),
                         ("--body-timeout", "body_timeout"),
                         ("--send-timeout", "send_timeout"),
-                        ("--upstream-queue-timeout", "upstream_queue_timeout"),
-                        ("--shutdown-grace", "shutdown_grace")):
+                        ("--upstream-queue-timeout", "upstream_queue_timeout")):
         timeouts.add_argument(flag, type=float, default=getattr(defaults, field),
                               metavar="S", help="default %(default)s")
+    timeouts.add_argument("--shutdown-delay", type=float, default=defaults.shutdown_delay, metavar="S",
+                          help="after SIGTERM, keep accepting this long (readiness says 503) so that "
+                               "load balancers stop sending, then drain; SIGINT skips it "
+                               "(default %(default)s)")
+    timeouts.add_argument("--shutdown-grace", type=float, default=defaults.shutdown_grace, metavar="S",
+                          help="how long requests in flight may take to finish when stopping "
+                               "(default %(default)s)")
 
     search = p.add_argument_group("reranked search")
     search.add_argument("--ranker", metavar="NAME|pkg.mod:Class",
@@ -264,9 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
-    p.add_argument("--access-log", action="store_true", help="log every request")
-    p.add_argument("--log-level", default="INFO",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    logs = p.add_argument_group("logs")
+    logs.add_argument("--access-log", nargs="?", const="-", metavar="PATH|-",
+                      help="one line per request, to this file or (- or no value) standard output")
+    logs.add_argument("--access-log-redact-query", action="store_true",
+                      help="log request targets without their query string")
+    logs.add_argument("--log-format", default=defaults.log_format, choices=("text", "json"),
+                      help="access and error lines as text or JSON lines (default %(default)s)")
+    logs.add_argument("--log-level", default="INFO",
+                      choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 
@@ -284,8 +306,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_upstream_waiters=args.max_upstream_waiters,
         max_buffered_bodies=args.max_buffered_bodies,
         request_buffer_size=args.request_buffer_size, min_body_rate=args.min_body_rate,
-        shutdown_grace=args.shutdown_grace, forwarded_headers=args.forwarded_headers,
-        access_log=args.access_log,
+        shutdown_grace=args.shutdown_grace, shutdown_delay=args.shutdown_delay,
+        forwarded_headers=args.forwarded_headers,
+        access_log=args.access_log is not None, log_format=args.log_format,
+        access_log_redact_query=args.access_log_redact_query,
     )
 
 
@@ -330,16 +354,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0], argv[1:])
-    return run_command("selproxy", build_parser(), _run, argv)
+    parser = build_parser()
+    try:
+        args = resolve_args(parser, argv, os.environ)
+        if args.print_config:
+            _check_settings(args)
+            print(render_toml(settings_of(parser), args), end="")
+            return 0
+        return _run(args, argv)
+    except CommandLineError as error:
+        return report("selproxy", error)
+
+
+def resolve_args(parser: argparse.ArgumentParser, argv: Sequence[str],
+                 environ: Mapping[str, str]) -> argparse.Namespace:
+    """The flags, then the ``SELPROXY_*`` variables, then the ``--config``
+    file, then the defaults (:mod:`selproxy._settings`)."""
+    try:
+        args = resolve(parser, argv, environ)
+    except SettingsError as exc:
+        raise CommandLineError(str(exc), exc.code) from None
+    if args.upstream is None:
+        raise CommandLineError("the following arguments are required: --upstream")
+    return args
 
 
 #: Messages of Config's checks name its fields; the user typed flags.
 _FIELD_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "workers", "max_request_line", "max_header_bytes", "max_buffered_body", "max_upstream_connections",
     "header_timeout", "idle_timeout", "connect_timeout", "response_timeout", "body_timeout",
-    "shutdown_grace", "topn", "max_topn", "rank_deadline", "max_field_chars", "ranker_threads",
-    "max_pending_ranks", "capture_rate", "capture_max_bytes", "capture_backups", "interleave_max_open",
-    "interleave_ttl", "interleave")}
+    "shutdown_grace", "shutdown_delay", "topn", "max_topn", "rank_deadline", "max_field_chars",
+    "ranker_threads", "max_pending_ranks", "capture_rate", "capture_max_bytes", "capture_backups",
+    "interleave_max_open", "interleave_ttl", "interleave")}
 
 
 def _usage_error(exc: Exception) -> CommandLineError:
@@ -429,9 +475,45 @@ def _chosen_ranker(name: Optional[str]) -> Optional[str]:
     return None
 
 
-def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _check_settings(args: argparse.Namespace) -> None:
+    """What can be checked without starting anything: the addresses and
+    the values (for --print-config, and before every start)."""
+    _check_addresses(args)
+    try:
+        config_from_args(args)
+    except ValueError as exc:
+        raise _usage_error(exc) from None
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Error lines on stderr, as text or JSON lines; access lines (when on)
+    to their file or standard output, one formatted line each."""
+    formatter = (JsonFormatter() if args.log_format == "json"
+                 else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
+    access = logging.getLogger(ACCESS_LOGGER)
+    for old in list(access.handlers):
+        access.removeHandler(old)
+        old.close()
+    access.propagate = args.access_log is None
+    if args.access_log is None:
+        return
+    try:
+        target = (AccessLineHandler(sys.stdout) if args.access_log == "-"
+                  else AccessLineHandler(open(args.access_log, "a", encoding="utf-8"), owned=True))
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise CommandLineError(f"--access-log {args.access_log}: {reason}", EXIT_FAILURE) from None
+    access.addHandler(target)
+    access.setLevel(logging.INFO)
+
+
+def build_proxy(args: argparse.Namespace) -> Any:
+    """The proxy the settings describe, checked as far as can be without
+    serving: addresses, values, the CA bundle, the ranker's name, class and
+    options.  Raises :class:`CommandLineError`."""
     _check_addresses(args)
     if args.interleave and args.ranker is None:
         # The proxy's own ranker is the first arm that is one (no default
@@ -447,8 +529,8 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _usage_error(exc) from None
     _check_upstream_tls(config)
-    from .rankers.registry import RankerSpecError, RankerUnavailable
-    from .server import ListenError, Proxy, StartFailed
+    from .rankers.registry import RankerSpecError
+    from .server import Proxy
     if ranker and ":" in ranker:
         _put_cwd_on_path()
     options = _ranker_options(args, ranker)
@@ -458,7 +540,39 @@ def _run(args: argparse.Namespace) -> int:
             for arm in search.interleave.arms:
                 if arm not in ("engine", "ranker", ranker):
                     check_ranker(arm)
-        proxy = Proxy(config=config, ranker=ranker, ranker_options=options or None, search=search)
+        return Proxy(config=config, ranker=ranker, ranker_options=options or None, search=search)
+    except RankerSpecError as exc:
+        raise CommandLineError(str(exc)) from None
+
+
+def _reloader(argv: Sequence[str]) -> Callable[[], Any]:
+    """SIGHUP's way to the configuration as it is now: the same flags, the
+    environment and the file read again."""
+
+    def reload() -> Any:
+        args = resolve_args(build_parser(), argv, os.environ)
+        proxy = build_proxy(args)
+        # A file that cannot be opened refuses the reload before any fork;
+        # the workers open their own.
+        if args.access_log not in (None, "-"):
+            try:
+                open(args.access_log, "a").close()
+            except OSError as exc:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise CommandLineError(f"--access-log {args.access_log}: {reason}") from None
+        proxy.setup_logging = lambda: configure_logging(args)
+        return proxy
+
+    return reload
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    configure_logging(args)
+    from .rankers.registry import RankerSpecError, RankerUnavailable
+    from .server import ListenError, StartFailed
+    proxy = build_proxy(args)
+    proxy.reloader = _reloader(argv)
+    try:
         proxy.run()
     except RankerSpecError as exc:
         raise CommandLineError(str(exc)) from None

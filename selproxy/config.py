@@ -94,6 +94,12 @@ class Config:
     send_timeout: float = 60.0
     #: How long in-flight exchanges may take to finish after SIGTERM.
     shutdown_grace: float = 10.0
+    #: After SIGTERM, how long the proxy keeps accepting (saying it is not
+    #: ready) before it drains, so that load balancers stop sending first.
+    #: 0 by default, like Traefik's requestAcceptGraceTimeout: only the
+    #: platform knows how long its load balancers take (the Helm chart sets
+    #: it), and a delay would hold up every ``docker stop`` and ``kill``.
+    shutdown_delay: float = 0.0
 
     #: Upstream connections one worker keeps at most (busy and idle).
     max_upstream_connections: int = 512
@@ -110,8 +116,14 @@ class Config:
 
     #: Add X-Forwarded-For, X-Forwarded-Proto and Forwarded to requests.
     forwarded_headers: bool = False
-    #: Log one line per request, passthrough included.
+    #: Log one line per request, passthrough included, on the
+    #: ``selproxy.access`` logger; with it, requests carry an X-Request-Id.
     access_log: bool = False
+    #: Access lines without the query string of the target.
+    access_log_redact_query: bool = False
+    #: ``text`` or ``json`` (JSON lines): access lines, and error lines when
+    #: the command sets up logging.
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -131,6 +143,10 @@ class Config:
         for name in ("min_body_rate", "request_buffer_size", "max_upstream_waiters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if not 0 <= self.shutdown_delay < float("inf"):
+            raise ValueError("shutdown_delay must not be negative")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.max_idle_upstream_connections < 0:
             raise ValueError("max_idle_upstream_connections must not be negative")
 

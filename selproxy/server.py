@@ -6,16 +6,16 @@ import asyncio
 import errno
 import logging
 import os
-import select
 import signal
 import socket
-import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Coroutine, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, Union
 
 import uvloop
 
 from . import _core
+from ._logs import ACCESS_LOGGER, AccessLog
 from ._redact import excerpt, redact_url
 from ._threads import DaemonThreadPool
 from .config import Config
@@ -33,7 +33,9 @@ __all__ = ("Proxy", "serve", "ListenError", "StartFailed", "check_upstream")
 
 log = logging.getLogger("selproxy")
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+#: Each stops a proxy gracefully (see Proxy._on_signal); they are blocked
+#: while a process starts, so that none kills it half-started.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 #: How long a stopping proxy waits, past its grace, for code it does not
 #: control: a ranker's close, then (all together) the tasks left on the loop,
@@ -183,6 +185,24 @@ class Proxy:
         self._search: Optional[Tuple[Union[Ranker, str, None], Optional[Dict[str, Any]],
                                      Optional["SearchConfig"]]] = None
         self._write_log: Any = None
+        #: True from the moment the proxy is told to stop (the start of
+        #: ``shutdown_delay`` after SIGTERM, or a reload replacing this
+        #: worker): readiness says 503 from then on.
+        self.draining = False
+        #: Which worker of the master this process is (0..workers-1; a
+        #: respawned worker keeps its index, a reload's new workers take
+        #: fresh ones: see :mod:`selproxy._supervisor`); 0 without a master.
+        self.worker_index = 0
+        #: Set by the command: builds the Proxy of the configuration as it
+        #: is now (file and environment read again), or raises why it
+        #: cannot.  SIGHUP uses it; without it a reload restarts the workers
+        #: with the same configuration.
+        self.reloader: Optional[Callable[[], "Proxy"]] = None
+        #: Set by the command: sets up this configuration's logging, in a
+        #: new worker and, once a reload is done, in the master.
+        self.setup_logging: Optional[Callable[[], None]] = None
+        self._stop_task: Optional["asyncio.Task[None]"] = None
+        self._skip_delay: Optional[asyncio.Event] = None
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
                 from .rankers.registry import check_ranker
@@ -257,7 +277,11 @@ class Proxy:
         routes.append(Route(("GET",), "/_selproxy/status", status.handle, "status"))
         if service is not None:   # writes the window cache hears of: after every claimed route
             routes += service.notify_routes()
-        core = _core.ProxyCore(self.config, loop, routes, self._run_route, log)
+        access = None
+        if self.config.access_log:
+            access = AccessLog(logging.getLogger(ACCESS_LOGGER), self.config.log_format,
+                               self.config.access_log_redact_query)
+        core = _core.ProxyCore(self.config, loop, routes, self._run_route, log, access)
         status.core = core
         self.core, self.status = core, status
         self._handler_upstream = core.upstream()
@@ -316,6 +340,7 @@ class Proxy:
         core, server = self.core, self._server
         if core is None or server is None:
             return
+        self.draining = True
         self._server = None
         grace = self.config.shutdown_grace if grace is None else grace
         server.close()
@@ -346,13 +371,14 @@ class Proxy:
             self._stopping.set()
 
     async def serve(self) -> None:
-        """Start, then serve until :meth:`stop` is called or SIGTERM/SIGINT."""
+        """Start, then serve until :meth:`stop` is called or SIGTERM,
+        SIGINT or SIGQUIT (see :meth:`_on_signal`)."""
         if self.core is None:
             await self.start()
         assert self._stopping is not None
         loop = asyncio.get_running_loop()
         installed = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
                 installed.append(signum)
@@ -369,9 +395,36 @@ class Proxy:
                 loop.remove_signal_handler(signum)
 
     def _on_signal(self, signum: int) -> None:
-        log.info("%s: draining (grace %.1fs)", signal.Signals(signum).name,
-                 self.config.shutdown_grace)
-        asyncio.get_running_loop().create_task(self.stop())
+        """SIGTERM: say not ready, keep serving for ``shutdown_delay`` (load
+        balancers take that long to stop sending), then drain.  SIGINT
+        (Ctrl-C) and SIGQUIT (the master replacing this worker on a reload)
+        drain at once, as does a second signal during the delay."""
+        self.draining = True
+        delay = self.config.shutdown_delay if signum == signal.SIGTERM else 0.0
+        if self._stop_task is not None and not self._stop_task.done():
+            if self._skip_delay is not None and not self._skip_delay.is_set():
+                log.info("%s: draining now", signal.Signals(signum).name)
+                self._skip_delay.set()
+            return
+        if delay > 0:
+            log.info("%s: not ready; still accepting for %.1fs, then draining (grace %.1fs)",
+                     signal.Signals(signum).name, delay, self.config.shutdown_grace)
+        elif signum == signal.SIGQUIT:
+            log.info("SIGQUIT (replaced by a reload, or told to stop now): draining (grace %.1fs)",
+                     self.config.shutdown_grace)
+        else:
+            log.info("%s: draining (grace %.1fs)", signal.Signals(signum).name,
+                     self.config.shutdown_grace)
+        self._stop_task = asyncio.get_running_loop().create_task(self._stop_after(delay))
+
+    async def _stop_after(self, delay: float) -> None:
+        if delay > 0:
+            self._skip_delay = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._skip_delay.wait(), delay)
+            except asyncio.TimeoutError:
+                log.info("draining (grace %.1fs)", self.config.shutdown_grace)
+        await self.stop()
 
     async def __aenter__(self) -> "Proxy":
         await self.start()
@@ -381,18 +434,22 @@ class Proxy:
         await self.stop()
 
     def run(self) -> None:
-        """Run until SIGTERM or SIGINT, with ``config.workers`` processes."""
+        """Run until SIGTERM or SIGINT: a master process and
+        ``config.workers`` worker processes (:mod:`selproxy._supervisor`),
+        which reloads on SIGHUP and restarts a worker that dies."""
         # Until serve() has its handlers in place, a stop signal waits
         # instead of killing a half-started process (or worker).
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        if self.config.workers == 1:
-            # The address is bound for good once the ranker is built (which
-            # can take seconds): say at once if another process holds it.
-            _claim_listen_socket(self.config, share=False).close()
+        if threading.current_thread() is not threading.main_thread() and self.config.workers == 1:
+            # A master needs the main thread for its signals: off it, one
+            # process serves (the caller handles signals), as before there
+            # was a master.
+            _claim_listen_socket(self.config).close()
             _warn_unreachable(self.config, check_upstream(self.config))
             run_bounded(self.serve())
             return
-        _run_workers(self)
+        from ._supervisor import Supervisor
+        Supervisor(self).run()
 
     # -- claimed requests --------------------------------------------------
 
@@ -438,23 +495,20 @@ async def serve(upstream: str, listen: str = "127.0.0.1:9201", **options: Any) -
     await Proxy(upstream, listen, **options).serve()
 
 
-def _claim_listen_socket(config: Config, share: bool = True) -> socket.socket:
-    """Bind the listening address for a set of workers, or raise
+def _claim_listen_socket(config: Config) -> socket.socket:
+    """Bind and listen on the address for the master's workers, or raise
     :class:`ListenError` if another process holds it.
 
-    SO_REUSEPORT lets any process of the same user join a port, so a second
-    ``--workers`` instance would bind beside the first and the kernel would
-    share the connections between two proxies.  The master therefore binds
-    first *without* SO_REUSEPORT (with SO_REUSEADDR, as asyncio does, so a
-    restart is not refused by the old process's TIME_WAIT connections): that
-    bind fails while any socket holds the port, listening or in a
-    SO_REUSEPORT group.  Only then is SO_REUSEPORT set on the bound socket,
-    before listen(), so that this instance's own workers can join it; a
-    later instance's exclusive bind still fails.  Claim and bind are one
-    system call, so two instances starting at once cannot both win.
-
-    With ``share=False`` the socket is only bound (a test that the address is
-    free, made before a model loads for seconds)."""
+    The master holds this one socket for as long as it serves this address,
+    and every worker it forks accepts on it: one accept queue, so that a
+    worker that stops (a reload, a crash) takes no queued connection with
+    it, where a SO_REUSEPORT socket per worker would reset those queued on
+    its own socket as it closes.  No SO_REUSEPORT then: its bind fails while
+    any other socket holds the port, listening or in a SO_REUSEPORT group,
+    so a second instance is refused instead of sharing the port.
+    SO_REUSEADDR, as asyncio sets it, keeps a restart from being refused by
+    the old process's TIME_WAIT connections.  Claim and bind are one system
+    call, so two instances starting at once cannot both win."""
     host, port = config.listen_address
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -467,86 +521,12 @@ def _claim_listen_socket(config: Config, share: bool = True) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        if share:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # Connections that come before the first worker serves wait here.
-            sock.listen(4096)
+        # Connections that come before a worker serves wait here.
+        sock.listen(4096)
     except OSError as exc:
         sock.close()
         raise ListenError(config.listen, exc) from None
     return sock
-
-
-#: A worker that cannot start writes one line, ``KIND<TAB>MESSAGE``, into a
-#: pipe; the master raises it again as the kind's class, so the command
-#: prints it once (not once per worker) with the kind's exit status.
-_START_FAILURE_KINDS: Dict[str, Type[Exception]] = {
-    "spec": RankerSpecError, "build": RankerUnavailable, "listen": StartFailed}
-
-
-def _run_workers(proxy: Proxy) -> None:
-    """Fork ``workers`` processes that share the port through SO_REUSEPORT;
-    the parent forwards SIGTERM/SIGINT and exits when they all have."""
-    claimed = _claim_listen_socket(proxy.config)
-    _warn_unreachable(proxy.config, check_upstream(proxy.config))
-    host, port = claimed.getsockname()[:2]
-    # Every worker binds the port the claim got (port 0 picks one now).
-    proxy.config = _replace_listen(proxy.config, host, port)
-    failures_read, failures_write = os.pipe()
-    children: List[int] = []
-    for number in range(proxy.config.workers):
-        pid = os.fork()
-        if pid == 0:
-            os.close(failures_read)
-            code = 0
-            try:
-                # The first worker serves on the claimed socket; the others
-                # join its SO_REUSEPORT group with sockets of their own.
-                if number != 0:
-                    claimed.close()
-                run_bounded(_worker(proxy, claimed if number == 0 else None))
-            except (RankerSpecError, RankerUnavailable, ListenError) as exc:
-                kind = ("spec" if isinstance(exc, RankerSpecError)
-                        else "listen" if isinstance(exc, ListenError) else "build")
-                line = f"{kind}\t{' '.join(str(exc).split())}\n".encode()[:select.PIPE_BUF]
-                os.write(failures_write, line)
-                code = 1
-            except BaseException:
-                log.exception("worker failed")
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children.append(pid)
-    claimed.close()
-    os.close(failures_write)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    failed = False
-    for child in children:
-        while True:
-            try:
-                _, status = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        failed = failed or os.waitstatus_to_exitcode(status) != 0
-    with os.fdopen(failures_read, "rb") as failures:
-        reported = failures.read().decode(errors="replace").splitlines()
-    if reported:
-        # Every worker fails alike (the same ranker, the same machine): one line.
-        kind, _, message = reported[0].partition("\t")
-        raise _START_FAILURE_KINDS.get(kind, StartFailed)(message)
-    sys.exit(1 if failed else 0)
 
 
 def run_bounded(main: Coroutine[Any, Any, None]) -> None:
@@ -581,14 +561,3 @@ def run_bounded(main: Coroutine[Any, Any, None]) -> None:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
-
-
-async def _worker(proxy: Proxy, sock: Optional[socket.socket]) -> None:
-    await proxy.start(sock=sock, reuse_port=sock is None)
-    await proxy.serve()
-
-
-def _replace_listen(config: Config, host: str, port: int) -> Config:
-    import dataclasses
-    shown = f"[{host}]" if ":" in host else host
-    return dataclasses.replace(config, listen=f"{shown}:{port}")

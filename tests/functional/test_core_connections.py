@@ -719,7 +719,7 @@ def test_rss_stays_bounded_while_a_slow_client_reads_a_large_response(framing):
             with ProxyProcess(["--upstream", up.url]) as proc:
                 client = await RawClient.connect(proc.url)
                 assert (await client.request("GET", "/warm")).body == b"warm"
-                before = rss_bytes(proc.proc.pid)
+                before = rss_bytes(proc.worker_pid)
                 # A client that reads a little at a time, from a small buffer.
                 host, port = proc.url.split("//", 1)[1].rsplit(":", 1)
                 raw = socket.socket()
@@ -734,7 +734,7 @@ def test_rss_stays_bounded_while_a_slow_client_reads_a_large_response(framing):
                     data = await loop.sock_recv(raw, 64 * 1024)
                     assert data
                     received += len(data)
-                    peak = max(peak, rss_bytes(proc.proc.pid))
+                    peak = max(peak, rss_bytes(proc.worker_pid))
                     await asyncio.sleep(0.01)
                 assert received > MiB           # it did stream
                 assert received < total // 2    # and the client really was slow
@@ -764,7 +764,7 @@ def test_rss_stays_bounded_while_a_slow_client_reads_a_tunnel():
             with ProxyProcess(["--upstream", up.url]) as proc:
                 client = await RawClient.connect(proc.url)
                 assert (await client.request("GET", "/warm")).body == b"warm"
-                before = rss_bytes(proc.proc.pid)
+                before = rss_bytes(proc.worker_pid)
                 client.send(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
                             b"Upgrade: websocket\r\n\r\n")
                 assert (await client.read_response()).status == 101
@@ -775,7 +775,7 @@ def test_rss_stays_bounded_while_a_slow_client_reads_a_tunnel():
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline:
                     received += len(await client.reader.read(64 * 1024))
-                    peak = max(peak, rss_bytes(proc.proc.pid))
+                    peak = max(peak, rss_bytes(proc.worker_pid))
                     await asyncio.sleep(0.01)
                 growth = peak - before
                 print(f"slow tunnel reader: {received / MiB:.1f} MiB in 2 s; proxy RSS "
@@ -803,7 +803,7 @@ def test_rss_holding_1000_idle_keep_alive_connections():
                         assert all(a.status == 200 for a in answers)
                     status = await clients[0].request("GET", "/_selproxy/status")
                     assert status.json()["proxy"]["client_connections"] == 1000
-                    rss = rss_bytes(proc.proc.pid)
+                    rss = rss_bytes(proc.worker_pid)
                     print(f"1,000 idle keep-alive connections: proxy RSS {rss / MiB:.1f} MiB")
                     assert rss < 64 * MiB
                 finally:
@@ -824,7 +824,7 @@ def test_rss_stays_bounded_while_the_upstream_reads_a_large_body_slowly():
             with ProxyProcess(["--upstream", up.url]) as proc:
                 client = await RawClient.connect(proc.url)
                 assert (await client.request("POST", "/warm", b"w")).status == 200
-                before = rss_bytes(proc.proc.pid)
+                before = rss_bytes(proc.worker_pid)
                 # The connection that carried /warm (the command also
                 # connects once at start, to say if the upstream is down).
                 conn = up.connections[up.requests[-1].connection]
@@ -836,7 +836,7 @@ def test_rss_stays_bounded_while_the_upstream_reads_a_large_body_slowly():
                 peak = before
                 deadline = time.monotonic() + 1.5
                 while time.monotonic() < deadline:
-                    peak = max(peak, rss_bytes(proc.proc.pid))
+                    peak = max(peak, rss_bytes(proc.worker_pid))
                     await asyncio.sleep(0.02)
                 stuck = client.writer.transport.get_write_buffer_size()
                 growth = peak - before

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import selproxy
 
-LISTENING = re.compile(r"selproxy listening on (http://\S+?),")
+LISTENING = re.compile(r"selproxy listening on (http://\S+?),.*\(pid (\d+)\)")
 
 
 def in_process(upstream: str, **options) -> selproxy.Proxy:
@@ -32,6 +32,9 @@ class ProxyProcess:
         self.timeout = timeout
         self.proc: Optional[subprocess.Popen] = None
         self.url = ""
+        #: The worker that said it listens first (the process that serves,
+        #: under the master that proc.pid is).
+        self.worker_pid = 0
         self.lines: List[str] = []
 
     def __enter__(self) -> "ProxyProcess":
@@ -54,6 +57,7 @@ class ProxyProcess:
             match = LISTENING.search(line)
             if match:
                 self.url = match.group(1)
+                self.worker_pid = int(match.group(2))
                 return self
         self.stop()
         raise RuntimeError("selproxy did not start:\n" + "".join(self.lines))
@@ -105,3 +109,87 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+class LoggedProxy:
+    """``python -m selproxy`` with its stderr (and stdout) in files, for the
+    tests of a long-running master: reload, restart, shutdown and logs.
+    :meth:`wait_for` polls the log, so a wait is bounded however quiet the
+    process is.  ``env`` is added to the environment."""
+
+    def __init__(self, args: List[str], tmp_path, env: Optional[dict] = None,
+                 timeout: float = 30.0, passthrough_only: bool = True,
+                 script: Optional[str] = None, listen_flag: bool = True) -> None:
+        self.args = list(args)
+        #: A Python file to run instead of ``-m selproxy`` (args go to it as they are).
+        self.script = script
+        if script is None and passthrough_only and "--ranker" not in self.args:
+            self.args += ["--ranker", "none"]
+        if script is None and listen_flag and "--listen" not in self.args:
+            self.args += ["--listen", "127.0.0.1:0"]
+        self.err_path = tmp_path / f"selproxy-{id(self)}.err"
+        self.out_path = tmp_path / f"selproxy-{id(self)}.out"
+        self.env = dict(os.environ, **(env or {}))
+        self.timeout = timeout
+        self.proc: Optional[subprocess.Popen] = None
+        self.url = ""
+
+    def __enter__(self) -> "LoggedProxy":
+        with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
+            command = [self.script] if self.script else ["-m", "selproxy"]
+            self.proc = subprocess.Popen([sys.executable, *command, *self.args], stdout=out,
+                                         stderr=err, stdin=subprocess.DEVNULL, env=self.env)
+        match = self.wait_for(LISTENING.pattern, self.timeout)
+        self.url = match.group(1)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 20.0, count: int = 1, stream: str = "err"):
+        """The ``count``-th match of ``pattern`` in the log, once it is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log if stream == "err" else self.out
+            found = list(re.finditer(pattern, text))
+            if len(found) >= count:
+                return found[count - 1]
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                text = self.log if stream == "err" else self.out
+                found = list(re.finditer(pattern, text))
+                if len(found) >= count:
+                    return found[count - 1]
+                raise AssertionError(f"selproxy exited ({self.proc.returncode}) before "
+                                     f"{pattern!r}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.log}")
+            time.sleep(0.02)
+
+    def worker_pids(self) -> List[int]:
+        """The live children of the master."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as children:
+            return [int(pid) for pid in children.read().split()]
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
