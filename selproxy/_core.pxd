@@ -1,6 +1,7 @@
 # The compiled proxy core: connections, the upstream pool, the splice loop.
 from selproxy._http cimport MessageHead, BodyFraming
 from selproxy._routes cimport RouteTable, RouteMatch
+from selproxy._metrics cimport sp_cells
 
 
 # A client connection:
@@ -45,16 +46,11 @@ cdef enum PauseReason:
 
 
 cdef class Counters:
-    cdef readonly unsigned long long requests_passed
-    cdef readonly unsigned long long requests_claimed
-    cdef readonly unsigned long long client_connections_total
-    cdef readonly long client_connections
-    cdef readonly long upstream_connections
-    cdef readonly long upstream_idle
-    cdef readonly unsigned long long upstream_connects
-    cdef readonly long upstream_waiters
-    cdef readonly long long buffered_bodies   # claimed bodies and handler responses held
-    cdef readonly dict errors
+    # The figures live in ``cells``: the struct below until attach() points
+    # it into the worker's slot of the group's shared block (_metrics.h).
+    cdef sp_cells* cells
+    cdef sp_cells own
+    cdef object shared             # the buffer ``cells`` points into, kept alive
 
     cdef void count_error(self, str kind)
 
@@ -183,6 +179,7 @@ cdef class Exchange:
     cdef bint answered             # its response is out; the rest of its body is dropped
     cdef Py_ssize_t dropped        # bytes of that rest read so far
     cdef double started_at
+    cdef double upstream_at        # when its head went upstream; 0: not yet
 
 
 cdef class ClientProtocol(ResponseSink):

@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--readyz-upstream", action="store_true",
+                   help="GET /_selproxy/readyz also requires the upstream to accept connections")
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -217,7 +219,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_buffered_bodies=args.max_buffered_bodies,
         request_buffer_size=args.request_buffer_size, min_body_rate=args.min_body_rate,
         shutdown_grace=args.shutdown_grace, forwarded_headers=args.forwarded_headers,
-        access_log=args.access_log,
+        access_log=args.access_log, readyz_upstream=args.readyz_upstream,
     )
 
 

@@ -112,6 +112,9 @@ class Config:
     forwarded_headers: bool = False
     #: Log one line per request, passthrough included.
     access_log: bool = False
+    #: ``GET /_selproxy/readyz`` also requires the upstream to accept a TCP
+    #: connection (checked at most once a second), not only the proxy.
+    readyz_upstream: bool = False
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)

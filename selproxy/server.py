@@ -23,6 +23,8 @@ from .errors import HandlerError, ProxyError
 from .handler import Request, Response, Route
 from .rankers.adapter import call_guarded
 from .rankers.registry import RankerSpecError, RankerUnavailable
+from .metrics import worker_figures
+from .shared_stats import PUBLISH_INTERVAL, SERVING, STOPPED, SharedStats
 from .status import StatusPage
 
 __all__ = ("Proxy", "serve", "ListenError", "StartFailed", "check_upstream")
@@ -177,6 +179,16 @@ class Proxy:
         self.search_service: Any = None
         self._warmup: Optional["asyncio.Future[Any]"] = None
         self._search: Optional[Tuple[Any, Optional[Dict[str, Any]], Any]] = None
+        #: Which slot of the group's shared stats this process writes: the
+        #: master sets it in each worker it forks (a respawn reuses its index).
+        self.worker_index = 0
+        #: The block of figures the workers share; made by the master before
+        #: it forks, or by start() for a proxy that runs alone.
+        self.shared_stats: Optional[SharedStats] = None
+        #: True from the moment stop() begins (or a master says so before a
+        #: shutdown delay): readiness then answers 503 in every worker.
+        self.draining = False
+        self._publish_timer: Optional[asyncio.TimerHandle] = None
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
                 from .rankers.registry import check_ranker
@@ -244,10 +256,23 @@ class Proxy:
         if service is not None:
             routes += service.routes()
             status.sections["search"] = service.status
-        routes.append(Route(("GET",), "/_selproxy/status", status.handle, "status"))
+        routes += [Route(("GET",), "/_selproxy/status", status.handle, "status"),
+                   Route(("GET",), "/_selproxy/metrics", status.handle_metrics, "metrics"),
+                   Route(("GET",), "/_selproxy/livez", status.handle_livez, "livez"),
+                   Route(("GET",), "/_selproxy/readyz", status.handle_readyz, "readyz")]
         core = _core.ProxyCore(self.config, loop, routes, self._run_route, log)
         status.core = core
         self.core, self.status = core, status
+        self.draining = False
+        if self.shared_stats is None:
+            self.shared_stats = SharedStats.create(1, expected_workers=1)
+        slot = self.shared_stats.slot(self.worker_index)
+        slot.take(os.getpid())
+        # The core counts into the group's block from its first connection.
+        core.counters.attach(slot.cells)
+        status.shared, status.slot, status.worker_index = self.shared_stats, slot, self.worker_index
+        status.publish = self._publish
+        status.draining = lambda: self.draining
         self._upstream = core.upstream()
         self._stopping = asyncio.Event()
         if sock is not None:
@@ -264,6 +289,9 @@ class Proxy:
         core.add_listen_authority(self._address[0], self._address[1])
         core.start()
         self._start_warmup(status)
+        slot.set_warm(self._warmup is None)
+        slot.set_state(SERVING)
+        self._publish()
         log.info("selproxy listening on %s, upstream %s (pid %d)",
                  self.url, redact_url(self.config.upstream), os.getpid())
 
@@ -290,6 +318,9 @@ class Proxy:
                 log.error("ranker warm-up failed: %s", excerpt(f"{type(error).__name__}: {error}"))
             else:
                 log.info("ranker %s warmed up", type(ranker).__name__)
+            # Done either way (a failed model fails open, as the ranker does).
+            if status.slot is not None:
+                status.slot.set_warm(True)
 
         done.add_done_callback(report)
 
@@ -305,6 +336,9 @@ class Proxy:
         if core is None or server is None:
             return
         self._server = None
+        self.draining = True
+        if self.status is not None and self.status.slot is not None:
+            self.status.slot.set_draining(True)
         grace = self.config.shutdown_grace if grace is None else grace
         server.close()
         core.drain()
@@ -329,6 +363,12 @@ class Proxy:
                 log.warning("the ranker did not close within %.1fs; left", left)
             elif closing.exception() is not None:
                 log.warning("closing the ranker failed: %s", excerpt(repr(closing.exception())))
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+            self._publish_timer = None
+        if self.status is not None and self.status.slot is not None:
+            self._publish()
+            self.status.slot.set_state(STOPPED)
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()
@@ -381,6 +421,25 @@ class Proxy:
             run_bounded(self.serve())
             return
         _run_workers(self)
+
+    # -- the group's figures -----------------------------------------------
+
+    def _publish(self) -> None:
+        """Copy this worker's Python figures into its slot of the shared
+        block, and again in :data:`PUBLISH_INTERVAL` seconds while it serves."""
+        status = self.status
+        if status is None or status.slot is None:
+            return
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+            self._publish_timer = None
+        try:
+            status.slot.publish(worker_figures(self.search_service, status.ready()))
+        except Exception as exc:  # figures never stop a worker
+            log.warning("publishing this worker's figures failed: %s", excerpt(repr(exc)))
+        if self._server is not None:
+            self._publish_timer = asyncio.get_running_loop().call_later(
+                PUBLISH_INTERVAL, self._publish)
 
     # -- claimed requests --------------------------------------------------
 
@@ -481,10 +540,14 @@ def _run_workers(proxy: Proxy) -> None:
     # Every worker binds the port the claim got (port 0 picks one now).
     proxy.config = _replace_listen(proxy.config, host, port)
     failures_read, failures_write = os.pipe()
+    # METRICS (issue 11): the block every worker counts into, shared by the
+    # fork; each child writes the slot of its index (a respawn reuses it).
+    proxy.shared_stats = SharedStats.for_workers(proxy.config.workers)
     children: List[int] = []
     for number in range(proxy.config.workers):
         pid = os.fork()
         if pid == 0:
+            proxy.worker_index = number  # METRICS: this worker's slot
             os.close(failures_read)
             code = 0
             try:
