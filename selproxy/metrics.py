@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import platform
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -116,7 +116,7 @@ class DurationHistogram:
         self.sum += seconds
 
 
-def outcome_labels(kind: str, reason: str, seen: Dict[str, set]) -> Tuple[str, str]:
+def outcome_labels(kind: str, reason: str, seen: Dict[str, Set[str]]) -> Tuple[str, str]:
     """(outcome, reason) labels of a rerank outcome: an applied search with
     a partial window is ``partial``; reasons past :data:`MAX_REASONS` per
     outcome are ``other`` (they are tokens from the code, but bounded anyway)."""

@@ -176,6 +176,6 @@ def _group_search(own: Dict[str, Any], views: List[SlotView]) -> Dict[str, Any]:
                 return sum(counts)
         return mine
 
-    merged = combine(own, sections, "")
+    merged: Dict[str, Any] = combine(own, sections, "")
     merged["workers_summed"] = len(sections)
     return merged

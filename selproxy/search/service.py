@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import zlib
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..handler import Headers, Request, Response, Route, Upstream, header_value
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming
@@ -66,7 +66,7 @@ class SearchStats:
         self.outcomes: Dict[Tuple[str, str], int] = collections.Counter()
         self.rank_duration = DurationHistogram()
         self.rank_queue_duration = DurationHistogram()
-        self._reasons: Dict[str, set] = {}
+        self._reasons: Dict[str, Set[str]] = {}
 
     def record(self, outcome: Outcome) -> None:
         self.searches += 1
