@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forwarded-headers", action="store_true",
                    help="add X-Forwarded-For and X-Forwarded-Proto to requests")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--admin-listen", metavar="HOST:PORT",
+                   help="also serve the status page, metrics and probes here (and only they)")
     p.add_argument("--readyz-upstream", action="store_true",
                    help="GET /_selproxy/readyz also requires the upstream to accept connections")
     p.add_argument("--log-level", default="INFO",
@@ -220,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         request_buffer_size=args.request_buffer_size, min_body_rate=args.min_body_rate,
         shutdown_grace=args.shutdown_grace, forwarded_headers=args.forwarded_headers,
         access_log=args.access_log, readyz_upstream=args.readyz_upstream,
+        admin_listen=args.admin_listen,
     )
 
 

@@ -189,6 +189,7 @@ class Proxy:
         #: shutdown delay): readiness then answers 503 in every worker.
         self.draining = False
         self._publish_timer: Optional[asyncio.TimerHandle] = None
+        self._admin: Optional[asyncio.Server] = None
         if ranker is not None or search is not None:
             if isinstance(ranker, str):
                 from .rankers.registry import check_ranker
@@ -242,6 +243,14 @@ class Proxy:
             host = f"[{host}]"
         return f"http://{host}:{port}"
 
+    @property
+    def admin_url(self) -> Optional[str]:
+        """Where the admin listener serves (``--admin-listen``), once started."""
+        if self._admin is None:
+            return None
+        host, port = self._admin.sockets[0].getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self, *, sock: Optional[socket.socket] = None,
@@ -287,6 +296,14 @@ class Proxy:
         self._server = server
         self._address = server.sockets[0].getsockname()
         core.add_listen_authority(self._address[0], self._address[1])
+        if self.config.admin_listen is not None:
+            from .admin import start_admin
+            try:
+                self._admin = await start_admin(status, self.config.admin_listen,
+                                                reuse_port=reuse_port or self.config.workers > 1)
+            except OSError as exc:
+                server.close()
+                raise ListenError(self.config.admin_listen, exc) from None
         core.start()
         self._start_warmup(status)
         slot.set_warm(self._warmup is None)
@@ -369,6 +386,10 @@ class Proxy:
         if self.status is not None and self.status.slot is not None:
             self._publish()
             self.status.slot.set_state(STOPPED)
+        if self._admin is not None:
+            # Open through the drain, so readiness says "draining" meanwhile.
+            self._admin.close()
+            self._admin = None
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()

@@ -258,3 +258,88 @@ def test_an_unreachable_upstream_is_a_warning_at_start():
         proc.wait_for_workers(2)
         log = "".join(proc.lines)
         assert "WARNING" in log and "is not reachable (connection refused)" in log, log
+
+
+# -- the admin listener -------------------------------------------------------------
+
+def test_the_admin_listener_serves_status_metrics_and_probes_only():
+    async def scenario():
+        async with RecordingUpstream(lambda req: response(200, b"data")) as up:
+            async with selproxy.Proxy(upstream=up.url, listen="127.0.0.1:0",
+                                      admin_listen="127.0.0.1:0") as proxy:
+                assert proxy.admin_url is not None and proxy.admin_url != proxy.url
+                loop = asyncio.get_running_loop()
+
+                def fetch(path, method="GET"):
+                    request = urllib.request.Request(proxy.admin_url + path, method=method)
+                    try:
+                        with urllib.request.urlopen(request, timeout=10) as res:
+                            return res.status, dict(res.headers), res.read()
+                    except urllib.error.HTTPError as err:
+                        return err.code, dict(err.headers), err.read()
+
+                client = await RawClient.connect(proxy.url)
+                assert (await client.request("GET", "/x")).body == b"data"
+                client.close()
+                pages = {}
+                for path in ("/metrics", "/_selproxy/metrics", "/livez", "/readyz", "/_selproxy/readyz",
+                             "/status", "/x", "/_search"):
+                    pages[path] = await loop.run_in_executor(None, fetch, path)
+                pages["POST /readyz"] = await loop.run_in_executor(None, fetch, "/readyz", "POST")
+                pages["HEAD /livez"] = await loop.run_in_executor(None, fetch, "/livez", "HEAD")
+                return pages, len(up.requests)
+
+    pages, upstream_requests = run(scenario(), 30)
+    assert upstream_requests == 1          # nothing the admin port got went upstream
+    for path in ("/metrics", "/_selproxy/metrics"):
+        code, headers, body = pages[path]
+        assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        requests = {s.labels["route"]: s.value for s in families["selproxy_requests"].samples
+                    if s.name == "selproxy_requests_total"}
+        assert requests["passthrough"] == 1
+    assert pages["/livez"][0] == 200 and json.loads(pages["/livez"][2]) == {"live": True}
+    assert pages["/readyz"][0] == 200 and pages["/_selproxy/readyz"][0] == 200
+    assert pages["/status"][0] == 200 and json.loads(pages["/status"][2])["proxy"]["requests_passed"] == 1
+    assert pages["/x"][0] == 404 and pages["/_search"][0] == 404
+    assert pages["POST /readyz"][0] == 405
+    assert pages["HEAD /livez"][0] == 200 and pages["HEAD /livez"][2] == b""
+
+
+def test_the_admin_listener_answers_for_both_workers():
+    admin_port = _closed_port()
+    body = b"data"
+
+    async def scenario():
+        async with RecordingUpstream(lambda req: response(200, body)) as up:
+            with ProxyProcess(["--upstream", up.url, "--workers", "2",
+                               "--admin-listen", f"127.0.0.1:{admin_port}"]) as proc:
+                proc.wait_for_workers(2)
+                loop = asyncio.get_running_loop()
+                sent = 0
+                for _ in range(200):
+                    client = await RawClient.connect(proc.url)
+                    assert (await client.request("GET", "/x")).body == body
+                    client.close()
+                    sent += 1
+                    if sent >= 10:
+                        doc = await loop.run_in_executor(
+                            None, status, f"http://127.0.0.1:{admin_port}")
+                        if all(w["proxy"]["requests_passed"] for w in doc["workers"]["each"]):
+                            break
+                samples = await loop.run_in_executor(None, scrape, f"http://127.0.0.1:{admin_port}")
+                code, _, _ = await loop.run_in_executor(None, get, f"http://127.0.0.1:{admin_port}/readyz")
+                return sent, doc, samples, code
+
+    sent, doc, samples, ready = run(scenario(), 60)
+    assert len(doc["workers"]["each"]) == 2
+    assert all(w["proxy"]["requests_passed"] for w in doc["workers"]["each"])
+    assert value(samples, "selproxy_requests_total", route="passthrough") == sent
+    # The admin listener's own requests are not counted as the data port's.
+    assert value(samples, "selproxy_requests_total", route="status") == 0
+    assert ready == 200
+
+
+def test_an_admin_port_0_with_several_workers_is_refused():
+    with pytest.raises(ValueError, match="admin_listen needs a fixed port"):
+        selproxy.Proxy(upstream="http://127.0.0.1:9", workers=2, admin_listen="127.0.0.1:0")
