@@ -157,3 +157,51 @@ def test_a_worker_index_outside_the_block_is_refused():
     assert block.expected_workers == 2
     block.expected_workers = 3
     assert block.expected_workers == 3
+
+
+class _CachedModel:
+    """Stands in for the minilm ranker: batch_rank, and stats() of its shape."""
+    name = "minilm"
+
+    def rank(self, query, docs):
+        return [float(len(d)) for d in docs]
+
+    def batch_rank(self, queries, docs_lists):
+        return [[float(len(d)) for d in docs] for docs in docs_lists]
+
+    def stats(self):
+        return {"model": self.name, "cache_entries": 120, "cache_hits": 30, "cache_misses": 120,
+                "cache_evictions": 4, "query_cache_hits": 7, "encoded_foreground": 120,
+                "store": {"backend": "sqlite", "entries": 500, "hits": 90, "misses": 30,
+                          "writes": 30, "evictions": 0}}
+
+
+def test_the_batcher_and_the_embedding_caches_become_metrics_named_after_the_model():
+    from selproxy.metrics import worker_figures
+    from selproxy.rankers.batching import MicroBatcher
+    from selproxy.search import SearchService
+
+    service = SearchService(MicroBatcher(_CachedModel()))
+    service.stats.record(("applied", ""))
+    service.stats.record(("applied", "partial=3/50"))
+    service.stats.record(("fallback", "deadline"))
+    figures = worker_figures(service, warm=True)
+    counters = {(n, tuple(sorted(l.items()))): v for n, l, v in figures["counters"]}
+    gauges = {(n, tuple(sorted(l.items()))): v for n, l, v in figures["gauges"]}
+    assert figures["ranker"] == "minilm" and figures["search"]["ranker"] == "minilm"
+    assert counters[("selproxy_rerank_outcomes_total", (("outcome", "applied"), ("reason", "")))] == 1
+    assert counters[("selproxy_rerank_outcomes_total", (("outcome", "partial"), ("reason", "")))] == 1
+    assert counters[("selproxy_rerank_outcomes_total", (("outcome", "fallback"), ("reason", "deadline")))] == 1
+    assert counters[("selproxy_batcher_batches_total", ())] == 0
+    assert counters[("selproxy_batcher_rejected_total", (("reason", "overloaded"),))] == 0
+    assert counters[("selproxy_embedding_cache_hits_total", (("cache", "memory"),))] == 30
+    assert counters[("selproxy_embedding_cache_misses_total", (("cache", "memory"),))] == 120
+    assert counters[("selproxy_embedding_cache_evictions_total", (("cache", "memory"),))] == 4
+    assert counters[("selproxy_embedding_cache_hits_total", (("cache", "query"),))] == 7
+    assert counters[("selproxy_embedding_cache_hits_total", (("cache", "store"),))] == 90
+    assert gauges[("selproxy_embedding_cache_entries", (("cache", "memory"),))] == 120
+    assert gauges[("selproxy_embedding_cache_entries", (("cache", "store"),))] == 500
+    assert gauges[("selproxy_batcher_queued_pairs", ())] == 0
+    assert gauges[("selproxy_batcher_cost_per_pair_seconds", ())] == 0.0
+    assert gauges[("selproxy_model_warm", ())] == 1
+    assert {n for n, _ in counters} | {n for n, _ in gauges} <= set(METRICS)
