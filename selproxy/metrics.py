@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from . import _core
 from ._version import __version__
-from .shared_stats import SlotView, merge_counters, merge_histograms
+from .shared_stats import SERVING, SlotView, merge_counters, merge_histograms
 
 __all__ = ("DURATION_BOUNDS", "DurationHistogram", "METRICS", "CONTENT_TYPE", "render",
            "group_totals", "worker_figures")
@@ -90,7 +90,6 @@ METRICS: Dict[str, Tuple[str, str]] = {
 #: Gauges combined across workers otherwise than by a sum.
 GAUGE_COMBINE: Dict[str, Callable[[Sequence[float]], float]] = {
     "selproxy_batcher_cost_per_pair_seconds": max,
-    "selproxy_model_warm": min,
 }
 
 #: Cell keys that are gauges of a live process (summed over live workers only).
@@ -138,13 +137,13 @@ def _number(value: Any) -> Optional[float]:
     return value
 
 
-def worker_figures(service: Any, warm: bool) -> Dict[str, Any]:
+def worker_figures(service: Any) -> Dict[str, Any]:
     """This worker's Python-side figures, as its slot's doc holds them:
     ``counters`` and ``gauges`` as ``[name, labels, value]`` rows,
     ``histograms`` as ``[name, labels, per-bucket counts, sum]``, and its
     search section for the status page."""
     counters: List[List[Any]] = []
-    gauges: List[List[Any]] = [["selproxy_model_warm", {}, 1 if warm else 0]]
+    gauges: List[List[Any]] = []
     histograms: List[List[Any]] = []
     doc: Dict[str, Any] = {"counters": counters, "gauges": gauges, "histograms": histograms}
     if service is None:
@@ -240,7 +239,7 @@ class _GroupCollector(Collector):
         info = family("selproxy_build_info", ("version", "python"))
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
-        for name, value in (("selproxy_workers", sum(v.state == 2 for v in live)),
+        for name, value in (("selproxy_workers", sum(v.state == SERVING for v in live)),
                             ("selproxy_workers_expected", self.expected),
                             ("selproxy_ready", int(self.ready)),
                             ("selproxy_draining", int(any(v.draining for v in live)))):
@@ -309,8 +308,10 @@ class _GroupCollector(Collector):
         for view in live:
             for name, labels, value in view.doc.get("gauges", []):
                 gauge_values.setdefault((name, tuple(sorted(labels.items()))), []).append(value)
-        if not any(name == "selproxy_model_warm" for name, _ in gauge_values):
-            gauge_values[("selproxy_model_warm", ())] = [0]
+        # Warm-up is read from the slots' flags, as readiness reads it, not
+        # from the figures a worker last published.
+        serving = [v for v in live if v.state == SERVING]
+        gauge_values[("selproxy_model_warm", ())] = [int(bool(serving) and all(v.warm for v in serving))]
         for (name, pairs), values in gauge_values.items():
             if name in METRICS:
                 combine = GAUGE_COMBINE.get(name, sum)

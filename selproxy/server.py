@@ -185,9 +185,7 @@ class Proxy:
         #: The block of figures the workers share; made by the master before
         #: it forks, or by start() for a proxy that runs alone.
         self.shared_stats: Optional[SharedStats] = None
-        #: True from the moment stop() begins (or a master says so before a
-        #: shutdown delay): readiness then answers 503 in every worker.
-        self.draining = False
+        self._draining = False
         self._publish_timer: Optional[asyncio.TimerHandle] = None
         self._admin: Optional[asyncio.Server] = None
         if ranker is not None or search is not None:
@@ -250,6 +248,20 @@ class Proxy:
             return None
         host, port = self._admin.sockets[0].getsockname()[:2]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def draining(self) -> bool:
+        """True from the moment :meth:`stop` begins, or from when the process
+        is told it will stop (set it before a shutdown delay, or in the old
+        workers of a reload): ``/_selproxy/readyz`` then answers 503
+        ``draining`` in every worker of the group, through the shared block."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = bool(value)
+        if self.status is not None and self.status.slot is not None:
+            self.status.slot.set_draining(self._draining)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -354,8 +366,6 @@ class Proxy:
             return
         self._server = None
         self.draining = True
-        if self.status is not None and self.status.slot is not None:
-            self.status.slot.set_draining(True)
         grace = self.config.shutdown_grace if grace is None else grace
         server.close()
         core.drain()
@@ -455,7 +465,7 @@ class Proxy:
             self._publish_timer.cancel()
             self._publish_timer = None
         try:
-            status.slot.publish(worker_figures(self.search_service, status.ready()))
+            status.slot.publish(worker_figures(self.search_service))
         except Exception as exc:  # figures never stop a worker
             log.warning("publishing this worker's figures failed: %s", excerpt(repr(exc)))
         if self._server is not None:

@@ -343,3 +343,28 @@ def test_the_admin_listener_answers_for_both_workers():
 def test_an_admin_port_0_with_several_workers_is_refused():
     with pytest.raises(ValueError, match="admin_listen needs a fixed port"):
         selproxy.Proxy(upstream="http://127.0.0.1:9", workers=2, admin_listen="127.0.0.1:0")
+
+
+def test_setting_draining_before_a_shutdown_delay_turns_readiness_off_at_once():
+    async def scenario():
+        async with RecordingUpstream(lambda req: response(200, b"data")) as up:
+            async with selproxy.Proxy(upstream=up.url, listen="127.0.0.1:0") as proxy:
+                client = await RawClient.connect(proxy.url)
+                before = await client.request("GET", "/_selproxy/readyz")
+                proxy.draining = True           # what a master does at SIGTERM, before its delay
+                during = await client.request("GET", "/_selproxy/readyz")
+                metrics = await client.request("GET", "/_selproxy/metrics")
+                # Still serving meanwhile: load balancers need the time to notice.
+                data = await client.request("GET", "/x")
+                proxy.draining = False
+                after = await client.request("GET", "/_selproxy/readyz")
+                client.close()
+                return before, during, metrics, data, after
+
+    before, during, metrics, data, after = run(scenario(), 30)
+    assert before.status == 200 and after.status == 200
+    assert during.status == 503 and during.json() == {"ready": False, "reasons": ["draining"]}
+    families = {f.name: f for f in text_string_to_metric_families(metrics.body.decode())}
+    assert families["selproxy_draining"].samples[0].value == 1
+    assert families["selproxy_ready"].samples[0].value == 0
+    assert data.status == 200 and data.body == b"data"

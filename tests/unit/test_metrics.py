@@ -83,7 +83,7 @@ def test_the_exposition_sums_counters_over_all_workers_and_gauges_over_live_ones
     dead = _cells(requests_passed=7, client_connections=9,
                   requests=dict(_cells()["requests"], passthrough=7))
     doc = {"counters": [["selproxy_rerank_outcomes_total", {"outcome": "applied", "reason": ""}, 4]],
-           "gauges": [["selproxy_batcher_queued_pairs", {}, 3], ["selproxy_model_warm", {}, 1]],
+           "gauges": [["selproxy_batcher_queued_pairs", {}, 3]],
            "histograms": [["selproxy_rank_duration_seconds", {}, [1] + [0] * 14, 0.001]],
            "ranker": "minilm"}
     dead_doc = {"counters": [["selproxy_rerank_outcomes_total", {"outcome": "applied", "reason": ""}, 6]],
@@ -104,6 +104,7 @@ def test_the_exposition_sums_counters_over_all_workers_and_gauges_over_live_ones
     assert samples[("selproxy_workers_expected", ())] == 2
     assert samples[("selproxy_ready", ())] == 0
     assert samples[("selproxy_ranker_info", (("ranker", "minilm"),))] == 1
+    assert samples[("selproxy_model_warm", ())] == 1       # the live worker's flag
     build = (("python", platform.python_version()), ("version", __version__))
     assert samples[("selproxy_build_info", build)] == 1
     # Cumulative buckets at OpenTelemetry's bounds, then +Inf; count and sum.
@@ -185,7 +186,7 @@ def test_the_batcher_and_the_embedding_caches_become_metrics_named_after_the_mod
     service.stats.record(("applied", ""))
     service.stats.record(("applied", "partial=3/50"))
     service.stats.record(("fallback", "deadline"))
-    figures = worker_figures(service, warm=True)
+    figures = worker_figures(service)
     counters = {(n, tuple(sorted(l.items()))): v for n, l, v in figures["counters"]}
     gauges = {(n, tuple(sorted(l.items()))): v for n, l, v in figures["gauges"]}
     assert figures["ranker"] == "minilm" and figures["search"]["ranker"] == "minilm"
@@ -203,5 +204,4 @@ def test_the_batcher_and_the_embedding_caches_become_metrics_named_after_the_mod
     assert gauges[("selproxy_embedding_cache_entries", (("cache", "store"),))] == 500
     assert gauges[("selproxy_batcher_queued_pairs", ())] == 0
     assert gauges[("selproxy_batcher_cost_per_pair_seconds", ())] == 0.0
-    assert gauges[("selproxy_model_warm", ())] == 1
     assert {n for n, _ in counters} | {n for n, _ in gauges} <= set(METRICS)
