@@ -457,7 +457,8 @@ class Proxy:
 
     def _publish(self) -> None:
         """Copy this worker's Python figures into its slot of the shared
-        block, and again in :data:`PUBLISH_INTERVAL` seconds while it serves."""
+        block, and again every :data:`PUBLISH_INTERVAL` seconds while it
+        serves searches."""
         status = self.status
         if status is None or status.slot is None:
             return
@@ -468,7 +469,9 @@ class Proxy:
             status.slot.publish(worker_figures(self.search_service))
         except Exception as exc:  # figures never stop a worker
             log.warning("publishing this worker's figures failed: %s", excerpt(repr(exc)))
-        if self._server is not None:
+        # Without a search service there is nothing Python-side that changes
+        # (the core's counters are in the block already): no timer.
+        if self._server is not None and self.search_service is not None:
             self._publish_timer = asyncio.get_running_loop().call_later(
                 PUBLISH_INTERVAL, self._publish)
 
