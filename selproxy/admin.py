@@ -13,6 +13,7 @@ not the compiled core.  Every worker listens on it (SO_REUSEPORT with
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 from typing import Any, Awaitable, Callable, Dict
 
@@ -73,8 +74,7 @@ async def _serve_one(pages: Dict[str, Any], reader: asyncio.StreamReader,
             response = await page(Request(method, target, [], b"", {},
                                           writer.get_extra_info("peername")), None)
         body = response.body if isinstance(response.body, bytes) else str(response.body).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}.get(response.status, "Unknown")
+        reason = http.HTTPStatus(response.status).phrase
         writer.write(_head(response.status, reason, response.headers, len(body)))
         if method != "HEAD":
             writer.write(body)

@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import _core
 
 __all__ = ("SharedStats", "WorkerSlot", "SlotView", "PUBLISH_INTERVAL",
-           "STARTING", "SERVING", "STOPPED")
+           "STARTING", "SERVING", "STOPPED", "merge_counters", "merge_histograms")
 
 #: Seconds between two copies of a worker's Python figures into its slot.
 PUBLISH_INTERVAL = 0.5
@@ -197,9 +197,9 @@ class WorkerSlot:
         """Write this worker's Python figures (with the base added)."""
         doc = dict(doc)
         if self.base:
-            doc["counters"] = _merge_counters(self.base.get("counters", []), doc.get("counters", []))
-            doc["histograms"] = _merge_histograms(self.base.get("histograms", []),
-                                                  doc.get("histograms", []))
+            doc["counters"] = merge_counters(self.base.get("counters", []), doc.get("counters", []))
+            doc["histograms"] = merge_histograms(self.base.get("histograms", []),
+                                                 doc.get("histograms", []))
         data = json.dumps(doc, separators=(",", ":")).encode()
         if len(data) > DOC_CAPACITY:
             # Never torn: the figures that fit, the per-worker section dropped.
@@ -257,7 +257,7 @@ def _key(name: str, labels: Dict[str, str]) -> Tuple[str, Tuple[Tuple[str, str],
     return name, tuple(sorted(labels.items()))
 
 
-def _merge_counters(*lists: List[List[Any]]) -> List[List[Any]]:
+def merge_counters(*lists: List[List[Any]]) -> List[List[Any]]:
     """``[name, labels, value]`` rows, summed by (name, labels)."""
     merged: Dict[Any, List[Any]] = {}
     for rows in lists:
@@ -270,7 +270,7 @@ def _merge_counters(*lists: List[List[Any]]) -> List[List[Any]]:
     return list(merged.values())
 
 
-def _merge_histograms(*lists: List[List[Any]]) -> List[List[Any]]:
+def merge_histograms(*lists: List[List[Any]]) -> List[List[Any]]:
     """``[name, labels, per-bucket counts, sum]`` rows, summed by (name, labels)."""
     merged: Dict[Any, List[Any]] = {}
     for rows in lists:
@@ -283,7 +283,3 @@ def _merge_histograms(*lists: List[List[Any]]) -> List[List[Any]]:
             else:
                 merged[key] = [name, dict(labels), list(counts), total]
     return list(merged.values())
-
-
-merge_counters = _merge_counters
-merge_histograms = _merge_histograms

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from selproxy import __version__, _core
 from selproxy.metrics import (DURATION_BOUNDS, METRICS, DurationHistogram, group_totals,
                               outcome_labels, render)
-from selproxy.shared_stats import SERVING, STOPPED, SharedStats, SlotView
+from selproxy.shared_stats import SERVING, STARTING, STOPPED, SharedStats, SlotView
 
 #: OpenTelemetry semantic conventions, http.server.request.duration:
 #: "ExplicitBucketBoundaries of [ 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
@@ -147,7 +147,7 @@ def test_a_slot_taken_over_keeps_its_counts_and_starts_its_gauges_at_zero():
     assert view.doc["counters"] == [["selproxy_rerank_outcomes_total",
                                      {"outcome": "applied", "reason": ""}, 6]]
     assert view.doc["histograms"][0][2][0] == 3
-    assert view.alive and view.state == 1       # starting, until it serves
+    assert view.alive and view.state == STARTING     # until it serves
     assert [v.index for v in block.read()] == [1]
 
 
