@@ -368,3 +368,42 @@ def test_setting_draining_before_a_shutdown_delay_turns_readiness_off_at_once():
     assert families["selproxy_draining"].samples[0].value == 1
     assert families["selproxy_ready"].samples[0].value == 0
     assert data.status == 200 and data.body == b"data"
+
+
+def test_a_killed_workers_counts_stay_in_the_totals():
+    async def scenario():
+        async with RecordingUpstream(lambda req: response(200, b"data")) as up:
+            with ProxyProcess(["--upstream", up.url, "--workers", "2"]) as proc:
+                proc.wait_for_workers(2)
+                loop = asyncio.get_running_loop()
+                sent = 0
+                for _ in range(200):
+                    client = await RawClient.connect(proc.url)
+                    assert (await client.request("GET", "/x")).body == b"data"
+                    client.close()
+                    sent += 1
+                    if sent >= 6:
+                        doc = await loop.run_in_executor(None, status, proc.url)
+                        if all(w["proxy"]["requests_passed"] for w in doc["workers"]["each"]):
+                            break
+                victim = doc["workers"]["each"][0]
+                os.kill(victim["pid"], signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while True:
+                    doc = await loop.run_in_executor(None, status, proc.url)
+                    if doc["workers"]["serving"] == 1 or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.05)
+                code, _, answer = await loop.run_in_executor(None, get, f"{proc.url}/_selproxy/readyz")
+                samples = await loop.run_in_executor(None, scrape, proc.url)
+                return sent, victim, doc, code, json.loads(answer), samples
+
+    sent, victim, doc, code, answer, samples = run(scenario(), 60)
+    assert victim["proxy"]["requests_passed"] > 0
+    dead = [w for w in doc["workers"]["each"] if w["pid"] == victim["pid"]][0]
+    assert dead["alive"] is False
+    # Killed outright, its counts stay: the core wrote them in place.
+    assert doc["proxy"]["requests_passed"] == sent
+    assert value(samples, "selproxy_requests_total", route="passthrough") == sent
+    assert value(samples, "selproxy_workers") == 1
+    assert (code, answer) == (503, {"ready": False, "reasons": ["1 of 2 workers serving"]})
