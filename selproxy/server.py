@@ -346,7 +346,9 @@ class Proxy:
             if error is not None:
                 log.error("ranker warm-up failed: %s", excerpt(f"{type(error).__name__}: {error}"))
             else:
-                log.info("ranker %s warmed up", type(ranker).__name__)
+                # The model's name, not its micro-batcher's.
+                model = getattr(ranker, "ranker", ranker)
+                log.info("ranker %s warmed up", getattr(model, "name", None) or type(model).__name__)
             # Done either way (a failed model fails open, as the ranker does).
             if status.slot is not None:
                 status.slot.set_warm(True)
@@ -377,6 +379,14 @@ class Proxy:
                         core.open_clients(), grace)
         core.abort_all()
         core.stop()
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+            self._publish_timer = None
+        if self.status is not None and self.status.slot is not None:
+            # The last figures, while the search service still has them: a
+            # worker's counts stay in the group's totals after it is gone.
+            self._publish()
+            self.status.slot.set_state(STOPPED)
         if self.search_service is not None:
             service, self.search_service = self.search_service, None
             # A ranker's own close (a batcher's worker, a remote client)
@@ -390,12 +400,6 @@ class Proxy:
                 log.warning("the ranker did not close within %.1fs; left", left)
             elif closing.exception() is not None:
                 log.warning("closing the ranker failed: %s", excerpt(repr(closing.exception())))
-        if self._publish_timer is not None:
-            self._publish_timer.cancel()
-            self._publish_timer = None
-        if self.status is not None and self.status.slot is not None:
-            self._publish()
-            self.status.slot.set_state(STOPPED)
         if self._admin is not None:
             # Open through the drain, so readiness says "draining" meanwhile.
             self._admin.close()

@@ -407,3 +407,49 @@ def test_a_killed_workers_counts_stay_in_the_totals():
     assert value(samples, "selproxy_requests_total", route="passthrough") == sent
     assert value(samples, "selproxy_workers") == 1
     assert (code, answer) == (503, {"ready": False, "reasons": ["1 of 2 workers serving"]})
+
+
+def test_a_worker_that_replaces_a_stopped_one_goes_on_from_its_counts():
+    """As after a graceful reload or a respawn: the new worker takes the same
+    index of the block the master made, and no counter goes back."""
+    from selproxy.search import SearchConfig
+    from selproxy.search._testing import FakeEngine, ReverseRanker
+    from selproxy.shared_stats import SharedStats
+
+    docs = [(f"d{k}", {"title": f"rocket number {k}"}) for k in range(8)]
+    query = json.dumps({"query": {"match": {"title": "rocket"}}}).encode()
+    headers = (("Host", "test"), ("Content-Type", "application/json"))
+
+    async def scenario():
+        engine = FakeEngine({"books": docs})
+        host, port = await engine.serve()
+        block = SharedStats.create(2, expected_workers=1)
+        seen = []
+        try:
+            for _generation in range(2):
+                proxy = selproxy.Proxy(upstream=f"http://{host}:{port}", listen="127.0.0.1:0",
+                                       ranker=ReverseRanker(), search=SearchConfig(topn=6))
+                proxy.shared_stats, proxy.worker_index = block, 1   # as the master sets them
+                await proxy.start()
+                client = await RawClient.connect(proxy.url)
+                for _ in range(3):
+                    res = await client.request("POST", "/books/_search", query, headers)
+                    assert res.header("X-Selproxy-Rerank") == "applied"
+                text = (await client.request("GET", "/_selproxy/metrics")).body.decode()
+                client.close()
+                samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                           for f in text_string_to_metric_families(text) for s in f.samples}
+                seen.append((samples[("selproxy_requests_total", (("route", "search"),))],
+                             samples[("selproxy_rerank_outcomes_total",
+                                      (("outcome", "applied"), ("reason", "")))],
+                             samples[("selproxy_rank_duration_seconds_count", ())],
+                             samples[("selproxy_client_connections_open", ())]))
+                await proxy.stop(grace=1.0)
+        finally:
+            await engine.close()
+        return seen
+
+    first, second = run(scenario(), 30)
+    assert first == (3, 3, 3, 1)
+    # Counters go on from the stopped worker's; the gauge is the new one's own.
+    assert second == (6, 6, 6, 1)
