@@ -1,6 +1,7 @@
 # The compiled proxy core: connections, the upstream pool, the splice loop.
 from selproxy._http cimport MessageHead, BodyFraming
 from selproxy._routes cimport RouteTable, RouteMatch
+from selproxy._metrics cimport sp_cells
 
 
 # A client connection:
@@ -45,16 +46,11 @@ cdef enum PauseReason:
 
 
 cdef class Counters:
-    cdef readonly unsigned long long requests_passed
-    cdef readonly unsigned long long requests_claimed
-    cdef readonly unsigned long long client_connections_total
-    cdef readonly long client_connections
-    cdef readonly long upstream_connections
-    cdef readonly long upstream_idle
-    cdef readonly unsigned long long upstream_connects
-    cdef readonly long upstream_waiters
-    cdef readonly long long buffered_bodies   # claimed bodies and handler responses held
-    cdef readonly dict errors
+    # The figures live in ``cells``: the struct below until attach() points
+    # it into the worker's slot of the group's shared block (_metrics.h).
+    cdef sp_cells* cells
+    cdef sp_cells own
+    cdef object shared             # the buffer ``cells`` points into, kept alive
 
     cdef void count_error(self, str kind)
 
@@ -187,9 +183,10 @@ cdef class Exchange:
     # For the access log (core.access_hook); set only while it is on.
     cdef int status                # of the response sent to the client
     cdef long long bytes_out       # body bytes sent to the client
-    cdef double upstream_at        # passthrough: when the request went upstream
     cdef bytes request_id          # echoed as X-Request-Id
     cdef list answer_headers       # a response the proxy made: its headers
+    # When its head went upstream; 0: not yet (metrics, access log).
+    cdef double upstream_at
 
 
 cdef class ClientProtocol(ResponseSink):

@@ -6,7 +6,20 @@ from typing_extensions import disjoint_base
 from .config import Config
 from .handler import Request, Response, Route
 
-__all__ = ('Counters', 'UpstreamPool', 'CoreUpstream', 'ProxyCore', 'debug_counts')
+__all__ = ('Counters', 'UpstreamPool', 'CoreUpstream', 'ProxyCore', 'debug_counts', 'read_cells',
+           'ERROR_KINDS', 'ROUTE_KINDS', 'DURATION_BOUNDS', 'CELLS_SIZE')
+
+#: Error kinds the core counts, by their index in the counters.
+ERROR_KINDS: Tuple[str, ...]
+#: Route kinds requests and responses are counted by.
+ROUTE_KINDS: Tuple[str, ...]
+#: Upper bounds (seconds) of the core's duration histogram buckets.
+DURATION_BOUNDS: Tuple[float, ...]
+#: Bytes of a worker's counters in its slot of the shared block.
+CELLS_SIZE: int
+
+def read_cells(buffer: Any) -> Dict[str, Any]:
+    """The counters a worker keeps in ``buffer``, as ``Counters.snapshot`` gives them."""
 
 def debug_counts() -> Optional[Dict[str, int]]:
     """Live clients, upstream connections and exchanges in a debug build
@@ -41,6 +54,8 @@ class Counters:
     def errors(self) -> Dict[str, int]: ...
     def snapshot(self) -> Dict[str, Any]:
         """The counters as a JSON-ready dict."""
+    def attach(self, buffer: Any) -> None:
+        """Count into ``buffer`` (a worker's slot of the shared block) from now on."""
 
 @final
 class UpstreamPool:

@@ -28,6 +28,12 @@ from selproxy._http cimport (
 )
 from selproxy._routes cimport RouteTable, RouteMatch
 from selproxy._debug cimport SELPROXY_DEBUG
+from selproxy._metrics cimport (
+    sp_cells, sp_histogram, sp_observe, sp_count_response, sp_reset_gauges, sp_duration_bounds,
+    SP_ROUTE_PASSTHROUGH, SP_ROUTE_SEARCH, SP_ROUTE_MSEARCH, SP_ROUTE_PARAMS, SP_ROUTE_STATUS,
+    SP_ROUTE_OTHER, SP_ROUTE_KINDS, SP_STATUS_CLASSES, SP_ERROR_KINDS, SP_DURATION_BOUNDS,
+    SP_DURATION_BUCKETS,
+)
 
 cdef extern from "sys/uio.h" nogil:
     struct iovec:
@@ -75,7 +81,8 @@ from selproxy.errors import (
 )
 from selproxy.handler import Request as _Request, Response as _Response
 
-__all__ = ("ProxyCore", "Counters", "CoreUpstream", "UpstreamPool", "debug_counts")
+__all__ = ("ProxyCore", "Counters", "CoreUpstream", "UpstreamPool", "debug_counts", "read_cells",
+           "ERROR_KINDS", "ROUTE_KINDS", "DURATION_BOUNDS", "CELLS_SIZE")
 
 cdef object Request = _Request
 cdef object Response = _Response
@@ -164,28 +171,148 @@ cdef Py_ssize_t RESPONSE_HEAD_MAX = 1024 * 1024
 cdef object StopParsing = _StopParsing
 
 
+# Error kinds the core counts (Counters.count_error), each at a fixed index
+# of sp_cells.errors: the core's own words for what went wrong, then the
+# ProxyError class names its answers carry; anything else counts as "other".
+ERROR_KINDS = (
+    "other", "upstream_queue_full", "upstream_queue_timeout", "upstream_connect_timeout",
+    "upstream_connect_failed", "upstream_closed", "handler_error", "handler_bad_response",
+    "client_send_timeout", "body_timeout", "header_timeout",
+    "ProxyError", "BadRequest", "RequestLineTooLong", "HeadersTooLarge", "BodyTooLarge",
+    "MethodNotAllowed", "MisdirectedRequest", "UpstreamUnavailable", "UpstreamProtocolError",
+    "UpstreamTimeout", "RequestTimeout", "ProxyOverloaded", "UpstreamQueueFull",
+    "BodyBudgetExceeded", "UpstreamQueueTimeout", "HandlerError",
+)
+assert len(ERROR_KINDS) <= SP_ERROR_KINDS
+cdef dict ERROR_INDEX = {kind: i for i, kind in enumerate(ERROR_KINDS)}
+
+# The route kinds of sp_cells, by index, and the route names that map to
+# each (a search route is named after its kind; "solr" is a params route).
+ROUTE_KINDS = ("passthrough", "search", "msearch", "params", "status", "other")
+cdef dict ROUTE_KIND_OF_NAME = {
+    "search": SP_ROUTE_SEARCH, "msearch": SP_ROUTE_MSEARCH, "params": SP_ROUTE_PARAMS,
+    "solr": SP_ROUTE_PARAMS, "status": SP_ROUTE_STATUS, "metrics": SP_ROUTE_STATUS,
+    "livez": SP_ROUTE_STATUS, "readyz": SP_ROUTE_STATUS}
+#: Bucket upper bounds of the core's duration histograms (seconds).
+DURATION_BOUNDS = tuple(sp_duration_bounds[i] for i in range(SP_DURATION_BOUNDS))
+#: Bytes a worker's slot needs for its counters (Counters.attach).
+CELLS_SIZE = sizeof(sp_cells)
+
+
+cdef inline int route_kind(RouteMatch claim):
+    """The kind a claimed request counts under: by its route's name."""
+    if claim is None:
+        return SP_ROUTE_PASSTHROUGH
+    return ROUTE_KIND_OF_NAME.get(getattr(claim.route, "name", ""), SP_ROUTE_OTHER)
+
+
+cdef dict _histogram_dict(sp_histogram* h):
+    return {"counts": [h.counts[i] for i in range(SP_DURATION_BUCKETS)], "sum": h.sum}
+
+
+cdef dict _cells_dict(sp_cells* c):
+    cdef int i, j
+    return {
+        "requests_passed": c.requests_passed,
+        "requests_claimed": c.requests_claimed,
+        "client_connections": c.client_connections,
+        "client_connections_total": c.client_connections_total,
+        "upstream_connections": c.upstream_connections,
+        "upstream_idle": c.upstream_idle,
+        "upstream_connects": c.upstream_connects,
+        "upstream_waiters": c.upstream_waiters,
+        "upstream_waits": c.upstream_waits,
+        "buffered_bodies": c.buffered_bodies,
+        "client_bytes_in": c.client_bytes_in,
+        "client_bytes_out": c.client_bytes_out,
+        "requests": {ROUTE_KINDS[i]: c.requests[i] for i in range(SP_ROUTE_KINDS)},
+        "responses": {ROUTE_KINDS[i]: {f"{j + 1}xx": c.responses[i][j]
+                                       for j in range(SP_STATUS_CLASSES)}
+                      for i in range(SP_ROUTE_KINDS)},
+        "errors": {ERROR_KINDS[i]: c.errors[i] for i in range(len(ERROR_KINDS)) if c.errors[i]},
+        "upstream_duration": _histogram_dict(&c.upstream_duration),
+        "upstream_queue_duration": _histogram_dict(&c.upstream_queue_duration),
+    }
+
+
+cdef sp_cells* _cells_in(object buffer) except NULL:
+    cdef unsigned char[::1] view = buffer
+    if view.shape[0] < <Py_ssize_t>sizeof(sp_cells):
+        raise ValueError(f"the buffer holds {view.shape[0]} bytes; the counters need {sizeof(sp_cells)}")
+    return <sp_cells*>&view[0]
+
+
+def read_cells(buffer):
+    """The counters a worker keeps in ``buffer`` (its slot of the shared
+    block), as :meth:`Counters.snapshot` gives them."""
+    return _cells_dict(_cells_in(buffer))
+
+
 cdef class Counters:
-    """Per-worker counters, read by the status endpoint."""
+    """A worker's counters, read by the status page and the metrics.
+
+    They live in a C struct (``_metrics.h``): the core adds to its fields
+    directly.  :meth:`attach` moves them into the worker's slot of the
+    block the process group shares, before the worker serves."""
 
     def __cinit__(self):
-        self.errors = {}
+        self.cells = &self.own
+
+    def attach(self, buffer):
+        """Count into ``buffer`` (writable, at least ``CELLS_SIZE`` bytes)
+        from now on.  What it holds already is kept (a slot taken over from
+        a worker that died goes on counting from there), but for the gauges,
+        which describe a live process and start at zero."""
+        cdef sp_cells* cells = _cells_in(buffer)
+        self.shared = buffer
+        sp_reset_gauges(cells)
+        self.cells = cells
 
     cdef void count_error(self, str kind):
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.cells.errors[<int>ERROR_INDEX.get(kind, 0)] += 1
 
     def snapshot(self):
-        return {
-            "requests_passed": self.requests_passed,
-            "requests_claimed": self.requests_claimed,
-            "client_connections": self.client_connections,
-            "client_connections_total": self.client_connections_total,
-            "upstream_connections": self.upstream_connections,
-            "upstream_idle": self.upstream_idle,
-            "upstream_connects": self.upstream_connects,
-            "upstream_waiters": self.upstream_waiters,
-            "buffered_bodies": self.buffered_bodies,
-            "errors": dict(self.errors),
-        }
+        return _cells_dict(self.cells)
+
+    @property
+    def requests_passed(self):
+        return self.cells.requests_passed
+
+    @property
+    def requests_claimed(self):
+        return self.cells.requests_claimed
+
+    @property
+    def client_connections(self):
+        return self.cells.client_connections
+
+    @property
+    def client_connections_total(self):
+        return self.cells.client_connections_total
+
+    @property
+    def upstream_connections(self):
+        return self.cells.upstream_connections
+
+    @property
+    def upstream_idle(self):
+        return self.cells.upstream_idle
+
+    @property
+    def upstream_connects(self):
+        return self.cells.upstream_connects
+
+    @property
+    def upstream_waiters(self):
+        return self.cells.upstream_waiters
+
+    @property
+    def buffered_bodies(self):
+        return self.cells.buffered_bodies
+
+    @property
+    def errors(self):
+        return _cells_dict(self.cells)["errors"]
 
 
 cdef Py_ssize_t _send_now(int fd, const char* data, Py_ssize_t size) noexcept:
@@ -431,7 +558,7 @@ cdef class UpstreamPool:
         cdef UpstreamProtocol conn
         while self.idle:
             conn = <UpstreamProtocol>self.idle.pop()
-            self.core.counters.upstream_idle -= 1
+            self.core.counters.cells.upstream_idle -= 1
             if conn.state == UP_IDLE:
                 conn.state = UP_BUSY
                 conn.reused = True
@@ -448,12 +575,14 @@ cdef class UpstreamPool:
         else:
             sink.queued_at = monotonic()
             self.waiters.append(sink)
-            self.core.counters.upstream_waiters += 1
+            self.core.counters.cells.upstream_waiters += 1
+            self.core.counters.cells.upstream_waits += 1
 
     cdef ResponseSink _next_waiter(self):
         cdef ResponseSink sink = <ResponseSink>self.waiters.popleft()
+        sp_observe(&self.core.counters.cells.upstream_queue_duration, monotonic() - sink.queued_at)
         sink.queued_at = 0
-        self.core.counters.upstream_waiters -= 1
+        self.core.counters.cells.upstream_waiters -= 1
         return sink
 
     cdef void unqueue(self, ResponseSink sink):
@@ -464,7 +593,7 @@ cdef class UpstreamPool:
         sink.queued_at = 0
         try:
             self.waiters.remove(sink)
-            self.core.counters.upstream_waiters -= 1
+            self.core.counters.cells.upstream_waiters -= 1
         except ValueError:
             pass
 
@@ -481,7 +610,7 @@ cdef class UpstreamPool:
 
     cdef void _open(self, ResponseSink sink):
         self.total += 1
-        self.core.counters.upstream_connects += 1
+        self.core.counters.cells.upstream_connects += 1
         task = self.core.loop.create_task(_connect(self, sink))
 
     cdef void release(self, UpstreamProtocol conn, bint reusable):
@@ -498,7 +627,7 @@ cdef class UpstreamPool:
                 conn.idle_since = monotonic()
                 conn.set_reading(True)
                 self.idle.append(conn)
-                self.core.counters.upstream_idle += 1
+                self.core.counters.cells.upstream_idle += 1
                 return
         conn.close()
 
@@ -509,11 +638,11 @@ cdef class UpstreamPool:
             return
         self.connections.discard(conn)
         self.total -= 1
-        self.core.counters.upstream_connections -= 1
+        self.core.counters.cells.upstream_connections -= 1
         if conn.state == UP_IDLE:
             try:
                 self.idle.remove(conn)
-                self.core.counters.upstream_idle -= 1
+                self.core.counters.cells.upstream_idle -= 1
             except ValueError:
                 pass
         if self.waiters and self.total < self.core.max_upstream and not self.core.draining:
@@ -596,7 +725,7 @@ cdef class UpstreamProtocol:
         self.out = TransportWriter(transport)
         _tune_transport(transport)
         self.pool.connections.add(self)
-        self.core.counters.upstream_connections += 1
+        self.core.counters.cells.upstream_connections += 1
 
     def connection_lost(self, exc):
         cdef ResponseSink sink = self.sink
@@ -920,7 +1049,7 @@ cdef class UpstreamProtocol:
         if self.state == UP_IDLE:
             try:
                 self.pool.idle.remove(self)
-                self.core.counters.upstream_idle -= 1
+                self.core.counters.cells.upstream_idle -= 1
             except ValueError:
                 pass
         self.state = UP_CLOSED
@@ -1003,6 +1132,7 @@ cdef class Collector(ResponseSink):
     cdef Py_ssize_t size
     cdef Py_ssize_t budgeted       # of size, counted in core.counters.buffered_bodies
     cdef bint retried
+    cdef double sent_at            # when the request went to the upstream
 
     def __cinit__(self, ProxyCore core, bytes method, bytes data):
         self.core = core
@@ -1016,6 +1146,7 @@ cdef class Collector(ResponseSink):
             self.core.pool.release(conn, True)
             return
         self.conn = conn
+        self.sent_at = monotonic()
         conn.send(self, self.data)
         conn.request_sent()
 
@@ -1050,13 +1181,15 @@ cdef class Collector(ResponseSink):
         self.parts.append(data)
 
     cdef void _release_budget(self):
-        self.core.counters.buffered_bodies -= self.budgeted
+        self.core.counters.cells.buffered_bodies -= self.budgeted
         self.budgeted = 0
 
     cdef void response_complete(self, list trailers):
         cdef MessageHead head = self.head
         self.conn = None
         self._release_budget()
+        if self.sent_at != 0:
+            sp_observe(&self.core.counters.cells.upstream_duration, monotonic() - self.sent_at)
         if self.future.done() or head is None:
             return
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.pairs()]
@@ -1254,8 +1387,8 @@ cdef class ClientProtocol(ResponseSink):
         _tune_transport(transport)
         self.peer = transport.get_extra_info("peername")
         self.core.clients.add(self)
-        self.core.counters.client_connections += 1
-        self.core.counters.client_connections_total += 1
+        self.core.counters.cells.client_connections += 1
+        self.core.counters.cells.client_connections_total += 1
         self.deadline_kind = DEADLINE_IDLE
         self.deadline = monotonic() + self.core.idle_timeout
         if self.core.draining:
@@ -1267,10 +1400,10 @@ cdef class ClientProtocol(ResponseSink):
         self.state = CLIENT_CLOSED
         self.core.pool.unqueue(self)
         for ex in self.exchanges:
-            self.core.counters.buffered_bodies -= ex.budgeted
+            self.core.counters.cells.buffered_bodies -= ex.budgeted
             ex.budgeted = 0
         self.core.clients.discard(self)
-        self.core.counters.client_connections -= 1
+        self.core.counters.cells.client_connections -= 1
         self.transport = None
         if self.out is not None:
             self.out.stop()
@@ -1325,6 +1458,7 @@ cdef class ClientProtocol(ResponseSink):
 
     def buffer_updated(self, Py_ssize_t nbytes):
         cdef ClientState state = self.state
+        self.core.counters.cells.client_bytes_in += nbytes
         if state == CLIENT_OPEN:
             if self.deadline_kind == DEADLINE_BODY:
                 self.body_window_bytes += nbytes
@@ -1553,7 +1687,7 @@ cdef class ClientProtocol(ResponseSink):
                     err = BodyTooLarge(
                         f"the request body is larger than {core.max_buffered_body} bytes")
                 elif head.framing != BODY_NONE and (
-                        core.counters.buffered_bodies + max(head.content_length, 0)
+                        core.counters.cells.buffered_bodies + max(head.content_length, 0)
                         > core.max_buffered_bodies):
                     err = _budget_exceeded()
         if err is not None:
@@ -1752,13 +1886,15 @@ cdef class ClientProtocol(ResponseSink):
             self._answer_error(ex, ex.error)
             return
         if ex.claim is not None:
-            core.counters.requests_claimed += 1
+            core.counters.cells.requests_claimed += 1
+            core.counters.cells.requests[route_kind(ex.claim)] += 1
             if ex.request_complete:
                 self.run_handler(ex)
             elif ex.head.expect_continue:
                 self._write(CONTINUE_100)
             return
-        core.counters.requests_passed += 1
+        core.counters.cells.requests_passed += 1
+        core.counters.cells.requests[SP_ROUTE_PASSTHROUGH] += 1
         self.request_method = ex.head.method
         if (not ex.request_complete and not ex.head.expect_continue and not ex.upgrade
                 and ex.pending_size <= core.request_buffer_size):
@@ -1808,9 +1944,8 @@ cdef class ClientProtocol(ResponseSink):
             if ":" in node:
                 node = f'"[{node}]"'
             extra.append((b"Forwarded", f"for={node};proto=http".encode()))
+        ex.upstream_at = monotonic()   # the metrics' and the access log's upstream time
         conn.send(self, request_head_bytes(head, extra))
-        if core.access_log:
-            ex.upstream_at = monotonic()
         if self.writing_paused:
             conn.set_reading(False)
         if conn.writing_paused:
@@ -1879,6 +2014,7 @@ cdef class ClientProtocol(ResponseSink):
         ex.status = head.status
         if ex.request_id is not None:
             add_response_field(head, b"X-Request-Id", ex.request_id)
+        sp_count_response(self.core.counters.cells, SP_ROUTE_PASSTHROUGH, head.status)
         self._write(response_head_bytes(head, close, chunked))
 
     cdef bint _can_drain(self, Exchange ex):
@@ -1898,6 +2034,7 @@ cdef class ClientProtocol(ResponseSink):
             return
         if self.state == CLIENT_TUNNEL:
             self.tunnel_moved = True
+            self.core.counters.cells.client_bytes_out += PyBytes_GET_SIZE(data)
             self.out.write(data)
             return
         ex = self.first
@@ -1926,6 +2063,8 @@ cdef class ClientProtocol(ResponseSink):
             last.append(CRLF)
             self._write(b"".join(last))
         self.upstream = None
+        if ex.upstream_at != 0:
+            sp_observe(&self.core.counters.cells.upstream_duration, monotonic() - ex.upstream_at)
         self._resume(PAUSE_UPSTREAM_FULL)
         if up is not None:
             self.core.pool.release(up, ex.request_complete and up.reusable)
@@ -2002,6 +2141,7 @@ cdef class ClientProtocol(ResponseSink):
                            or not ex.request_complete or self._last_one())
         if self.transport is None:
             return
+        sp_count_response(self.core.counters.cells, route_kind(ex.claim), status)
         if self.queued_at != 0:
             self.core.pool.unqueue(self)
         ex.body_first = False
@@ -2050,7 +2190,7 @@ cdef class ClientProtocol(ResponseSink):
         if ex.notify is not None:
             self.core.notify(ex.notify, ex.head, True)
         if ex.budgeted:
-            self.core.counters.buffered_bodies -= ex.budgeted
+            self.core.counters.cells.buffered_bodies -= ex.budgeted
             ex.budgeted = 0
         if self.first is ex:
             self.exchanges.popleft()
@@ -2086,12 +2226,16 @@ cdef class ClientProtocol(ResponseSink):
                 and len(self.exchanges) <= 1)
 
     cdef void _write(self, bytes data):
+        self.core.counters.cells.client_bytes_out += PyBytes_GET_SIZE(data)
         if self.corked:
             self.corked_out.append(data)
         elif self.transport is not None:
             self.out.write(data)
 
     cdef void _writelines(self, list data):
+        cdef object piece
+        for piece in data:
+            self.core.counters.cells.client_bytes_out += len(piece)
         if self.corked:
             self.corked_out.extend(data)
         elif self.transport is not None:
@@ -2280,8 +2424,8 @@ cdef class ProxyCore:
 
     cdef bint take_budget(self, Py_ssize_t size):
         """Count ``size`` more buffered bytes; False once over the budget."""
-        self.counters.buffered_bodies += size
-        return self.counters.buffered_bodies <= self.max_buffered_bodies
+        self.counters.cells.buffered_bodies += size
+        return self.counters.cells.buffered_bodies <= self.max_buffered_bodies
 
     cdef void notify(self, RouteMatch match, MessageHead head, bint done):
         """Tell a notify route's handler of a request passing through:

@@ -32,8 +32,11 @@ would only hide the mistake.
 
 Worker indices (``Proxy.worker_index``): the first workers are 0 to
 workers-1; a restarted worker keeps its index; a reload's workers take the
-next free ones (with an unchanged worker count, generation g's are
-g*workers to g*workers+workers-1), so no two live workers share one.
+lowest indices no live (or restarting) worker holds, so no two live workers
+share one, and indices stay below twice the largest worker count.  An index
+is a slot of the shared stats block (:mod:`selproxy.shared_stats`), made
+here before the first fork: a worker that takes over a slot goes on from
+its counts, so the group's counters never go backwards.
 
 Workers tell the master how they start through a pipe, one line each
 (``PID<TAB>KIND<TAB>MESSAGE``, shorter than PIPE_BUF, so lines never mix):
@@ -53,6 +56,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Type
 
 from .config import Config
 from .rankers.registry import RankerSpecError, RankerUnavailable
+from .shared_stats import SharedStats
 from .server import (STOP_SIGNALS, ListenError, Proxy, StartFailed, _claim_listen_socket,
                      _warn_unreachable, check_upstream, run_bounded)
 
@@ -104,10 +108,12 @@ class Supervisor:
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
+        # The figures of all workers (metrics, status, readiness): made
+        # before the first fork, so that every worker inherits the block.
+        self.shared = SharedStats.for_workers(proxy.config.workers)
         self.workers: Dict[int, _Worker] = {}
         self.current: Optional[_Generation] = None
         self.next: Optional[_Generation] = None      # a reload's, until it serves
-        self.next_index = 0
         self.generations = 0
         self.started = False                        # every first worker has listened
         self.reload_pending = False                 # a SIGHUP came while workers started
@@ -128,8 +134,6 @@ class Supervisor:
         sock = _claim_listen_socket(proxy.config)
         _warn_unreachable(proxy.config, check_upstream(proxy.config))
         first = self._generation(proxy, sock, proxy.config.listen)
-        # Shared state of all workers (metrics) is made here, before the
-        # first fork, so that every worker inherits it.
         self._install_signals()
         try:
             self.current = first
@@ -192,8 +196,12 @@ class Supervisor:
         # Every worker serves the port the claim got (port 0 picks one now).
         proxy.config = _replace_listen(proxy.config, host, port)
         count = proxy.config.workers
-        indices = list(range(self.next_index, self.next_index + count))
-        self.next_index += count
+        held = {w.index for w in self.workers.values()} | {r[1] for r in self.respawns}
+        indices = [i for i in range(count + len(held)) if i not in held][:count]
+        if indices[-1] >= self.shared.capacity:
+            raise ValueError(f"{count} workers beside the {len(held)} running do not fit the "
+                             f"{self.shared.capacity} slots of the stats block; restart selproxy")
+        proxy.shared_stats = self.shared
         generation = _Generation(self.generations, proxy, sock, listen, indices)
         self.generations += 1
         return generation
@@ -404,7 +412,13 @@ class Supervisor:
             except ListenError as exc:
                 log.error("SIGHUP: reload refused: %s; the workers keep the configuration they have", exc)
                 return
-        self.next = self._generation(proxy, sock, listen)
+        try:
+            self.next = self._generation(proxy, sock, listen)
+        except ValueError as exc:
+            log.error("SIGHUP: reload refused: %s; the workers keep the configuration they have", exc)
+            if sock is not current.sock:
+                sock.close()
+            return
         log.info("SIGHUP: reloading: starting %d workers with the configuration read again",
                  len(self.next.indices))
         for index in self.next.indices:
@@ -415,6 +429,7 @@ class Supervisor:
         old, new = self.current, self.next
         assert old is not None and new is not None
         self.current, self.next = new, None
+        self.shared.expected_workers = len(new.indices)   # what readiness waits for
         self.respawns = [r for r in self.respawns if r[2] is new]
         self.deaths = {}
         for worker in self.workers.values():

@@ -289,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="access and error lines as text or JSON lines (default %(default)s)")
     logs.add_argument("--log-level", default="INFO",
                       choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--admin-listen", metavar="HOST:PORT",
+                   help="also serve the status page, metrics and probes here (and only they)")
+    p.add_argument("--readyz-upstream", action="store_true",
+                   help="GET /_selproxy/readyz also requires the upstream to accept connections")
     return p
 
 
@@ -310,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         forwarded_headers=args.forwarded_headers,
         access_log=args.access_log is not None, log_format=args.log_format,
         access_log_redact_query=args.access_log_redact_query,
+        readyz_upstream=args.readyz_upstream, admin_listen=args.admin_listen,
     )
 
 

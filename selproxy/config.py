@@ -124,10 +124,20 @@ class Config:
     #: ``text`` or ``json`` (JSON lines): access lines, and error lines when
     #: the command sets up logging.
     log_format: str = "text"
+    #: ``GET /_selproxy/readyz`` also requires the upstream to accept a TCP
+    #: connection (checked at most once a second), not only the proxy.
+    readyz_upstream: bool = False
+    #: A second address serving only the status page, the metrics and the
+    #: probes, so the data port can stay closed to scrapers (None: none).
+    admin_listen: Optional[str] = None
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
         parse_upstream(self.upstream)
+        if self.admin_listen is not None:
+            if parse_listen(self.admin_listen)[1] == 0 and self.workers > 1:
+                # Each worker would get a port of its own.
+                raise ValueError("admin_listen needs a fixed port with more than one worker")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         for name in ("max_request_line", "max_header_bytes", "max_buffered_body",

@@ -24,6 +24,8 @@ from .handler import Request, Response, Route
 from .rankers.adapter import call_guarded, warmup_method
 from .rankers.base import Ranker
 from .rankers.registry import RankerSpecError, RankerUnavailable
+from .metrics import worker_figures
+from .shared_stats import PUBLISH_INTERVAL, SERVING, STOPPED, SharedStats
 from .status import StatusPage
 
 if TYPE_CHECKING:  # the search layer loads in the worker that serves (see _start_search)
@@ -185,14 +187,18 @@ class Proxy:
         self._search: Optional[Tuple[Union[Ranker, str, None], Optional[Dict[str, Any]],
                                      Optional["SearchConfig"]]] = None
         self._write_log: Any = None
-        #: True from the moment the proxy is told to stop (the start of
-        #: ``shutdown_delay`` after SIGTERM, or a reload replacing this
-        #: worker): readiness says 503 from then on.
-        self.draining = False
-        #: Which worker of the master this process is (0..workers-1; a
-        #: respawned worker keeps its index, a reload's new workers take
-        #: fresh ones: see :mod:`selproxy._supervisor`); 0 without a master.
+        #: Which worker of the master this process is, and so which slot of
+        #: the group's shared stats it writes (0..workers-1; a respawned
+        #: worker keeps its index, a reload's new workers take fresh ones:
+        #: see :mod:`selproxy._supervisor`); 0 without a master.
         self.worker_index = 0
+        #: The block of figures the workers share; made by the master before
+        #: it forks, or by start() for a proxy that runs alone.
+        self.shared_stats: Optional[SharedStats] = None
+        #: See the ``draining`` property: readiness says 503 from then on.
+        self._draining = False
+        self._publish_timer: Optional[asyncio.TimerHandle] = None
+        self._admin: Optional[asyncio.Server] = None
         #: Set by the command: builds the Proxy of the configuration as it
         #: is now (file and environment read again), or raises why it
         #: cannot.  SIGHUP uses it; without it a reload restarts the workers
@@ -260,6 +266,28 @@ class Proxy:
             host = f"[{host}]"
         return f"http://{host}:{port}"
 
+    @property
+    def admin_url(self) -> Optional[str]:
+        """Where the admin listener serves (``--admin-listen``), once started."""
+        if self._admin is None:
+            return None
+        host, port = self._admin.sockets[0].getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def draining(self) -> bool:
+        """True from the moment :meth:`stop` begins, or from when the process
+        is told it will stop (set it before a shutdown delay, or in the old
+        workers of a reload): ``/_selproxy/readyz`` then answers 503
+        ``draining`` in every worker of the group, through the shared block."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = bool(value)
+        if self.status is not None and self.status.slot is not None:
+            self.status.slot.set_draining(self._draining)
+
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self, *, sock: Optional[socket.socket] = None,
@@ -274,7 +302,10 @@ class Proxy:
         if service is not None:
             routes += service.routes()
             status.sections["search"] = service.status
-        routes.append(Route(("GET",), "/_selproxy/status", status.handle, "status"))
+        routes += [Route(("GET",), "/_selproxy/status", status.handle, "status"),
+                   Route(("GET",), "/_selproxy/metrics", status.handle_metrics, "metrics"),
+                   Route(("GET",), "/_selproxy/livez", status.handle_livez, "livez"),
+                   Route(("GET",), "/_selproxy/readyz", status.handle_readyz, "readyz")]
         if service is not None:   # writes the window cache hears of: after every claimed route
             routes += service.notify_routes()
         access = None
@@ -284,6 +315,16 @@ class Proxy:
         core = _core.ProxyCore(self.config, loop, routes, self._run_route, log, access)
         status.core = core
         self.core, self.status = core, status
+        self.draining = False
+        if self.shared_stats is None:
+            self.shared_stats = SharedStats.create(1, expected_workers=1)
+        slot = self.shared_stats.slot(self.worker_index)
+        slot.take(os.getpid())
+        # The core counts into the group's block from its first connection.
+        core.counters.attach(slot.cells)
+        status.shared, status.slot, status.worker_index = self.shared_stats, slot, self.worker_index
+        status.publish = self._publish
+        status.draining = lambda: self.draining
         self._handler_upstream = core.upstream()
         self._stopping = asyncio.Event()
         if sock is not None:
@@ -298,8 +339,19 @@ class Proxy:
         self._server = server
         self._address = server.sockets[0].getsockname()
         core.add_listen_authority(self._address[0], self._address[1])
+        if self.config.admin_listen is not None:
+            from .admin import start_admin
+            try:
+                self._admin = await start_admin(status, self.config.admin_listen,
+                                                reuse_port=reuse_port or self.config.workers > 1)
+            except OSError as exc:
+                server.close()
+                raise ListenError(self.config.admin_listen, exc) from None
         core.start()
         self._start_warmup(status)
+        slot.set_warm(self._warmup is None)
+        slot.set_state(SERVING)
+        self._publish()
         log.info("selproxy listening on %s, upstream %s (pid %d)",
                  self.url, redact_url(self.config.upstream), os.getpid())
 
@@ -325,7 +377,12 @@ class Proxy:
             if error is not None:
                 log.error("ranker warm-up failed: %s", excerpt(f"{type(error).__name__}: {error}"))
             else:
-                log.info("ranker %s warmed up", type(ranker).__name__)
+                # The model's name, not its micro-batcher's.
+                model = getattr(ranker, "ranker", ranker)
+                log.info("ranker %s warmed up", getattr(model, "name", None) or type(model).__name__)
+            # Done either way (a failed model fails open, as the ranker does).
+            if status.slot is not None:
+                status.slot.set_warm(True)
 
         done.add_done_callback(report)
 
@@ -342,6 +399,7 @@ class Proxy:
             return
         self.draining = True
         self._server = None
+        self.draining = True
         grace = self.config.shutdown_grace if grace is None else grace
         server.close()
         core.drain()
@@ -353,6 +411,14 @@ class Proxy:
                         core.open_clients(), grace)
         core.abort_all()
         core.stop()
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+            self._publish_timer = None
+        if self.status is not None and self.status.slot is not None:
+            # The last figures, while the search service still has them: a
+            # worker's counts stay in the group's totals after it is gone.
+            self._publish()
+            self.status.slot.set_state(STOPPED)
         if self.search_service is not None:
             service, self.search_service = self.search_service, None
             # A ranker's own close (a batcher's worker, a remote client)
@@ -366,6 +432,10 @@ class Proxy:
                 log.warning("the ranker did not close within %.1fs; left", left)
             elif closing.exception() is not None:
                 log.warning("closing the ranker failed: %s", excerpt(repr(closing.exception())))
+        if self._admin is not None:
+            # Open through the drain, so readiness says "draining" meanwhile.
+            self._admin.close()
+            self._admin = None
         await asyncio.sleep(0)
         if self._stopping is not None:
             self._stopping.set()
@@ -450,6 +520,28 @@ class Proxy:
             return
         from ._supervisor import Supervisor
         Supervisor(self).run()
+
+    # -- the group's figures -----------------------------------------------
+
+    def _publish(self) -> None:
+        """Copy this worker's Python figures into its slot of the shared
+        block, and again every :data:`PUBLISH_INTERVAL` seconds while it
+        serves searches."""
+        status = self.status
+        if status is None or status.slot is None:
+            return
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+            self._publish_timer = None
+        try:
+            status.slot.publish(worker_figures(self.search_service))
+        except Exception as exc:  # figures never stop a worker
+            log.warning("publishing this worker's figures failed: %s", excerpt(repr(exc)))
+        # Without a search service there is nothing Python-side that changes
+        # (the core's counters are in the block already): no timer.
+        if self._server is not None and self.search_service is not None:
+            self._publish_timer = asyncio.get_running_loop().call_later(
+                PUBLISH_INTERVAL, self._publish)
 
     # -- claimed requests --------------------------------------------------
 

@@ -17,9 +17,10 @@ import collections
 import hashlib
 import logging
 import time
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..handler import Headers, NotifyRoute, Request, Response, Route, Upstream, header_value
+from ..metrics import DurationHistogram, outcome_labels
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming, aclose_method
 from ..rankers.base import Ranker
 from . import _json
@@ -63,10 +64,17 @@ class SearchStats:
         self.fallback: Dict[str, int] = collections.Counter()
         self.rank_seconds: Deque[float] = collections.deque(maxlen=samples)
         self.upstream_seconds: Deque[float] = collections.deque(maxlen=samples)
+        # For the metrics (selproxy.metrics): outcomes by (outcome, reason)
+        # label, and the rank durations as histograms.
+        self.outcomes: Dict[Tuple[str, str], int] = collections.Counter()
+        self.rank_duration = DurationHistogram()
+        self.rank_queue_duration = DurationHistogram()
+        self._reasons: Dict[str, Set[str]] = {}
 
     def record(self, outcome: Outcome) -> None:
         self.searches += 1
         kind, reason = outcome
+        self.outcomes[outcome_labels(kind, reason, self._reasons)] += 1
         if kind == "applied":
             self.reranked += 1
             if "partial=" in reason:
@@ -377,6 +385,8 @@ class SearchService:
             return (None, [("fallback", failure.reason)] * len(jobs),
                     RankTiming(rank=time.perf_counter() - started))
         self.stats.rank_seconds.append(timing.rank)
+        self.stats.rank_duration.observe(timing.rank)
+        self.stats.rank_queue_duration.observe(timing.queue)
         return scores, [_applied(s, len(job.docs)) for s, job in zip(scores, jobs)], timing
 
     async def _rank_one(self, route: SearchRoute, job: RankJob

@@ -50,24 +50,24 @@ CHART = ROOT / "deploy" / "helm" / "selproxy"
 #: (Chart.yaml kubeVersion) and a current one.
 K8S_VERSIONS = ("1.30.0", "1.35.0")
 
-#: Flags the deployment files use that the other parts of issue 11 add
-#: (config, admin listener, shutdown delay); until they are merged the
-#: parser here lacks them.  Once merged this set should be emptied.
-PENDING_FLAGS = {"admin-listen", "shutdown-delay", "config"}
-
 ALL_ON = ["--set", "rankerTier.enabled=true", "--set", "serviceMonitor.enabled=true",
           "--set", "rankerTier.autoscaling.enabled=true"]
 
 
 def selproxy_flags() -> set:
+    """Every long flag, and every configuration-file key (a switch that
+    turns something off, --no-window-cache, is the key window-cache)."""
+    from selproxy._settings import settings_of
     from selproxy.cli import build_parser
 
-    return {option[2:] for action in build_parser()._actions for option in action.option_strings
-            if option.startswith("--")}
+    parser = build_parser()
+    flags = {option[2:] for action in parser._actions for option in action.option_strings
+             if option.startswith("--")}
+    return flags | {setting.key for setting in settings_of(parser)}
 
 
 def check_flag_names(names: List[str], where: str) -> None:
-    unknown = set(names) - selproxy_flags() - PENDING_FLAGS
+    unknown = set(names) - selproxy_flags()
     assert not unknown, f"{where} uses flags selproxy does not have: {sorted(unknown)}"
 
 
