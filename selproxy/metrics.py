@@ -85,6 +85,31 @@ METRICS: Dict[str, Tuple[str, str]] = {
     "selproxy_embedding_cache_misses_total": ("counter", "Embedding lookups not found, by cache."),
     "selproxy_embedding_cache_evictions_total": ("counter", "Embeddings evicted, by cache."),
     "selproxy_embedding_cache_entries": ("gauge", "Embeddings held, by cache."),
+    # Relevance operations (issue 13): the window cache, shadow mode,
+    # interleaving and capture, from their status sections.
+    "selproxy_window_cache_hits_total": ("counter", "Later pages served from a kept window."),
+    "selproxy_window_cache_misses_total": ("counter", "Later pages no kept window could serve."),
+    "selproxy_window_cache_stores_total": ("counter", "Reranked windows kept."),
+    "selproxy_window_cache_evictions_total": (
+        "counter", "Kept windows dropped, by reason (entries, bytes, ttl, write)."),
+    "selproxy_window_cache_write_notices_total": ("counter", "Writes through the proxy the cache heard of."),
+    "selproxy_window_cache_entries": ("gauge", "Windows kept now."),
+    "selproxy_window_cache_bytes": ("gauge", "Bytes of the windows kept now."),
+    "selproxy_shadow_searches_total": ("counter", "Searches answered in shadow mode."),
+    "selproxy_shadow_recorded_total": ("counter", "Shadow reranks recorded."),
+    "selproxy_shadow_page_changed_total": (
+        "counter", "Shadow reranks whose page would have differed from the engine's."),
+    "selproxy_shadow_dropped_total": ("counter", "Shadow reranks dropped (queue full)."),
+    "selproxy_shadow_failed_total": ("counter", "Shadow reranks that failed."),
+    "selproxy_interleaving_result_sets_total": ("counter", "Interleaved pages served."),
+    "selproxy_interleaving_clicks_total": ("counter", "Clicks credited to an interleaved page."),
+    "selproxy_interleaving_wins_total": ("counter", "Result sets an arm won on clicks, by arm."),
+    "selproxy_interleaving_losses_total": ("counter", "Result sets an arm lost on clicks, by arm."),
+    "selproxy_interleaving_ties_total": ("counter", "Result sets with clicks tied between the arms."),
+    "selproxy_interleaving_open_result_sets": ("gauge", "Result sets still taking clicks."),
+    "selproxy_capture_written_total": ("counter", "Capture lines written."),
+    "selproxy_capture_dropped_total": ("counter", "Capture lines dropped (queue full)."),
+    "selproxy_capture_errors_total": ("counter", "Capture lines lost to a write error."),
 }
 
 #: Gauges combined across workers otherwise than by a sum.
@@ -187,7 +212,54 @@ def worker_figures(service: Any) -> Dict[str, Any]:
                     counters.append([f"selproxy_embedding_cache_{key}_total", labels, figures[key]])
             if _number(figures.get("entries")) is not None:
                 gauges.append(["selproxy_embedding_cache_entries", labels, figures["entries"]])
+    _relevance_figures(section, counters, gauges)
     return doc
+
+
+def _relevance_figures(section: Dict[str, Any], counters: List[List[Any]],
+                       gauges: List[List[Any]]) -> None:
+    """The window cache's, shadow mode's, interleaving's and capture's
+    counts from their status sections (each present only when on)."""
+    def count(name: str, value: Any, labels: Optional[Dict[str, str]] = None) -> None:
+        if _number(value) is not None:
+            counters.append([name, labels or {}, value])
+
+    cache = section.get("window_cache")
+    if isinstance(cache, dict):
+        for key in ("hits", "misses", "stores", "write_notices"):
+            count(f"selproxy_window_cache_{key}_total", cache.get(key))
+        evictions = cache.get("evictions")
+        if isinstance(evictions, dict):
+            # Every reason from the start, so a rate() has a series to begin with.
+            for reason in ("entries", "bytes", "ttl", "write"):
+                count("selproxy_window_cache_evictions_total", evictions.get(reason, 0), {"reason": reason})
+        for key in ("entries", "bytes"):
+            if _number(cache.get(key)) is not None:
+                gauges.append([f"selproxy_window_cache_{key}", {}, cache[key]])
+    shadow = section.get("shadow")
+    if isinstance(shadow, dict) and shadow.get("enabled"):
+        for key in ("searches", "recorded", "page_changed", "dropped", "failed"):
+            count(f"selproxy_shadow_{key}_total", shadow.get(key))
+    interleaving = section.get("interleaving")
+    if isinstance(interleaving, dict):
+        count("selproxy_interleaving_result_sets_total", interleaving.get("result_sets"))
+        count("selproxy_interleaving_clicks_total", interleaving.get("clicks"))
+        arms = interleaving.get("arms")
+        if isinstance(arms, dict) and arms:
+            for arm in arms.values():
+                if isinstance(arm, dict):
+                    labels = {"arm": str(arm.get("name"))}   # two arms: bounded
+                    count("selproxy_interleaving_wins_total", arm.get("wins"), labels)
+                    count("selproxy_interleaving_losses_total", arm.get("losses"), labels)
+            first = next(iter(arms.values()))
+            if isinstance(first, dict):
+                count("selproxy_interleaving_ties_total", first.get("ties"))
+        if _number(interleaving.get("open_result_sets")) is not None:
+            gauges.append(["selproxy_interleaving_open_result_sets", {}, interleaving["open_result_sets"]])
+    capture = section.get("capture")
+    if isinstance(capture, dict):
+        for key in ("written", "dropped", "errors"):
+            count(f"selproxy_capture_{key}_total", capture.get(key))
 
 
 # -- the group ----------------------------------------------------------------

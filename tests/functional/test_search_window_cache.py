@@ -11,6 +11,7 @@ from typing import List, Sequence
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from selproxy import Proxy
 from selproxy.engine import Engine
@@ -109,6 +110,16 @@ def test_pages_two_and_three_come_from_the_window_with_no_engine_or_model_call()
             assert len(seen) == 5
             stats = s.proxy.status.document()["search"]["window_cache"]
             assert (stats["hits"], stats["stores"], stats["entries"]) == (2, 1, 1)
+            # The metrics count the same, read through the exposition.
+            async with s.http.get(s.proxy.url + "/_selproxy/metrics") as r:
+                assert r.status == 200
+                exposition = await r.text()
+            samples = {sample.name: sample.value
+                       for family in text_string_to_metric_families(exposition)
+                       for sample in family.samples if not sample.labels}
+            assert samples["selproxy_window_cache_hits_total"] == 2
+            assert samples["selproxy_window_cache_stores_total"] == 1
+            assert samples["selproxy_window_cache_entries"] == 1
 
             # A page that ends past the hits the window holds goes to the engine,
             # and one past the window is the engine's own page, as before.

@@ -205,3 +205,40 @@ def test_the_batcher_and_the_embedding_caches_become_metrics_named_after_the_mod
     assert gauges[("selproxy_batcher_queued_pairs", ())] == 0
     assert gauges[("selproxy_batcher_cost_per_pair_seconds", ())] == 0.0
     assert {n for n, _ in counters} | {n for n, _ in gauges} <= set(METRICS)
+
+
+def test_the_relevance_operations_become_metrics(tmp_path):
+    from selproxy.metrics import worker_figures
+    from selproxy.rankers.identity import IdentityRanker
+    from selproxy.search import SearchConfig, SearchService
+    from selproxy.search.capture import CaptureConfig
+    from selproxy.search.interleave import InterleaveConfig
+
+    config = SearchConfig(shadow=True, interleave=InterleaveConfig(arms=("ranker", "engine"), primary=None),
+                          capture=CaptureConfig(path=str(tmp_path / "capture.jsonl"), rate=1.0))
+    service = SearchService(IdentityRanker(), config)
+    try:
+        service.window_cache.hits, service.window_cache.misses = 5, 2
+        service.shadow.searches, service.shadow.dropped = 9, 1
+        book = service.relevance.book
+        book.outcomes = [3, 1, 2]          # A won 3, B won 1, 2 ties
+        figures = worker_figures(service)
+    finally:
+        service.close()
+    counters = {(n, tuple(sorted(l.items()))): v for n, l, v in figures["counters"]}
+    gauges = {(n, tuple(sorted(l.items()))): v for n, l, v in figures["gauges"]}
+    assert counters[("selproxy_window_cache_hits_total", ())] == 5
+    assert counters[("selproxy_window_cache_misses_total", ())] == 2
+    assert counters[("selproxy_window_cache_evictions_total", (("reason", "ttl"),))] == 0
+    assert gauges[("selproxy_window_cache_entries", ())] == 0
+    assert counters[("selproxy_shadow_searches_total", ())] == 9
+    assert counters[("selproxy_shadow_dropped_total", ())] == 1
+    arms = figures["search"]["interleaving"]["arms"]
+    a, b = arms["A"]["name"], arms["B"]["name"]
+    assert counters[("selproxy_interleaving_wins_total", (("arm", a),))] == 3
+    assert counters[("selproxy_interleaving_wins_total", (("arm", b),))] == 1
+    assert counters[("selproxy_interleaving_losses_total", (("arm", a),))] == 1
+    assert counters[("selproxy_interleaving_ties_total", ())] == 2
+    assert gauges[("selproxy_interleaving_open_result_sets", ())] == 0
+    assert counters[("selproxy_capture_written_total", ())] == 0
+    assert {n for n, _ in counters} | {n for n, _ in gauges} <= set(METRICS)
