@@ -20,6 +20,7 @@ import time
 import zlib
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .._trace import TRACE_CONTEXT, trace_context
 from ..handler import Headers, Request, Response, Route, Upstream, header_value
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming
 from . import _json
@@ -256,7 +257,13 @@ class SearchService:
             raise ValueError(f"route {route.path} of kind 'params' needs an api description")
 
         async def handle(request: Request, upstream: Upstream) -> Response:
-            return await method(route, request, upstream)
+            # The caller's trace context, for the calls a ranker makes on its
+            # behalf (see selproxy._trace).
+            token = TRACE_CONTEXT.set(trace_context(request.headers))
+            try:
+                return await method(route, request, upstream)
+            finally:
+                TRACE_CONTEXT.reset(token)
 
         handle.__qualname__ = f"SearchService.{route.kind}:{route.path}"
         return handle
