@@ -68,7 +68,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import urlsplit
 
 from .._redact import EXCERPT_CHARS, excerpt, redact_url
@@ -92,6 +92,8 @@ MAX_RESPONSE = 8 * 1024 * 1024
 #: Elasticsearch documents no cap for ``_inference/rerank`` (it batches for the
 #: service behind it), so nothing is split (0).
 DEFAULT_MAX_BATCH: Mapping[str, int] = {"cohere": 1000, "tei": 32, "elasticsearch": 0, "nim": 512}
+
+RerankApi = Literal["cohere", "tei", "elasticsearch", "nim"]
 
 #: Answers worth one more try: rate-limited, or unavailable for now.
 RETRY_STATUSES = (429, 503)
@@ -156,7 +158,7 @@ class RemoteRanker:
 
     name = "remote"
 
-    def __init__(self, url: Union[str, List[str]], *, api: str = "cohere", model: Optional[str] = None,
+    def __init__(self, url: Union[str, List[str]], *, api: RerankApi = "cohere", model: Optional[str] = None,
                  timeout: float = 2.0, concurrency: int = 8, max_batch: Optional[int] = None,
                  cooldown: float = 5.0, retries: int = 1, connect_timeout: float = 1.0,
                  auth_env: Optional[str] = None, auth_scheme: str = "Bearer",
