@@ -40,7 +40,7 @@ SUBCOMMAND_EXTRAS = {
     "engine": ("engine", ("starlette", "uvicorn")),
     "eval": ("eval", ("aiohttp",)),
     "demo": ("demo", ("starlette", "uvicorn", "aiohttp")),
-    "serve-ranker": ("serve-ranker", ("starlette", "uvicorn", "prometheus_client")),
+    "serve-ranker": ("serve-ranker", ("uvicorn", "prometheus_client")),
 }
 
 
