@@ -608,6 +608,9 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import prometheus_client
+    # One sample per series: the *_created ones double a scrape and no dashboard reads them.
+    prometheus_client.disable_created_metrics()
     try:
         config = ServeRankerConfig(max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
                                    rank_timeout=args.rank_timeout, body_timeout=args.body_timeout,
