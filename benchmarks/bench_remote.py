@@ -15,9 +15,10 @@ Rows, all in one run:
 * ``remote cohere``: the same with ``api="cohere"`` (one call per window).
 
 Each row is run sequentially (1 client; latency per window) and with
-``--concurrency`` clients (windows per second).  Every pass gets windows no
-ranker has seen, so an embedding cache never flatters a row; the in-process
-and remote rows see the same windows in the same order.
+``--concurrency`` clients (windows per second).  Every row has its own ranker
+and server and sees each window once, cold, so an embedding cache never
+flatters a row; the rows take turns window by window (the concurrent pass:
+block by block), so a change in the machine's load falls on all of them.
 
     python benchmarks/bench_remote.py                                     # the default model
     python benchmarks/bench_remote.py --ranker bm25                       # the HTTP overhead, nearly alone
@@ -105,72 +106,62 @@ def summary(elapsed: float, latencies: List[float]) -> Dict[str, float]:
 async def main_async(args: argparse.Namespace) -> Dict[str, Any]:
     options = parse_ranker_options(args.ranker_option)
     words = corpus_words()
-    passes = {"sequential": (1, windows(words, args.windows, args.window, args.words, 0)),
-              "concurrent": (args.concurrency, windows(words, args.windows * 2, args.window, args.words,
-                                                       args.windows))}
+    sequential = windows(words, args.windows, args.window, args.words, 0)
+    concurrent = windows(words, args.windows * 2, args.window, args.words, args.windows)
     results: Dict[str, Any] = {"ranker": args.ranker, "options": args.ranker_option, "window": args.window,
                                "words": args.words, "concurrency": args.concurrency, "rows": {}}
 
-    # The bare ranker: sequential only.
+    # Every row has a ranker of its own (so each sees each window cold), all
+    # built up front; the rows then take turns, window by window, so a change
+    # in the machine's load falls on all of them alike.
     bare_options = check_ranker(args.ranker, options)
     if _batches(args.ranker):
         bare_options["batching"] = False  # the ranker itself, not its micro-batcher
     bare = resolve_ranker(args.ranker, bare_options)
-    warm = getattr(bare, "warmup", None)
-    if callable(warm):
-        warm()
-    rank = bare.rank
-    latencies = []
-    started = time.perf_counter()
-    for job in passes["sequential"][1]:
-        t0 = time.perf_counter()
-        out = rank(job.query, job.docs)
-        if asyncio.iscoroutine(out):
-            out = await out
-        latencies.append(time.perf_counter() - t0)
-    results["rows"]["bare"] = {"sequential": summary(time.perf_counter() - started, latencies)}
-    print(f"bare: {results['rows']['bare']}", file=sys.stderr, flush=True)
-    close = getattr(bare, "close", None)
-    if callable(close):
-        close()
-
-    async def run_row(name: str, ranker: Any) -> None:
-        adapter = RankerAdapter(ranker, threads=1, max_pending=1024)
-        # One untimed window first: connections, thread pools.
-        await adapter.rank([windows(words, 1, args.window, args.words, args.windows * 3)[0]], DEADLINE)
-        row = {}
-        for label, (clients, jobs) in passes.items():
-            elapsed, lat = await drive(adapter, jobs, clients)
-            row[label] = summary(elapsed, lat)
-        results["rows"][name] = row
-        print(f"{name}: {row}", file=sys.stderr, flush=True)
-        aclose = getattr(ranker, "aclose", None)
-        if callable(aclose):
-            await aclose()
-        adapter.close()
-
     local = resolve_ranker(args.ranker, check_ranker(args.ranker, options))
-    warm = getattr(local, "warmup", None)
-    if callable(warm):
-        warm()
-    await run_row("in-process", local)
-    del local
-
-    proc, url = start_serve_ranker(args.ranker, args.ranker_option)
+    for ranker in (bare, local):
+        warm = getattr(ranker, "warmup", None)
+        if callable(warm):
+            warm()
+    servers = [start_serve_ranker(args.ranker, args.ranker_option) for _ in range(2)]
+    remotes = [RemoteRanker(servers[0][1] + "/rerank", api="tei", timeout=DEADLINE, concurrency=64),
+               RemoteRanker(servers[1][1] + "/v2/rerank", model="served", timeout=DEADLINE, concurrency=64)]
+    adapters = {"in-process": RankerAdapter(local, threads=1, max_pending=1024),
+                "remote tei": RankerAdapter(remotes[0], threads=1, max_pending=1024),
+                "remote cohere": RankerAdapter(remotes[1], threads=1, max_pending=1024)}
     try:
-        await run_row("remote tei", RemoteRanker(url + "/rerank", api="tei", timeout=DEADLINE,
-                                                 concurrency=64))
-        # The next row gets a server of its own: this one has seen the windows.
+        # One untimed window first: connections, thread pools.
+        for adapter in adapters.values():
+            await adapter.rank([windows(words, 1, args.window, args.words, args.windows * 3)[0]], DEADLINE)
+        seq: Dict[str, List[float]] = {name: [] for name in ["bare", *adapters]}
+        for job in sequential:
+            started = time.perf_counter()
+            out = bare.rank(job.query, job.docs)
+            if asyncio.iscoroutine(out):
+                await out
+            seq["bare"].append(time.perf_counter() - started)
+            for name, adapter in adapters.items():
+                _, latencies = await drive(adapter, [job], 1)
+                seq[name].extend(latencies)
+        conc: Dict[str, Tuple[float, List[float]]] = {name: (0.0, []) for name in adapters}
+        block = args.concurrency * 2
+        for first in range(0, len(concurrent), block):
+            for name, adapter in adapters.items():
+                elapsed, latencies = await drive(adapter, concurrent[first:first + block], args.concurrency)
+                conc[name] = (conc[name][0] + elapsed, conc[name][1] + latencies)
+        for name, latencies in seq.items():
+            results["rows"][name] = {"sequential": summary(sum(latencies), latencies)}
+            if name in conc:
+                results["rows"][name]["concurrent"] = summary(*conc[name])
+        results["remote_calls"] = {"tei": remotes[0].stats()["calls"], "cohere": remotes[1].stats()["calls"]}
     finally:
-        proc.terminate()
-        proc.wait(30)
-    proc, url = start_serve_ranker(args.ranker, args.ranker_option)
-    try:
-        await run_row("remote cohere", RemoteRanker(url + "/v2/rerank", model="served", timeout=DEADLINE,
-                                                    concurrency=64))
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        for remote in remotes:
+            await remote.aclose()
+        for adapter in adapters.values():
+            adapter.close()
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(30)
     return results
 
 

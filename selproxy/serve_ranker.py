@@ -501,6 +501,9 @@ class RankerServer:
         import uvicorn
         logging_options: Dict[str, Any] = ({"log_config": None} if self.log_level is None
                                            else {"log_level": self.log_level})
+        # Idle keep-alive 75 s, past aiohttp's 15 s: the client (the remote
+        # ranker's pool) closes an idle connection first, so it never reuses
+        # one the server is closing at that moment.
         return uvicorn.Config(self.app, lifespan="off", access_log=False, http="httptools",
                               server_header=False, date_header=True, timeout_graceful_shutdown=5,
                               timeout_keep_alive=75, backlog=2048, **logging_options)
