@@ -79,7 +79,11 @@ def start_serve_ranker(ranker: str, options: List[str]) -> Tuple[subprocess.Pope
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     argv = [sys.executable, "-m", "selproxy", "serve-ranker", "--ranker", ranker,
-            "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+            "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING",
+            # The same deadline as in-process: a ranker with partial results
+            # (the default model) would otherwise stop at serve-ranker's 10 s
+            # on this loaded machine and do less work than the other rows.
+            "--rank-timeout", str(DEADLINE)]
     for option in options:
         argv += ["--ranker-option", option]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

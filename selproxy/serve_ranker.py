@@ -29,7 +29,9 @@ than ``max_texts`` texts, is 422 (TEI answers a batch over its
 "error_type"}`` as TEI writes them, with ``message`` too, as Cohere's
 clients read it.  A ranker that fails answers 500, a full queue 429 (with
 ``Retry-After``) and a missed deadline 503: the codes the ``remote`` ranker
-retries or fails over on.
+retries or fails over on.  A ranker with partial results (the default
+model) that runs out of time scores a prefix of the texts; the rest come back
+below it, in the order they came.
 
 Concurrent requests share model calls: a ranker with ``batch_rank`` runs
 behind a :class:`~selproxy.rankers.batching.MicroBatcher`, which also bounds
@@ -613,7 +615,7 @@ def _run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import prometheus_client
     # One sample per series: the *_created ones double a scrape and no dashboard reads them.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         config = ServeRankerConfig(max_body_bytes=args.max_body_bytes, max_texts=args.max_texts,
                                    rank_timeout=args.rank_timeout, body_timeout=args.body_timeout,
