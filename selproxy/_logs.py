@@ -29,6 +29,7 @@ from typing import IO
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._redact import REDACTED, excerpt
+from ._trace import trace_id_of
 
 __all__ = ("AccessLog", "AccessLineHandler", "JsonFormatter", "MAX_REQUEST_ID", "valid_request_id", "trace_id",
            "redact_target", "ACCESS_LOGGER")
@@ -39,13 +40,8 @@ ACCESS_LOGGER = "selproxy.access"
 #: own ids are 32): longer ones are replaced.
 MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,%d}" % MAX_REQUEST_ID)
-#: W3C Trace Context, section 3.2: version-traceid-parentid-flags, lower-case
-#: hex; version ff and all-zero ids are invalid.
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_ZERO_TRACE = b"0" * 32
 #: A JSON string literal, quotes included, in ASCII (the C encoder's).
 _quote = json.encoder.encode_basestring_ascii
-_ZERO_PARENT = b"0" * 16
 
 _SECRET_PARAM = re.compile(
     r"(?i)((?:^|[?&;])[^=&;]*(?:api[-_]?key|apikey|access[-_]?key|secret|token|passw(?:or)?d|"
@@ -66,17 +62,7 @@ def new_request_id() -> bytes:
 
 def trace_id(value: Optional[bytes]) -> Optional[str]:
     """The trace id of a ``traceparent`` value, or None if it is not valid."""
-    if value is None:
-        return None
-    match = _TRACEPARENT.fullmatch(value.strip())
-    if match is None:
-        return None
-    version, trace, parent, _flags, rest = match.groups()
-    if version == b"ff" or trace == _ZERO_TRACE or parent == _ZERO_PARENT:
-        return None
-    if version == b"00" and rest:
-        return None   # version 00 has exactly four fields
-    return trace.decode("ascii")
+    return None if value is None else trace_id_of(value.decode("latin-1"))
 
 
 def redact_target(target: str, drop_query: bool) -> str:

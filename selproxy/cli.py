@@ -30,7 +30,7 @@ from .config import Config, parse_listen, parse_upstream
 
 __all__ = ("main", "CommandLineParser", "CommandLineError", "EXIT_USAGE", "EXIT_FAILURE")
 
-SUBCOMMANDS = ("engine", "eval", "demo", "embed")
+SUBCOMMANDS = ("engine", "eval", "demo", "embed", "serve-ranker")
 
 #: The command as given cannot run (argparse's own code for usage errors).
 EXIT_USAGE = 2
@@ -42,6 +42,7 @@ SUBCOMMAND_EXTRAS = {
     "engine": ("engine", ("starlette", "uvicorn")),
     "eval": ("eval", ("aiohttp",)),
     "demo": ("demo", ("starlette", "uvicorn", "aiohttp")),
+    "serve-ranker": ("serve-ranker", ("uvicorn", "prometheus_client")),
 }
 
 
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="selproxy",
         description="A URL-selective reverse proxy that reranks search results. "
                     "Subcommands: 'selproxy engine', 'selproxy eval', 'selproxy demo', "
-                    "'selproxy embed' "
+                    "'selproxy embed', 'selproxy serve-ranker' "
                     "(each has its own --help).")
     p.add_argument("--version", action="version", version=f"selproxy {__version__}")
     p.add_argument("--config", metavar="FILE",
@@ -198,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for rankers that load a model from a directory (cross-encoder, bi-encoder, "
                              "sentence-transformers): "
                              "a local model directory")
-    search.add_argument("--url", metavar="URL",
-                        help="for --ranker remote: a /rerank endpoint (Cohere, Jina, TEI, Infinity)")
+    search.add_argument("--url", action="append", metavar="URL",
+                        help="for --ranker remote: a rerank endpoint (Cohere, Jina, TEI, Elasticsearch "
+                             "_inference, NIM, selproxy serve-ranker); repeat for several")
     search.add_argument("--topn", type=int, default=sdefaults.topn, metavar="N",
                         help="hits asked of the engine and reranked (default %(default)s)")
     search.add_argument("--max-topn", type=int, default=sdefaults.max_topn, metavar="N",
@@ -445,11 +447,12 @@ def _ranker_options(args: argparse.Namespace, ranker: Optional[str]) -> Dict[str
             options.setdefault(key, value)
     if args.model_dir:
         options["model_dir"] = args.model_dir
-    if args.url:
-        parts = urlsplit(args.url)
+    for url in args.url or ():
+        parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CommandLineError(f"--url: expected http[s]://HOST[:PORT]/PATH, got {args.url!r}")
-        options["url"] = args.url
+            raise CommandLineError(f"--url: expected http[s]://HOST[:PORT]/PATH, got {url!r}")
+    if args.url:
+        options["url"] = args.url[0] if len(args.url) == 1 else list(args.url)
     return options
 
 
@@ -615,5 +618,8 @@ def _subcommand(name: str, argv: List[str]) -> int:
     if name == "embed":
         from .embed import main as embed_main
         return embed_main(argv)
+    if name == "serve-ranker":
+        from .serve_ranker import main as serve_ranker_main
+        return serve_ranker_main(argv)
     from .demo.cli import main as demo_main
     return demo_main(argv)

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from .._trace import TRACE_CONTEXT, trace_context
 from ..handler import Headers, NotifyRoute, Request, Response, Route, Upstream, header_value
 from ..metrics import DurationHistogram, outcome_labels
 from ..rankers.adapter import RankerAdapter, RankFailed, RankJob, RankTiming, aclose_method
@@ -292,7 +293,13 @@ class SearchService:
             raise ValueError(f"route {route.path} of kind 'params' needs an api description")
 
         async def handle(request: Request, upstream: Upstream) -> Response:
-            return await method(route, request, upstream)
+            # The caller's trace context, for the calls a ranker makes on its
+            # behalf (see selproxy._trace).
+            token = TRACE_CONTEXT.set(trace_context(request.headers))
+            try:
+                return await method(route, request, upstream)
+            finally:
+                TRACE_CONTEXT.reset(token)
 
         handle.__qualname__ = f"SearchService.{route.kind}:{route.path}"
         return handle

@@ -148,7 +148,7 @@ def test_tei_dialect() -> None:
 def test_batch_rank_and_the_concurrency_limit() -> None:
     async def test(server: RerankServer) -> None:
         server.delay = 0.05
-        ranker = RemoteRanker(server.url + "/v2/rerank", concurrency=2, timeout=5)
+        ranker = RemoteRanker(server.url + "/v2/rerank", model="rerank-v3.5", concurrency=2, timeout=5)
         try:
             results = await ranker.batch_rank([(QUERY, DOCS)] * 6 + [("car", ["red car"])])
         finally:
@@ -161,7 +161,7 @@ def test_batch_rank_and_the_concurrency_limit() -> None:
 
 def test_timeout_errors_and_missing_results() -> None:
     async def test(server: RerankServer) -> None:
-        slow = RemoteRanker(server.url + "/v2/rerank", timeout=0.1)
+        slow = RemoteRanker(server.url + "/v2/rerank", model="rerank-v3.5", timeout=0.1)
         broken = RemoteRanker(server.url + "/broken")
         partial = RemoteRanker(server.url + "/partial")
         garbage = RemoteRanker(server.url + "/garbage")
