@@ -248,6 +248,7 @@ cdef class ClientProtocol(ResponseSink):
     cdef void _writelines(self, list data)
     cdef void close(self)
     cdef void abort(self)
+    cdef void _drain_when_received(self)
     cdef void drain(self)
     cdef void check_deadline(self, double now)
     cdef void run_handler(self, Exchange ex)

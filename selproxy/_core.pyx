@@ -1472,6 +1472,8 @@ cdef class ClientProtocol(ResponseSink):
                     self._stop_parsing(HeadersTooLarge(
                         f"the request trailers are larger than "
                         f"{self.core.max_header_bytes} bytes"))
+                if self.core.draining:
+                    self._drain_when_received()
                 return
             self._feed_corked(nbytes)
             if self.in_head:
@@ -1484,6 +1486,8 @@ cdef class ClientProtocol(ResponseSink):
                     self._stop_parsing(HeadersTooLarge(
                         f"the request header block is larger than "
                         f"{self.core.max_header_bytes} bytes"))
+            if self.core.draining:
+                self._drain_when_received()
         elif state == CLIENT_TUNNEL:
             self.tunnel_moved = True
             if self.upstream is not None:
@@ -1494,6 +1498,11 @@ cdef class ClientProtocol(ResponseSink):
             self.lingered += nbytes
             if self.lingered > LINGER_MAX:
                 self.close()
+
+    cdef void _drain_when_received(self):
+        # A drain waited for the request arriving when it began (drain()).
+        if self.state == CLIENT_OPEN and self.receiving is None and not self.in_head:
+            self.drain()
 
     cdef void _feed_corked(self, Py_ssize_t nbytes):
         cdef ProxyCore core = self.core
@@ -2309,10 +2318,15 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void drain(self):
         """Shutdown: close when idle, else after the exchange in flight.  A
-        tunnel has no exchanges to wait for: it lasts until the grace ends."""
+        tunnel has no exchanges to wait for: it lasts until the grace ends.
+        A request still arriving (its head or body) is read whole first, so
+        a drain (a reload, a SIGTERM) never cuts an upload: buffer_updated
+        comes back here once it is in."""
         if self.state == CLIENT_TUNNEL:
             return
-        if self.first is None and not self.in_head:
+        if self.receiving is not None or self.in_head:
+            return
+        if self.first is None:
             self.close()
         elif self.state == CLIENT_OPEN:
             self.state = CLIENT_CLOSING

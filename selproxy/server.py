@@ -25,7 +25,7 @@ from .rankers.adapter import call_guarded, warmup_method
 from .rankers.base import Ranker
 from .rankers.registry import RankerSpecError, RankerUnavailable
 from .metrics import worker_figures
-from .shared_stats import PUBLISH_INTERVAL, SERVING, STOPPED, SharedStats
+from .shared_stats import PUBLISH_INTERVAL, RETIRING, SERVING, STOPPED, SharedStats
 from .status import StatusPage
 
 if TYPE_CHECKING:  # the search layer loads in the worker that serves (see _start_search)
@@ -468,8 +468,13 @@ class Proxy:
         """SIGTERM: say not ready, keep serving for ``shutdown_delay`` (load
         balancers take that long to stop sending), then drain.  SIGINT
         (Ctrl-C) and SIGQUIT (the master replacing this worker on a reload)
-        drain at once, as does a second signal during the delay."""
-        self.draining = True
+        drain at once, as does a second signal during the delay.  A worker
+        a reload replaced retires: the group stays ready on its new workers."""
+        if signum == signal.SIGQUIT and self.status is not None and self.status.slot is not None:
+            self.status.slot.set_state(RETIRING)
+            self._draining = True
+        else:
+            self.draining = True
         delay = self.config.shutdown_delay if signum == signal.SIGTERM else 0.0
         if self._stop_task is not None and not self._stop_task.done():
             if self._skip_delay is not None and not self._skip_delay.is_set():

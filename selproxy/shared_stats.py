@@ -50,13 +50,16 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import _core
 
 __all__ = ("SharedStats", "WorkerSlot", "SlotView", "PUBLISH_INTERVAL",
-           "STARTING", "SERVING", "STOPPED", "merge_counters", "merge_histograms")
+           "STARTING", "SERVING", "RETIRING", "STOPPED", "merge_counters", "merge_histograms")
 
 #: Seconds between two copies of a worker's Python figures into its slot.
 PUBLISH_INTERVAL = 0.5
 
-FREE, STARTING, SERVING, STOPPED = 0, 1, 2, 3
-STATE_NAMES = {FREE: "free", STARTING: "starting", SERVING: "serving", STOPPED: "stopped"}
+#: RETIRING: replaced by a reload, finishing its requests; no longer one of
+#: the workers the group's readiness counts (its drain is not the group's).
+FREE, STARTING, SERVING, STOPPED, RETIRING = 0, 1, 2, 3, 4
+STATE_NAMES = {FREE: "free", STARTING: "starting", SERVING: "serving", STOPPED: "stopped",
+               RETIRING: "retiring"}
 
 _MAGIC = b"SPSTATS1"
 _HEADER = struct.Struct("<8sqqq")          # magic, capacity, expected workers, master pid

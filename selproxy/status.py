@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from . import metrics
 from ._version import __version__
 from .handler import Request, Response, Upstream
-from .shared_stats import SERVING, SharedStats, SlotView, WorkerSlot
+from .shared_stats import RETIRING, SERVING, SharedStats, SlotView, WorkerSlot
 
 __all__ = ("StatusPage",)
 
@@ -62,7 +62,8 @@ class StatusPage:
         """Why the group is not ready (empty when it is); the upstream is
         the caller's to add."""
         reasons = []
-        live = [v for v in views if v.alive]
+        # A worker a reload replaced finishes its requests apart from the group.
+        live = [v for v in views if v.alive and v.state != RETIRING]
         if self.draining() or any(v.draining for v in live):
             reasons.append("draining")
         serving = sum(v.state == SERVING for v in live)

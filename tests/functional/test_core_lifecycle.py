@@ -182,6 +182,33 @@ def test_signal_lets_the_request_in_flight_finish(signum, workers):
     run(scenario(), 40)
 
 
+@pytest.mark.parametrize("head_only", [False, True], ids=["mid-body", "mid-head"])
+def test_a_request_still_arriving_when_the_drain_begins_is_read_whole_and_answered(head_only):
+    # A drain (SIGTERM, or a reload replacing a worker) waits for the rest
+    # of a request it is receiving instead of pausing it mid-upload.
+    async def scenario():
+        async with RecordingUpstream(lambda request: response(200, b"got %d" % len(request.body))) as up:
+            with ProxyProcess(["--upstream", up.url, "--shutdown-grace", "8"]) as proc:
+                proc.wait_for_workers(1)
+                client = await RawClient.connect(proc.url)
+                head = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n"
+                first = head[:20] if head_only else head + b"12345"
+                rest = head[20:] + b"1234567890" if head_only else b"67890"
+                client.send(first)
+                await asyncio.sleep(0.3)   # the worker has read the first part
+                proc.signal(signal.SIGTERM)
+                assert await refused(proc.url, 0.8)
+                client.send(rest)
+                res = await client.read_response()
+                assert res.status == 200 and res.body == b"got 10"
+                assert res.header("Connection") == "close"
+                assert await client.at_eof(2.0)
+                assert await wait_for_exit(proc, 5.0) == 0
+                client.close()
+
+    run(scenario(), 40)
+
+
 def test_sigterm_closes_an_open_tunnel_after_the_grace():
     switch = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
               b"Upgrade: websocket\r\n\r\n")

@@ -112,6 +112,50 @@ def test_sighup_reloads_a_new_configuration_with_no_request_lost(tmp_path):
             assert proxy.wait() == 0, proxy.log
 
 
+def test_readiness_stays_200_through_a_reload_while_a_replaced_worker_drains(tmp_path):
+    # A worker a reload replaced retires: its drain is not the group's, so a
+    # load balancer never takes the proxy out for a configuration change.
+    config = tmp_path / "selproxy.toml"
+    config.write_text("workers = 2\nshutdown-grace = 20.0\nbody-timeout = 30.0\n")
+    with echo_upstream() as up:
+        with LoggedProxy(["--upstream", up.url, "--config", str(config)], tmp_path) as proxy:
+            proxy.wait_for("selproxy listening on", count=2)
+            deadline = time.monotonic() + 20
+            while get(proxy.url, "/_selproxy/readyz")[0] != 200:
+                assert time.monotonic() < deadline, proxy.log
+                time.sleep(0.05)
+            parts = urlsplit(proxy.url)
+            # A request an old worker holds (half its body sent): that
+            # worker drains until it ends.
+            held = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            held.sendall(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+            page = status(proxy.url)
+            deadline = time.monotonic() + 10
+            while sum(w["proxy"]["requests_passed"] for w in page["workers"]["each"]) < 1:
+                assert time.monotonic() < deadline, page
+                time.sleep(0.05)
+                page = status(proxy.url)
+            proxy.signal(signal.SIGHUP)
+            proxy.wait_for(r"SIGHUP: reloaded: workers (\d+), (\d+)")
+            retiring = []
+            deadline = time.monotonic() + 10
+            while not retiring:
+                assert time.monotonic() < deadline, status(proxy.url)
+                retiring = [w for w in status(proxy.url)["workers"]["each"]
+                            if w["state"] == "retiring" and w["alive"]]
+            answers = [get(proxy.url, "/_selproxy/readyz") for _ in range(10)]
+            assert [code for code, _ in answers] == [200] * 10, answers
+            held.sendall(b"67890")
+            try:
+                reply = held.recv(65536)
+            except OSError as exc:
+                raise AssertionError(proxy.log) from exc
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+            held.close()
+            proxy.signal(signal.SIGTERM)
+            assert proxy.wait() == 0, proxy.log
+
+
 def test_sighup_with_a_bad_configuration_is_refused_and_the_old_workers_serve_on(tmp_path):
     config = tmp_path / "selproxy.toml"
     config.write_text('workers = 2\nranker = "none"\n')
