@@ -49,6 +49,8 @@ cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t siz
 cdef bytes request_head_bytes(MessageHead head, list extra)
 cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked)
 cdef bytes chunk_size_line(Py_ssize_t size)
+cdef bytes last_chunk_bytes(list trailers)
+cdef bytes answer_head_bytes(int status, list headers, long long content_length, bint close)
 
 # Fields and targets the proxy did not read off the wire (a handler's
 # response, a handler's upstream call): what may be written into a head.

@@ -16,6 +16,8 @@ from cpython.bytes cimport (
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcpy
 
+import http
+
 from selproxy.errors import BadRequest, UpstreamProtocolError
 
 __all__ = ("MessageHead",)
@@ -800,3 +802,45 @@ def _raw_response_head_for_tests(int status, bytes raw, bytes request_method=b"G
 
 def _pairs_for_tests(MessageHead head):
     return head.pairs()
+
+
+cdef object STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+cdef bytes answer_head_bytes(int status, list headers, long long content_length, bint close):
+    """The head of a response the proxy makes itself (an error, a handler's
+    answer): ``headers`` less every hop-by-hop and framing field, which are
+    the proxy's to set, and less Trailer, since no trailers follow a
+    Content-Length body; then Content-Length (when ``content_length`` is not
+    negative) and ``Connection: close`` when ``close``."""
+    cdef list fields = []
+    cdef list tail = []
+    cdef set listed = None
+    cdef MessageHead scratch
+    cdef bytes name, value
+    cdef FieldName kind
+    for name, value in headers:
+        kind = field_name(name)
+        if kind == F_CONNECTION:
+            # Fields named in Connection are hop-by-hop too.
+            scratch = new_response_head(status, None)
+            listed = _note_connection(scratch, PyBytes_AS_STRING(value), 0, PyBytes_GET_SIZE(value),
+                                      listed)
+        if kind < F_CONNECTION and not (PyBytes_GET_SIZE(name) == 7 and name.lower() == b"trailer"):
+            fields.append((name, value))
+    if listed is not None:
+        fields = [(n, v) for n, v in fields if n.lower() not in listed]
+    if content_length >= 0:
+        tail.append(_length_line(content_length))
+    if close:
+        tail.append(b"Connection: close\r\n")
+    return _assemble([_with_decimal(b"HTTP/1.1 ", 9, status, b" ", 1),
+                      STATUS_PHRASES.get(status, b"Unknown"), CRLF], fields, tail)
+
+
+cdef bytes last_chunk_bytes(list trailers):
+    """The end of a chunked body: the last chunk, the trailer fields (RFC
+    9112 section 7.1.2), and the blank line."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    return _assemble([b"0\r\n"], trailers, NO_FIELDS)
