@@ -163,19 +163,17 @@ def _path_params(pattern: str, path: str) -> Dict[str, str]:
 
 
 def _with_body(headers: Headers, body: bytes) -> Headers:
-    """``headers`` for a new, uncompressed ``body``."""
-    out = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
-    out.append(("Content-Length", str(len(body))))
-    return out
+    """``headers`` for a new, uncompressed ``body`` (the core frames it:
+    Content-Length is its to set, see :mod:`selproxy.handler`)."""
+    return [(k, v) for k, v in headers if k.lower() != "content-encoding"]
 
 
 class _Prepared:
     """What every claimed request shares: overrides stripped, body decoded."""
 
-    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices", "started")
+    __slots__ = ("overrides", "target", "headers", "path", "query_string", "indices")
 
     def __init__(self, request: Request, route: SearchRoute, max_topn: int) -> None:
-        self.started = time.perf_counter()
         self.overrides, self.target, self.headers = extract_overrides(
             request.target, request.headers, max_topn)
         self.path, _, self.query_string = self.target.partition("?")
