@@ -26,7 +26,7 @@ from selproxy._worker cimport (
     Worker, Deadline, DEADLINE_NONE, DEADLINE_IDLE, DEADLINE_HEAD, DEADLINE_BODY,
     monotonic, feed_copied, error_kind,
 )
-from selproxy._writer cimport TransportWriter, tune_transport
+from selproxy._writer cimport TransportWriter, tune_transport, hold_writes, write_or_hold
 from selproxy._upstream cimport ResponseSink, UpstreamPool, UpstreamProtocol
 from selproxy._debug cimport SELPROXY_DEBUG
 
@@ -1107,7 +1107,7 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void _write(self, bytes data):
         if self.transport is not None:
-            self.out.write(data)
+            write_or_hold(self.out, data)
 
     cdef void _writelines(self, list data):
         if self.transport is not None:
@@ -1115,7 +1115,7 @@ cdef class ClientProtocol(ResponseSink):
 
     cdef void cork(self):
         if self.transport is not None:
-            self.out.hold()
+            hold_writes(self.out)
 
     cdef void uncork(self):
         if self.transport is not None:

@@ -11,6 +11,7 @@ from selproxy._http cimport (
     MessageHead, BODY_CHUNKED, BODY_UNTIL_CLOSE, new_request_head, new_response_head,
     analyse_request as _analyse_request, analyse_raw_response, request_head_bytes,
     response_head_bytes, response_framing, _parse_length_at, _with_decimal,
+    answer_head_bytes, last_chunk_bytes,
 )
 from selproxy._routes cimport RouteTable
 
@@ -66,6 +67,14 @@ cdef bytes _out(MessageHead head, bint close):
     chunked = (head.framing == BODY_CHUNKED or
                (head.framing == BODY_UNTIL_CLOSE and not close))
     return response_head_bytes(head, close, chunked)
+
+
+def answer_head(int status, list headers, long long content_length=-1, bint close=False):
+    return answer_head_bytes(status, headers, content_length, close)
+
+
+def last_chunk(list trailers):
+    return last_chunk_bytes(trailers)
 
 
 def pairs(MessageHead head):

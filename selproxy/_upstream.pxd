@@ -66,6 +66,7 @@ cdef class UpstreamPool:
     cdef bint resend_on_fresh(self, UpstreamProtocol conn, ResponseSink sink, object exc)
     cdef void unqueue(self, ResponseSink sink)
     cdef void release(self, UpstreamProtocol conn, bint reusable)
+    cdef void opened(self, UpstreamProtocol conn)
     cdef void leave_idle(self, UpstreamProtocol conn)
     cdef void forget(self, UpstreamProtocol conn)
     cdef void connect_failed(self, ResponseSink sink, str kind, object exc)

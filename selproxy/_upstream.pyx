@@ -23,7 +23,7 @@ from selproxy._http cimport (
 from selproxy._worker cimport (
     Worker, Deadline, DEADLINE_NONE, DEADLINE_RESPONSE, monotonic, feed_copied, error_kind,
 )
-from selproxy._writer cimport TransportWriter, tune_transport
+from selproxy._writer cimport TransportWriter, tune_transport, hold_writes, write_or_hold
 from selproxy._debug cimport SELPROXY_DEBUG
 
 import asyncio
@@ -227,6 +227,10 @@ cdef class UpstreamPool:
                 return
         conn.close()
 
+    cdef void opened(self, UpstreamProtocol conn):
+        """A connection the pool opened is up (and counts as open)."""
+        self.connections.add(conn)
+
     cdef void leave_idle(self, UpstreamProtocol conn):
         """An idle connection is closing: it is no longer to be had."""
         try:
@@ -320,7 +324,7 @@ cdef class UpstreamProtocol:
         self.transport = transport
         self.out = TransportWriter(transport)
         tune_transport(transport)
-        self.pool.connections.add(self)
+        self.pool.opened(self)
 
     def connection_lost(self, exc):
         cdef ResponseSink sink = self.sink
@@ -549,13 +553,13 @@ cdef class UpstreamProtocol:
         # when the parse ends: one syscall, and one wake-up upstream (the
         # syscall counts per request in RESULTS.md 2026-11-28 05:16).
         if self.worker.holding_upstream_writes and self.out.held is None:
-            self.out.hold()
+            hold_writes(self.out)
             self.worker.held_writers.append(self.out)
 
     cdef void write(self, bytes data):
         if self.transport is not None:
             self._hold_if_parsing()
-            self.out.write(data)
+            write_or_hold(self.out, data)
 
     cdef void writelines(self, list data):
         if self.transport is not None:

@@ -13,7 +13,7 @@ order and the flow control until it has sent everything.  Only for uvloop's
 plain TCP transports: never through TLS.
 
 While a read is parsed, what it produces for a connection can be held
-(:meth:`TransportWriter.hold`) and leaves in one write at the end
+(``hold_writes``, in the ``.pxd``) and leaves in one write at the end
 (:meth:`TransportWriter.release`): one syscall, and one wake-up for the peer.
 """
 cimport cython
@@ -123,11 +123,6 @@ cdef class TransportWriter:
         self.fd = -1
         self.transport_may_hold = True
         self.held = None
-
-    cdef void hold(self):
-        """Hold writes from now until :meth:`release`."""
-        if self.held is None:
-            self.held = []
 
     cdef void write(self, bytes data):
         cdef Py_ssize_t size, sent

@@ -33,7 +33,7 @@ def test_hop_by_hop_headers_are_dropped_and_the_rest_keep_their_order():
 def test_chunked_request_keeps_its_transfer_coding():
     head, err = analyse([(b"Host", b"h"), (b"Transfer-Encoding", b"chunked")])
     assert err is None and head.framing == 2
-    assert b"Transfer-Encoding: chunked\r\n" in _probes.request_head(head)
+    assert _probes.request_head(head) == b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 @pytest.mark.parametrize("headers, reason", [
@@ -90,7 +90,7 @@ def test_response_head_keeps_reason_and_length_and_can_announce_close():
 def test_response_with_other_transfer_codings_keeps_them():
     _head, _err, out = _probes.response_head(
         200, b"OK", [(b"Transfer-Encoding", b"gzip, chunked")])
-    assert b"Transfer-Encoding: gzip, chunked\r\n" in out
+    assert out == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
 
 
 @pytest.mark.parametrize("name", [
@@ -250,3 +250,21 @@ def test_raw_response_heads_with_many_fields(count):
     assert err_c is None and err_r is None
     assert out_r == out_c and head_r.content_length == 3
     assert b"X-F1:" not in out_r and b"X-F2: v2\r\n" in out_r
+
+
+def test_a_head_the_proxy_makes_has_only_its_own_framing():
+    fields = [(b"Content-Length", b"999"), (b"Transfer-Encoding", b"chunked"), (b"Trailer", b"X"),
+              (b"Connection", b"keep-alive, X-Private"), (b"x-private", b"1"), (b"TE", b"trailers"),
+              (b"Keep-Alive", b"1"), (b"Upgrade", b"h2c"), (b"Proxy-Connection", b"x"),
+              (b"Content-Type", b"text/plain"), (b"X-Kept", b"a b")]
+    assert _probes.answer_head(200, fields, 3) == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Kept: a b\r\nContent-Length: 3\r\n\r\n")
+    assert _probes.answer_head(204, fields[-2:], -1, True) == (
+        b"HTTP/1.1 204 No Content\r\nContent-Type: text/plain\r\nX-Kept: a b\r\n"
+        b"Connection: close\r\n\r\n")
+    assert _probes.answer_head(599, [], 0) == b"HTTP/1.1 599 Unknown\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_the_end_of_a_chunked_body_carries_its_trailers():
+    assert _probes.last_chunk(None) == _probes.last_chunk([]) == b"0\r\n\r\n"
+    assert _probes.last_chunk([(b"X-Sum", b"1"), (b"x-b", b"")]) == b"0\r\nX-Sum: 1\r\nx-b: \r\n\r\n"
