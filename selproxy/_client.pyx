@@ -40,8 +40,8 @@ from httptools.parser.errors import (
 
 from selproxy.errors import (
     ProxyError, BadRequest, RequestLineTooLong, HeadersTooLarge, BodyTooLarge,
-    MethodNotAllowed, MisdirectedRequest, UpstreamUnavailable,
-    UpstreamProtocolError, HandlerError, RequestTimeout, BodyBudgetExceeded,
+    MethodNotAllowed, MisdirectedRequest, UpstreamProtocolError, HandlerError, RequestTimeout,
+    BodyBudgetExceeded,
 )
 from selproxy.handler import Request as _Request
 

@@ -21,7 +21,7 @@ from selproxy._http cimport (
     field_error, target_error,
 )
 from selproxy._worker cimport (
-    Worker, Deadline, DEADLINE_NONE, DEADLINE_RESPONSE, monotonic, feed_copied, error_kind,
+    Worker, DEADLINE_NONE, DEADLINE_RESPONSE, monotonic, feed_copied, error_kind,
 )
 from selproxy._writer cimport TransportWriter, tune_transport, hold_writes, write_or_hold
 from selproxy._debug cimport SELPROXY_DEBUG
