@@ -409,7 +409,7 @@ class SearchService:
                       plan: SearchPlan, response: Response, upstream_s: float, hits_path: Sequence[str],
                       cut_page: Callable[[Any, Optional[List[float]]], None],
                       source_key: str = "_source", drop: Sequence[str] = (),
-                      relevance: bool = False, cache_key: Optional[str] = None,
+                      relevance: bool = False, cache_key: Optional[bytes] = None,
                       cache_started: float = 0.0) -> Response:
         """The rerank step of one search once the engine has answered, shared
         by ``_search`` and ``_params``: read the hits at ``hits_path``, rank
