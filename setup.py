@@ -10,7 +10,11 @@ import sys
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("SELPROXY_DEBUG", "") not in ("", "0")
-MODULES = ["_routes", "_http", "_core"]
+# In dependency order: each cimports only modules before it.
+MODULES = ["_routes", "_http", "_writer", "_worker", "_upstream", "_client", "_core"]
+# Test entry points into the C functions: a debug build only, never released.
+if DEBUG:
+    MODULES.append("_probes")
 
 
 def extensions():

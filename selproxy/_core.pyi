@@ -1,76 +1,23 @@
 """Stubs for the compiled proxy core (``selproxy/_core.pyx``)."""
 import asyncio
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple, final
+from typing import Any, Awaitable, Callable, Dict, Optional, Sequence
 from typing_extensions import disjoint_base
 
+from ._upstream import CoreUpstream, UpstreamPool
+from ._worker import Counters
+from ._worker import (
+    CELLS_SIZE as CELLS_SIZE, DURATION_BOUNDS as DURATION_BOUNDS, ERROR_KINDS as ERROR_KINDS,
+    ROUTE_KINDS as ROUTE_KINDS, read_cells as read_cells,
+)
 from .config import Config
 from .handler import Request, Response, Route
 
-__all__ = ('Counters', 'UpstreamPool', 'CoreUpstream', 'ProxyCore', 'debug_counts', 'read_cells',
+__all__ = ('ProxyCore', 'debug_counts', 'read_cells',
            'ERROR_KINDS', 'ROUTE_KINDS', 'DURATION_BOUNDS', 'CELLS_SIZE')
-
-#: Error kinds the core counts, by their index in the counters.
-ERROR_KINDS: Tuple[str, ...]
-#: Route kinds requests and responses are counted by.
-ROUTE_KINDS: Tuple[str, ...]
-#: Upper bounds (seconds) of the core's duration histogram buckets.
-DURATION_BOUNDS: Tuple[float, ...]
-#: Bytes of a worker's counters in its slot of the shared block.
-CELLS_SIZE: int
-
-def read_cells(buffer: Any) -> Dict[str, Any]:
-    """The counters a worker keeps in ``buffer``, as ``Counters.snapshot`` gives them."""
 
 def debug_counts() -> Optional[Dict[str, int]]:
     """Live clients, upstream connections and exchanges in a debug build
     (None in a release build); tests assert they return to zero."""
-
-@disjoint_base
-class Counters:
-    """Per-worker counters; the status endpoint shows :meth:`snapshot`."""
-
-    @property
-    def requests_passed(self) -> int: ...
-    @property
-    def requests_claimed(self) -> int: ...
-    @property
-    def client_connections_total(self) -> int: ...
-    @property
-    def client_connections(self) -> int: ...
-    @property
-    def upstream_connections(self) -> int: ...
-    @property
-    def upstream_idle(self) -> int: ...
-    @property
-    def upstream_connects(self) -> int: ...
-    @property
-    def upstream_waiters(self) -> int:
-        """Requests waiting for a free upstream connection now."""
-    @property
-    def buffered_bodies(self) -> int:
-        """Bytes of claimed request bodies and handlers' upstream responses
-        held now (bounded by ``max_buffered_bodies``)."""
-    @property
-    def errors(self) -> Dict[str, int]: ...
-    def snapshot(self) -> Dict[str, Any]:
-        """The counters as a JSON-ready dict."""
-    def attach(self, buffer: Any) -> None:
-        """Count into ``buffer`` (a worker's slot of the shared block) from now on."""
-
-@final
-class UpstreamPool:
-    """A worker's pooled upstream connections."""
-
-    def close_idle(self) -> None:
-        """Close every idle connection."""
-
-@disjoint_base
-class CoreUpstream:
-    """The engine as handlers see it."""
-
-    async def request(self, method: str, target: str, headers: List[Tuple[str, str]],
-                      body: bytes = b"", *, timeout: Optional[float] = None) -> Response:
-        """Send one request over a pooled connection; return the whole response."""
 
 @disjoint_base
 class ProxyCore:

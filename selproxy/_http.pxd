@@ -17,12 +17,11 @@ cdef class MessageHead:
     cdef public int version_minor   # HTTP/1.<minor>
     cdef public list headers        # [(name, value)] as received, bytes
 
-    # Filled by analyse_request/analyse_response.
+    # Filled by analyse_request/analyse_raw_response.
     cdef public BodyFraming framing
     cdef public long long content_length
     cdef public bytes transfer_encoding
     cdef public bint conn_close
-    cdef public bint conn_keep_alive
     cdef public bint conn_upgrade
     cdef public bint expect_continue
     cdef public bytes upgrade
@@ -30,7 +29,6 @@ cdef class MessageHead:
     cdef public list end_to_end     # headers minus hop-by-hop and framing: the headers
                                     # list itself when nothing was dropped, so never
                                     # change it in place
-    cdef public bint has_gzip_accept
     cdef public bytes kept          # a response read raw: its end-to-end field lines,
                                     # as they came; end_to_end is None then
 
@@ -42,16 +40,23 @@ cdef class MessageHead:
 cdef MessageHead new_request_head(bytes method, bytes target)
 cdef MessageHead new_response_head(int status, bytes reason)
 cdef object analyse_request(MessageHead head)
-cdef object analyse_response(MessageHead head, bytes request_method)
 cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t size,
                                  bytes request_method, Py_ssize_t* head_size)
 
 cdef bytes request_head_bytes(MessageHead head, list extra)
 cdef bytes response_head_bytes(MessageHead head, bint close, bint chunked)
 cdef bytes chunk_size_line(Py_ssize_t size)
+cdef bytes last_chunk_bytes(list trailers)
+cdef bytes answer_head_bytes(int status, list headers, long long content_length, bint close)
 cdef int add_response_field(MessageHead head, bytes name, bytes value) except -1
 
 # Fields and targets the proxy did not read off the wire (a handler's
 # response, a handler's upstream call): what may be written into a head.
 cdef object field_error(bytes name, bytes value)
 cdef object target_error(bytes method, bytes target)
+
+# For the debug build's test entry points (_probes.pyx).
+cdef object response_framing(MessageHead head, bytes request_method)
+cdef long long _parse_length_at(const unsigned char* p, Py_ssize_t size) except -2
+cdef bytes _with_decimal(const char* prefix, Py_ssize_t prefix_size, long long value,
+                         const char* suffix, Py_ssize_t suffix_size)

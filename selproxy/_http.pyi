@@ -7,7 +7,7 @@ __all__ = ('MessageHead',)
 @disjoint_base
 class MessageHead:
     """A request or response head as the core collected it, plus what
-    :func:`analyse_request`/``analyse_response`` learned from it."""
+    :func:`analyse_request`/``analyse_raw_response`` learned from it."""
 
     method: Optional[bytes]
     target: Optional[bytes]
@@ -19,13 +19,11 @@ class MessageHead:
     content_length: int
     transfer_encoding: Optional[bytes]
     conn_close: bool
-    conn_keep_alive: bool
     conn_upgrade: bool
     expect_continue: bool
     upgrade: Optional[bytes]
     host: Optional[bytes]
     end_to_end: Optional[List[Tuple[bytes, bytes]]]
-    has_gzip_accept: bool
     #: A response head read raw: its end-to-end field lines as they came
     #: (``end_to_end`` is None then).
     kept: Optional[bytes]

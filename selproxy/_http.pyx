@@ -16,6 +16,8 @@ from cpython.bytes cimport (
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcpy
 
+import http
+
 from selproxy.errors import BadRequest, UpstreamProtocolError
 
 __all__ = ("MessageHead",)
@@ -32,7 +34,6 @@ cdef enum FieldName:
     F_OTHER
     F_HOST
     F_EXPECT
-    F_ACCEPT_ENCODING
     # hop-by-hop from here on
     F_CONNECTION
     F_KEEP_ALIVE
@@ -63,8 +64,10 @@ cdef inline FieldName field_name(bytes name) noexcept:
 
 cdef FieldName field_name_at(const char* p, Py_ssize_t size) noexcept:
     """Which of the fields the proxy acts on the name ``p[:size]`` is.
-    PERF(selproxy): runs for every header of every message, so it
-    dispatches on the size and allocates nothing."""
+    PERF: runs for every header of every message, so it dispatches on the
+    size and allocates nothing; measured only together with the other
+    allocation changes of RESULTS.md's 2026-11-28 13:05 entry (CPU per
+    request from /proc/PID/stat, bench_passthrough.py)."""
     if size == 4:
         return F_HOST if _name_is(p, b"host", 4) else F_OTHER
     if size == 10:
@@ -75,8 +78,6 @@ cdef FieldName field_name_at(const char* p, Py_ssize_t size) noexcept:
         return F_CONTENT_LENGTH if _name_is(p, b"content-length", 14) else F_OTHER
     if size == 17:
         return F_TRANSFER_ENCODING if _name_is(p, b"transfer-encoding", 17) else F_OTHER
-    if size == 15:
-        return F_ACCEPT_ENCODING if _name_is(p, b"accept-encoding", 15) else F_OTHER
     if size == 6:
         return F_EXPECT if _name_is(p, b"expect", 6) else F_OTHER
     if size == 7:
@@ -133,8 +134,6 @@ cdef set _note_connection(MessageHead head, const char* p, Py_ssize_t start, Py_
         option = connection_option_at(p, start, token_end)
         if option == OPT_CLOSE:
             head.conn_close = True
-        elif option == OPT_KEEP_ALIVE:
-            head.conn_keep_alive = True
         elif option == OPT_UPGRADE:
             head.conn_upgrade = True
         elif option == OPT_FIELD:
@@ -142,6 +141,8 @@ cdef set _note_connection(MessageHead head, const char* p, Py_ssize_t start, Py_
             if listed is None:
                 listed = set()
             listed.add(PyBytes_FromStringAndSize(p + start, token_end - start).strip().lower())
+        # keep-alive: llhttp reads it itself (should_keep_alive); it names
+        # no field to drop.
         start = token_end + 1
     return listed
 
@@ -157,9 +158,11 @@ cdef class MessageHead:
         """One pass over the headers: framing, connection options and the
         end-to-end list.  Raises ValueError on framing that is ambiguous.
 
-        PERF(selproxy): the end-to-end list keeps the received pairs, and is
-        the headers list itself until a field is dropped: most requests
-        drop none, so they allocate nothing here."""
+        PERF: the end-to-end list keeps the received pairs, and is the
+        headers list itself until a field is dropped: most requests drop
+        none, so they allocate nothing here.  38,500 user-space instructions
+        per small request, from 40,300 (callgrind, bench_instructions.py;
+        RESULTS.md 2026-11-28 16:30)."""
         cdef list headers = self.headers
         cdef list end_to_end = None    # None while it equals headers[:i]
         cdef set listed = None
@@ -190,9 +193,6 @@ cdef class MessageHead:
             elif kind == F_EXPECT:
                 if value.strip().lower() == b"100-continue":
                     self.expect_continue = True
-            elif kind == F_ACCEPT_ENCODING:
-                if b"gzip" in value.lower():
-                    self.has_gzip_accept = True
             if kind < F_CONNECTION:
                 # Noted, and end-to-end all the same.
                 if end_to_end is not None:
@@ -266,8 +266,10 @@ cdef inline long long _parse_length(bytes value) except -2:
 
 cdef long long _parse_length_at(const unsigned char* p, Py_ssize_t size) except -2:
     """A Content-Length value: ASCII digits, with whitespace around them.
-    PERF(selproxy): read in place; ``int()`` on a stripped copy showed in
-    profiles of small responses."""
+    PERF: read in place; ``int()`` on a stripped copy showed in ``perf
+    record`` profiles of small responses (commit 8be17ce, measured with its
+    batch: 46,400 -> 40,300 instructions per small request, callgrind,
+    RESULTS.md 2026-11-28 16:30)."""
     cdef Py_ssize_t start = 0, end = size, i
     cdef long long length = 0
     while start < end and _is_space(p[start]):
@@ -323,15 +325,6 @@ cdef object analyse_request(MessageHead head):
     return None
 
 
-cdef object analyse_response(MessageHead head, bytes request_method):
-    """Set the framing of a response head; return an error, or None."""
-    try:
-        head.collect()
-    except ValueError as exc:
-        return UpstreamProtocolError(str(exc))
-    return _response_framing(head, request_method)
-
-
 cdef inline Py_ssize_t _line_end(const char* p, Py_ssize_t pos, Py_ssize_t size) noexcept:
     """Where the line at ``pos`` ends: the index of its CR, or -1 when no
     CRLF ends it."""
@@ -371,11 +364,13 @@ cdef object analyse_raw_response(MessageHead head, const char* p, Py_ssize_t siz
     accepted, and ``head_size`` gets its length, blank line included.
     Return an error, or None.
 
-    PERF(selproxy): a response head is the bulk of the fields the proxy
+    PERF: a response head is the bulk of the fields the proxy
     handles, and collecting it as callbacks cost a call, two ``bytes`` and a
     tuple per field.  Here the fields are read in place, and the ones that
     go on (all but hop-by-hop and framing) are copied as they came, byte for
-    byte, into ``head.kept``."""
+    byte, into ``head.kept``: 38,500 -> 32,200 user-space instructions per
+    small request, and 30,200 -> 27,200 for the one scan into a line table
+    (callgrind, bench_instructions.py; RESULTS.md 2026-11-28 16:30)."""
     cdef FieldLine table[LINE_TABLE_SIZE]
     cdef FieldLine* lines = table
     cdef Py_ssize_t capacity = LINE_TABLE_SIZE
@@ -489,10 +484,10 @@ cdef object _analyse_raw(MessageHead head, const char* p, Py_ssize_t size, bytes
         kept = b"".join(kept_lines)
     head.kept = kept
     head.end_to_end = None
-    return _response_framing(head, request_method)
+    return response_framing(head, request_method)
 
 
-cdef object _response_framing(MessageHead head, bytes request_method):
+cdef object response_framing(MessageHead head, bytes request_method):
     cdef int status = head.status
     # RFC 9112 section 6.3, rules 1 and 2: these never have a body,
     # whatever their framing headers say.
@@ -608,9 +603,11 @@ cdef object target_error(bytes method, bytes target):
 
 cdef bytes _assemble(list start, list fields, list tail):
     """``start`` pieces, a ``name: value`` line per field, ``tail`` pieces,
-    and the blank line, in one bytes object.  PERF(selproxy): sized first,
-    then filled in place, so a head costs one allocation instead of a list,
-    a tuple per field and a join."""
+    and the blank line, in one bytes object.  PERF: sized first, then
+    filled in place, so a head costs one allocation instead of a list, a
+    tuple per field and a join; measured only together with the other
+    allocation changes of RESULTS.md's 2026-11-28 13:05 entry (CPU per
+    request from /proc/PID/stat, bench_passthrough.py)."""
     cdef Py_ssize_t size = 2
     cdef bytes piece, name, value
     cdef bytes out
@@ -780,49 +777,43 @@ cdef bytes chunk_size_line(Py_ssize_t size):
     return b"%x\r\n" % size
 
 
-def _analyse_request_for_tests(bytes method, bytes target, list headers, int version_minor=1):
-    """Python entry point for unit tests: (head, error)."""
-    cdef MessageHead head = new_request_head(method, target)
-    head.headers = headers
-    head.version_minor = version_minor
-    return head, analyse_request(head)
+cdef object STATUS_PHRASES = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
-def _parse_length_for_tests(bytes value):
-    return _parse_length(value)
+cdef bytes answer_head_bytes(int status, list headers, long long content_length, bint close):
+    """The head of a response the proxy makes itself (an error, a handler's
+    answer): ``headers`` less every hop-by-hop and framing field, which are
+    the proxy's to set, and less Trailer, since no trailers follow a
+    Content-Length body; then Content-Length (when ``content_length`` is not
+    negative) and ``Connection: close`` when ``close``."""
+    cdef list fields = []
+    cdef list tail = []
+    cdef set listed = None
+    cdef MessageHead scratch
+    cdef bytes name, value
+    cdef FieldName kind
+    for name, value in headers:
+        kind = field_name(name)
+        if kind == F_CONNECTION:
+            # Fields named in Connection are hop-by-hop too.
+            scratch = new_response_head(status, None)
+            listed = _note_connection(scratch, PyBytes_AS_STRING(value), 0, PyBytes_GET_SIZE(value),
+                                      listed)
+        if kind < F_CONNECTION and not (PyBytes_GET_SIZE(name) == 7 and name.lower() == b"trailer"):
+            fields.append((name, value))
+    if listed is not None:
+        fields = [(n, v) for n, v in fields if n.lower() not in listed]
+    if content_length >= 0:
+        tail.append(_length_line(content_length))
+    if close:
+        tail.append(b"Connection: close\r\n")
+    return _assemble([_with_decimal(b"HTTP/1.1 ", 9, status, b" ", 1),
+                      STATUS_PHRASES.get(status, b"Unknown"), CRLF], fields, tail)
 
 
-def _decimal_line_for_tests(bytes prefix, long long value, bytes suffix):
-    return _with_decimal(prefix, len(prefix), value, suffix, len(suffix))
-
-
-def _request_head_for_tests(MessageHead head, list extra=[]):
-    return request_head_bytes(head, extra)
-
-
-def _response_head_for_tests(int status, bytes reason, list headers,
-                             bytes request_method=b"GET", bint close=False):
-    cdef MessageHead head = new_response_head(status, reason)
-    head.headers = headers
-    err = analyse_response(head, request_method)
-    chunked = (head.framing == BODY_CHUNKED or
-               (head.framing == BODY_UNTIL_CLOSE and not close))
-    return head, err, (response_head_bytes(head, close, chunked) if err is None else None)
-
-
-def _raw_response_head_for_tests(int status, bytes raw, bytes request_method=b"GET",
-                                 bint close=False):
-    """As :func:`_response_head_for_tests`, for a head read raw."""
-    cdef MessageHead head = new_response_head(status, None)
-    cdef Py_ssize_t size = -1
-    err = analyse_raw_response(head, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), request_method,
-                               &size)
-    if err is None and size != raw.find(b"\r\n\r\n") + 4:
-        raise AssertionError(f"head size {size} for {raw!r}")
-    chunked = (head.framing == BODY_CHUNKED or
-               (head.framing == BODY_UNTIL_CLOSE and not close))
-    return head, err, (response_head_bytes(head, close, chunked) if err is None else None)
-
-
-def _pairs_for_tests(MessageHead head):
-    return head.pairs()
+cdef bytes last_chunk_bytes(list trailers):
+    """The end of a chunked body: the last chunk, the trailer fields (RFC
+    9112 section 7.1.2), and the blank line."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    return _assemble([b"0\r\n"], trailers, NO_FIELDS)

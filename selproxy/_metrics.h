@@ -7,7 +7,7 @@
  * aligned load is atomic on the platforms selproxy runs on, so a reader sees
  * each figure either before or after an add, never torn.
  *
- * The layout is read field by field in _core.pyx (cells_dict), never by
+ * The layout is read field by field in _worker.pyx (_cells_dict), never by
  * offset from Python: change it here and there together.
  */
 #ifndef SELPROXY_METRICS_H
@@ -27,7 +27,7 @@ enum {
 
 /* Status classes 1xx to 5xx, at index status / 100 - 1. */
 #define SP_STATUS_CLASSES 5
-/* Error kinds (the names are in _core.pyx, ERROR_KINDS). */
+/* Error kinds (the names are in _worker.pyx, ERROR_KINDS). */
 #define SP_ERROR_KINDS 32
 
 /* OpenTelemetry's advised bucket boundaries for HTTP durations, in seconds

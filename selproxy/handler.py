@@ -7,10 +7,20 @@ to the route's handler as a :class:`Request`; the handler returns a
 on that connection.  A handler that needs the engine calls ``upstream.request``,
 which goes through the core's pooled upstream connections.
 
-Headers are lists of ``(name, value)`` strings decoded as Latin-1, in the order
-they came, so nothing a client sent is lost in the crossing.  Hop-by-hop headers
-(RFC 9110 section 7.6.1) are already removed from a :class:`Request`, and the
-core removes them from a :class:`Response` before it is sent.
+Headers cross between the core and Python in one form: lists of ``(name,
+value)`` strings, in the order they came, decoded from the wire's bytes once, as
+Latin-1.  Latin-1 maps each of the 256 octets to one code point, so any field
+value (RFC 9110 section 5.5 allows obs-text) survives the crossing and encodes
+back to the same bytes.  Read one with :meth:`Request.header` or
+:meth:`Response.header`.
+
+The core alone frames messages.  A :class:`Request` carries no hop-by-hop or
+framing headers (RFC 9110 section 7.6.1: Connection and the fields it names,
+Keep-Alive, TE, Transfer-Encoding, Upgrade, Proxy-Connection,
+Proxy-Authenticate, Proxy-Authorization; and Content-Length).  Whatever of them a
+:class:`Response`, or the headers of an ``upstream.request`` call, carries is
+dropped, and the core writes ``Content-Length`` from the body itself (and
+``Connection: close`` when it will close); a handler never sets them.
 
 The core checks a :class:`Response` before any of it is written: a status from
 200 to 599, header names that are tokens, header values that encode as Latin-1

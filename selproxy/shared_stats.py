@@ -13,7 +13,7 @@ A slot has three parts:
 * **meta**: the worker's pid, state (starting, serving, stopped), whether its
   model is warm and whether it is draining.
 * **cells**: the core's counters, a C struct (``_metrics.h``) that the core
-  adds to in place (:meth:`selproxy._core.Counters.attach`): counting a
+  adds to in place (:meth:`selproxy._worker.Counters.attach`): counting a
   passthrough request is an add to memory, and the figure is in the block at
   once, exact, and survives the worker's death.
 * **doc**: the Python layer's figures (rerank outcomes, rank durations, the

@@ -8,8 +8,10 @@ import tempfile
 
 
 def test_imports_from_outside_the_source_tree():
-    code = ("import json, selproxy, selproxy._core as c, selproxy._http as h, selproxy._routes as r;"
-            "print(json.dumps([selproxy.__version__, c.__file__, h.__file__, r.__file__]))")
+    modules = ["_core", "_http", "_routes", "_writer", "_worker", "_upstream", "_client"]
+    code = ("import importlib, json, selproxy;"
+            f"print(json.dumps([selproxy.__version__] + [importlib.import_module('selproxy.' + m).__file__"
+            f" for m in {modules!r}]))")
     with tempfile.TemporaryDirectory() as empty:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         out = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env,

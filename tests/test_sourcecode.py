@@ -30,5 +30,6 @@ def test_stubs_match_the_compiled_modules():
     pytest.importorskip("mypy")
     # From outside the tree, so the compiled modules are the installed ones.
     result = _run("mypy.stubtest", "--mypy-config-file", os.path.join(ROOT, "pyproject.toml"),
-                  "selproxy._core", "selproxy._http", "selproxy._routes", cwd=os.getcwd())
+                  "selproxy._core", "selproxy._http", "selproxy._routes", "selproxy._upstream",
+                  "selproxy._worker", cwd=os.getcwd())
     assert result.returncode == 0, result.stdout + result.stderr

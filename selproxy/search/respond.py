@@ -45,8 +45,6 @@ from .rewrite import SearchPlan
 __all__ = ("decode_body", "skip_reason", "header_safe", "accepts_gzip", "page_hits", "apply_es",
            "apply_params", "hits_at", "format_server_timing", "client_response", "passthrough_response", "value_path")
 
-_DROPPED = frozenset(("content-length", "transfer-encoding", "content-encoding"))
-
 
 def decode_body(response: Response, limit: int = DEFAULT_MAX_DECODED_BODY) -> bytes:
     """The response body, gunzipped when the engine compressed it.
@@ -201,16 +199,17 @@ def _extra(rerank: str, timing: str, ignored: Tuple[str, ...]) -> Headers:
 
 def passthrough_response(upstream: Response, rerank: str, timing: str,
                          ignored: Tuple[str, ...] = ()) -> Response:
-    """The engine's response verbatim, with the proxy's headers added."""
-    headers = [(k, v) for k, v in upstream.headers if k.lower() != "content-length"]
-    return Response(upstream.status, headers + _extra(rerank, timing, ignored), upstream.body)
+    """The engine's response verbatim, with the proxy's headers added (the
+    core sets the framing: see :mod:`selproxy.handler`)."""
+    return Response(upstream.status, upstream.headers + _extra(rerank, timing, ignored), upstream.body)
 
 
 def client_response(upstream: Response, body: bytes, *, gzip_ok: bool, gzip_level: int,
                     rerank: str, timing: str, ignored: Tuple[str, ...] = ()) -> Response:
     """A rewritten response: the engine's status and headers with a new body,
-    gzip-compressed when the client accepts it."""
-    headers = [(k, v) for k, v in upstream.headers if k.lower() not in _DROPPED]
+    gzip-compressed when the client accepts it.  The engine's
+    Content-Encoding described its own body; the framing is the core's."""
+    headers = [(k, v) for k, v in upstream.headers if k.lower() != "content-encoding"]
     if gzip_ok:
         body = gzip.compress(body, compresslevel=gzip_level, mtime=0)
         headers.append(("Content-Encoding", "gzip"))

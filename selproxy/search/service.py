@@ -166,10 +166,9 @@ def _engine_scores(hits: Sequence[Any]) -> Optional[List[float]]:
 
 
 def _with_body(headers: Headers, body: bytes) -> Headers:
-    """``headers`` for a new, uncompressed ``body``."""
-    out = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-encoding")]
-    out.append(("Content-Length", str(len(body))))
-    return out
+    """``headers`` for a new, uncompressed ``body`` (the core frames it:
+    Content-Length is its to set, see :mod:`selproxy.handler`)."""
+    return [(k, v) for k, v in headers if k.lower() != "content-encoding"]
 
 
 class _Prepared:

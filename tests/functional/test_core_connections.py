@@ -271,6 +271,42 @@ def test_upstream_connections_stay_within_the_bound():
     run(scenario(), 30)
 
 
+def test_the_gauges_follow_the_connections_they_count():
+    """Open, idle and waiting are written from the worker's and the pool's
+    containers where those change: they rise with the connections and fall
+    back to zero once every connection has closed."""
+    def slow_echo(request):
+        return [("sleep", 0.1), echo(request)]
+
+    async def scenario():
+        async with proxied(slow_echo, max_upstream_connections=2,
+                           max_idle_upstream_connections=4) as (up, proxy):
+            counters = proxy.core.counters
+            clients = [await RawClient.connect(proxy.url) for _ in range(3)]
+            assert await eventually(lambda: counters.client_connections == 3), counters.snapshot()
+            for client in clients:
+                client.send(request_bytes("GET", "/x"))
+            # Two upstream connections busy, the third request waiting for one.
+            assert await eventually(lambda: counters.upstream_waiters == 1), counters.snapshot()
+            assert counters.upstream_connections == 2 and counters.upstream_idle == 0
+            for client in clients:
+                assert (await client.read_response()).status == 200
+            assert await eventually(lambda: counters.upstream_idle == 2), counters.snapshot()
+            snapshot = counters.snapshot()
+            assert (snapshot["client_connections"], snapshot["upstream_connections"],
+                    snapshot["upstream_idle"], snapshot["upstream_waiters"]) == (3, 2, 2, 0)
+            assert snapshot["upstream_waits"] == 1
+            for client in clients:
+                client.close()
+            assert await eventually(lambda: counters.client_connections == 0), counters.snapshot()
+            proxy.core.drain()      # closes the idle upstream connections
+            assert await eventually(lambda: counters.upstream_connections == 0), counters.snapshot()
+            assert counters.upstream_idle == 0
+            assert await eventually(lambda: up.open_connections == 0)
+
+    run(scenario(), 30)
+
+
 def test_bodies_wait_whole_for_a_bounded_pool():
     """Clients queued for one of two upstream connections keep their
     (larger than buffered) bodies intact while they wait."""
@@ -358,9 +394,13 @@ def test_bodiless_responses_keep_the_upstream_connection_reusable():
                                    ("GET", "/100"), ("HEAD", "/index"), ("HEAD", "/index"),
                                    ("GET", "/a")]:
                 res = await client.request(method, target)
+                if target == "/100":
+                    assert res.status == 103    # forwarded to an HTTP/1.1 client
                 while res.status < 200:
                     res = await client.read_response()
-                assert res.status in (200, 204, 304)
+                assert res.status == {"/204": 204, "/304": 304}.get(target, 200), target
+                if method == "HEAD":
+                    assert res.header("Content-Length") == "1234" and res.body == b""
                 used = len(up.connections)
                 assert used == 1, f"{method} {target}: {used} upstream connections"
             client.close()

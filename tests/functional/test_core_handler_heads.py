@@ -252,3 +252,41 @@ def test_override_names_echoed_by_the_search_layer_cannot_split_or_hang_a_respon
     assert b"forged" not in head.lower()
     assert b"\r\nset-cookie" not in head.lower()
     assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 500 "))
+
+
+FRAMING = [("Content-Length", "999"), ("Transfer-Encoding", "chunked"),
+           ("Connection", "close, X-Private"), ("X-Private", "1"), ("Keep-Alive", "timeout=5"),
+           ("X-Kept", "1")]
+
+
+def test_the_core_alone_frames_what_a_handler_sends_and_answers():
+    """Framing is the core's: whatever a handler puts of Content-Length,
+    Transfer-Encoding and Connection (or the fields Connection names) into
+    its upstream call or its response is dropped, and the core writes the
+    real length; the connection goes on, as nothing asked to close it."""
+    async def relay(request: Request, upstream) -> Response:
+        res = await upstream.request("POST", "/up", FRAMING, b"hello")
+        return Response(200, FRAMING, res.body + b"!")
+
+    async def main():
+        async with RecordingUpstream(echo) as up:
+            routes = [Route(("GET",), "/_relay", relay, "relay")]
+            async with in_process(up.url, routes=routes) as proxy:
+                client = await RawClient.connect(proxy.url)
+                first = await asyncio.wait_for(client.request("GET", "/_relay"), 5)
+                second = await asyncio.wait_for(client.request("GET", "/_relay"), 5)
+                client.close()
+                return first, second, up.requests
+
+    first, second, sent = run(main())
+    for res in (first, second):
+        assert res.status == 200
+        assert res.headers == [("X-Kept", "1"), ("Content-Length", str(len(res.body)))]
+    assert first.body == second.body == b"hello!"
+    assert len(sent) == 2
+    for req in sent:
+        names = [name.lower() for name, _ in req.headers]
+        assert req.body == b"hello" and req.header("content-length") == "5"
+        assert names.count("content-length") == 1
+        assert not {"transfer-encoding", "connection", "keep-alive", "x-private"} & set(names)
+        assert req.header("x-kept") == "1"

@@ -7,7 +7,7 @@ import platform
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from selproxy import __version__, _core
+from selproxy import __version__, _core, _worker
 from selproxy.metrics import (DURATION_BOUNDS, METRICS, DurationHistogram, group_totals,
                               outcome_labels, render)
 from selproxy.shared_stats import SERVING, STARTING, STOPPED, SharedStats, SlotView
@@ -69,7 +69,7 @@ def _view(index, alive, cells, doc=None, warm=True):
 
 
 def _cells(**changes):
-    counters = _core.Counters()
+    counters = _worker.Counters()
     cells = counters.snapshot()
     cells.update(changes)
     return cells
@@ -124,7 +124,7 @@ def test_a_slot_taken_over_keeps_its_counts_and_starts_its_gauges_at_zero():
     block = SharedStats.create(4, expected_workers=2)
     slot = block.slot(1)
     slot.take(os.getpid())
-    first = _core.Counters()
+    first = _worker.Counters()
     first.attach(slot.cells)
     # What the core does per request and connection, seen through its figures.
     assert first.requests_passed == 0
@@ -138,7 +138,7 @@ def test_a_slot_taken_over_keeps_its_counts_and_starts_its_gauges_at_zero():
     # A respawned worker takes the same index.
     again = block.slot(1)
     again.take(os.getpid())
-    second = _core.Counters()
+    second = _worker.Counters()
     second.attach(again.cells)
     assert (second.requests_passed, second.client_connections) == (41, 0)
     again.publish({"counters": [["selproxy_rerank_outcomes_total", {"outcome": "applied", "reason": ""}, 1]],
