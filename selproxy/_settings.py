@@ -221,7 +221,7 @@ def file_values(settings: Sequence[Setting], path: str) -> Dict[str, Any]:
 
 
 _TOML_TYPES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-               "list": "an array of strings", "optional-path": 'a path, "-" or true/false'}
+               "list": "a string or an array of strings", "optional-path": 'a path, "-" or true/false'}
 
 
 def _from_toml(setting: Setting, value: Any, where: str) -> Any:
@@ -230,7 +230,8 @@ def _from_toml(setting: Setting, value: Any, where: str) -> Any:
           or (kind == "float" and type(value) in (int, float))
           or (kind == "str" and isinstance(value, str))
           or (kind == "bool" and isinstance(value, bool))
-          or (kind == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value))
+          or (kind == "list" and (isinstance(value, str) or (
+              isinstance(value, list) and all(isinstance(v, str) for v in value))))
           or (kind == "optional-path" and isinstance(value, (str, bool))))
     if not ok:
         shown = excerpt(json.dumps(value, default=str), limit=60)
@@ -240,7 +241,8 @@ def _from_toml(setting: Setting, value: Any, where: str) -> Any:
             raise SettingsError(f"{where}: expected a finite number, got {value}")
         return float(value)
     if kind == "list":
-        return list(value)
+        # A repeatable flag given once: `url = "..."` as well as `url = ["..."]`.
+        return [value] if isinstance(value, str) else list(value)
     if kind == "optional-path" and isinstance(value, bool):
         return "-" if value else None
     if kind == "str":
@@ -272,7 +274,8 @@ def _redacted(setting: Setting, value: Any) -> Any:
     if value is None:
         return None
     if setting.dest in _URL_SETTINGS:
-        return redact_url(value)
+        # --url repeats (several rerank endpoints): a list of them.
+        return [redact_url(v) for v in value] if isinstance(value, list) else redact_url(value)
     if setting.dest == "ranker_option":
         shown = []
         for item in value:

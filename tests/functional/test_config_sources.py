@@ -57,7 +57,7 @@ def test_print_config_redacts_secrets_and_reads_back(tmp_path):
     for secret in ("pw-1", "url-key-2", "opt-key-3", "env-tok-4"):
         assert secret not in first.stdout
     shown = tomllib.loads(first.stdout)
-    assert shown["url"] == "https://***@rerank.example/v1/rerank?***"
+    assert shown["url"] == ["https://***@rerank.example/v1/rerank?***"]   # --url repeats
     assert shown["ranker-option"] == ["api_key=***", "model=rerank-v3"]
     # What it prints is a file --config takes, and it prints the same again.
     saved = tmp_path / "printed.toml"
@@ -74,7 +74,8 @@ def test_print_config_redacts_secrets_and_reads_back(tmp_path):
      "{path}: 'rank_deadline' and 'rank-deadline' are the same key"),
     ('workers = "2"\n', '{path}: workers: expected an integer, got "2"'),
     ("topn = 1.5\n", "{path}: topn: expected an integer, got 1.5"),
-    ('include-index = "books"\n', '{path}: include-index: expected an array of strings, got "books"'),
+    ('include-index = ["books", 3]\n',
+     '{path}: include-index: expected a string or an array of strings, got ["books", 3]'),
     ('solr = "yes"\n', '{path}: solr: expected true or false, got "yes"'),
     ('log-format = "xml"\n', "{path}: log-format: expected one of text, json, got 'xml'"),
     ("workers = \n", "--config {path}: not TOML"),
@@ -141,3 +142,12 @@ def test_a_switch_that_turns_something_off_is_named_for_what_it_turns_off(tmp_pa
     config.write_text("no-window-cache = true\n")
     done = selproxy(*base, "--print-config", "--config", str(config))
     assert done.returncode == 2 and "unknown key 'no-window-cache'" in done.stderr, done.stderr
+
+
+def test_a_repeatable_flag_given_once_in_a_file_may_be_a_plain_string(tmp_path):
+    # url = "..." reads as url = ["..."], as the Helm chart's model tier writes it.
+    config = tmp_path / "selproxy.toml"
+    config.write_text('upstream = "http://127.0.0.1:9200"\nranker = "remote"\n'
+                      'url = "http://ranker:8080/rerank"\ninclude-index = "books"\n')
+    shown = printed("--config", str(config))
+    assert shown["url"] == ["http://ranker:8080/rerank"] and shown["include-index"] == ["books"]

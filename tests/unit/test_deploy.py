@@ -66,6 +66,20 @@ def selproxy_flags() -> set:
     return flags | {setting.key for setting in settings_of(parser)}
 
 
+def check_config_loads(text: str) -> dict:
+    """selproxy's own loader reads the rendered file: every key known, every
+    value of its setting's type (it raises SettingsError otherwise)."""
+    import tempfile
+
+    from selproxy._settings import file_values, settings_of
+    from selproxy.cli import build_parser
+
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as handle:
+        handle.write(text)
+        handle.flush()
+        return file_values(settings_of(build_parser()), handle.name)
+
+
 def check_flag_names(names: List[str], where: str) -> None:
     unknown = set(names) - selproxy_flags()
     assert not unknown, f"{where} uses flags selproxy does not have: {sorted(unknown)}"
@@ -307,6 +321,7 @@ def test_chart_deployment_probes_lifecycle_and_security() -> None:
     config = tomllib.loads(configmap["data"]["selproxy.toml"])
     assert config == values["config"]
     check_flag_names(list(config) + ["config"], "the chart's config")
+    assert check_config_loads(configmap["data"]["selproxy.toml"])["upstream"] == config["upstream"]
 
     (service,) = by_kind(docs, "Service", "proxy")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -330,7 +345,9 @@ def test_chart_model_tier_and_service_monitor() -> None:
     assert ranker_service["spec"]["selector"] == ranker["spec"]["selector"]["matchLabels"]
     assert ranker_service["spec"]["selector"] != proxy["spec"]["selector"]["matchLabels"]
 
-    config = tomllib.loads(by_kind(docs, "ConfigMap")[0]["data"]["selproxy.toml"])
+    text = by_kind(docs, "ConfigMap")[0]["data"]["selproxy.toml"]
+    config = tomllib.loads(text)
+    assert check_config_loads(text)["url"] == [config["url"]]   # a repeatable flag given once
     assert config["ranker"] == "remote"
     assert config["url"] == f"http://{ranker_service['metadata']['name']}:8080/rerank"
     assert config["ranker-option"] == ["api=tei", "timeout=2"]
