@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from typing import TYPE_CHECKING, Any, AsyncContextManager, Callable, Optional
+from typing import TYPE_CHECKING, Any, AsyncContextManager, Callable, Optional, TypeVar
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ("UvicornServer", "serve_until_signalled")
+__all__ = ("UvicornServer", "UvicornService", "serve_until_signalled")
+
+_Service = TypeVar("_Service", bound="UvicornService")
 
 
 class UvicornServer:
@@ -70,6 +72,45 @@ class UvicornServer:
         elif self.sock is not None:
             self.sock.close()
         self.sock = None
+
+
+class UvicornService:
+    """Base of an app served on ``host:port`` through a :class:`UvicornServer`:
+    its :attr:`url`, :meth:`bind`, and ``async with`` (a :meth:`start` that
+    fails runs :meth:`stop`, which undoes what it did start)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._uvicorn = UvicornServer()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def bind(self) -> socket.socket:
+        """Bind :attr:`host` and :attr:`port`; port 0 becomes the free port taken."""
+        sock = self._uvicorn.bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: _Service) -> _Service:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
 
 
 def serve_until_signalled(server: AsyncContextManager[Any], announce: Callable[[], None]) -> None:

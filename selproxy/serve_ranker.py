@@ -57,7 +57,6 @@ import hashlib
 import json
 import logging
 import math
-import socket
 import sys
 import threading
 import time
@@ -65,7 +64,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ._redact import excerpt
-from ._uvicorn_server import UvicornServer, serve_until_signalled
+from ._uvicorn_server import UvicornService, serve_until_signalled
 from ._version import __version__
 from .rankers.adapter import RankerAdapter, RankFailed, RankJob
 
@@ -466,7 +465,7 @@ def _parse_listen(listen: str) -> Tuple[str, int]:
     return host, port
 
 
-class RankerServer:
+class RankerServer(UvicornService):
     """A serve-ranker on a socket, started and stopped from async code::
 
         async with RankerServer(ranker, "bm25", listen="127.0.0.1:0") as server:
@@ -475,20 +474,9 @@ class RankerServer:
 
     def __init__(self, ranker: Any, name: str, listen: str = "127.0.0.1:8080",
                  config: Optional[ServeRankerConfig] = None, log_level: Optional[str] = None) -> None:
+        super().__init__(*_parse_listen(listen))
         self.app = RerankApp(ranker, name, config)
-        self.host, self.port = _parse_listen(listen)
         self.log_level = log_level
-        self._uvicorn = UvicornServer()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def bind(self) -> socket.socket:
-        sock = self._uvicorn.bind(self.host, self.port)
-        self.port = sock.getsockname()[1]
-        return sock
 
     def uvicorn_config(self) -> Any:
         import uvicorn
@@ -510,17 +498,6 @@ class RankerServer:
     async def stop(self) -> None:
         await self._uvicorn.stop()
         await self.app.aclose()
-
-    async def __aenter__(self) -> "RankerServer":
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop()
 
 
 def serve(server: RankerServer) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import uvicorn
 
-from .._uvicorn_server import UvicornServer, serve_until_signalled
+from .._uvicorn_server import UvicornService, serve_until_signalled
 from ..config import parse_listen
 from .app import EngineApp
 from .contexts import DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_OPEN
@@ -25,7 +25,7 @@ def _config(app: EngineApp, host: str, port: int, log_level: Optional[str]) -> u
                           server_header=False, date_header=True, timeout_graceful_shutdown=5, **logging_options)
 
 
-class Engine:
+class Engine(UvicornService):
     """An engine serving on loopback, started and stopped from async code::
 
         async with Engine(data=":memory:") as engine:
@@ -41,24 +41,17 @@ class Engine:
     def __init__(self, data: str = ":memory:", host: str = "127.0.0.1", port: int = 0,
                  log_level: Optional[str] = None, max_open_contexts: int = DEFAULT_MAX_OPEN,
                  max_keep_alive: float = DEFAULT_MAX_KEEP_ALIVE) -> None:
+        super().__init__(host, port)
         self.data = data
-        self.host = host
-        self.port = port
         self.log_level = log_level
         self.max_open_contexts = max_open_contexts
         self.max_keep_alive = max_keep_alive
         self.store: Optional[Store] = None
-        self._uvicorn = UvicornServer()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
         self.store = Store(self.data)
         await self.store.start()
-        self.port = self._uvicorn.bind(self.host, self.port).getsockname()[1]
+        self.bind()
         app = EngineApp(self.store, max_open_contexts=self.max_open_contexts, max_keep_alive=self.max_keep_alive)
         await self._uvicorn.start(_config(app, self.host, self.port, self.log_level))
 
@@ -67,17 +60,6 @@ class Engine:
         if self.store is not None:
             await self.store.close()
             self.store = None
-
-    async def __aenter__(self) -> "Engine":
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop()
 
 
 def serve(listen: str = "127.0.0.1:9200", data: str = ":memory:", log_level: str = "info") -> None:
