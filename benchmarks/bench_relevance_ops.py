@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from bench_rerank import INDEX, Process, load, run_embed, status, status_engine, wait_ready  # noqa: E402
 from relevance import CRANFIELD, free_port  # noqa: E402
 
-from selproxy.evaluation._client import Upstream  # noqa: E402
+from selproxy.evaluation._client import SearchClient  # noqa: E402
 from selproxy.evaluation.run import search_body  # noqa: E402
 from selproxy.evaluation.trec import read_topics  # noqa: E402
 
@@ -74,7 +74,7 @@ def quantiles(values: Sequence[float]) -> Dict[str, float]:
 async def pages(url: str, topics: Sequence[Any], count: int, gap: float = 0.0) -> List[List[Dict[str, Any]]]:
     """Pages 1..count of every topic, in order; wall ms and rerank header of each."""
     out: List[List[Dict[str, Any]]] = []
-    async with Upstream(url, timeout=120) as client:
+    async with SearchClient(url, timeout=120) as client:
         for topic in topics:
             row = []
             for page in range(count):

@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from relevance import CRANFIELD, free_port  # noqa: E402
 
-from selproxy.evaluation._client import Upstream  # noqa: E402
+from selproxy.evaluation._client import SearchClient  # noqa: E402
 from selproxy.evaluation.loader import load_collection  # noqa: E402
 from selproxy.evaluation.metrics import ndcg_at, percentile  # noqa: E402
 from selproxy.evaluation.run import search_body  # noqa: E402
@@ -98,7 +98,7 @@ def children(pid: int) -> List[int]:
 
 async def wait_ready(url: str, timeout: float = 180.0) -> Dict[str, Any]:
     deadline = time.monotonic() + timeout
-    async with Upstream(url, timeout=10) as client:
+    async with SearchClient(url, timeout=10) as client:
         while time.monotonic() < deadline:
             try:
                 reply = await client.request("GET", "/_selproxy/status")
@@ -111,7 +111,7 @@ async def wait_ready(url: str, timeout: float = 180.0) -> Dict[str, Any]:
 
 
 async def status(url: str) -> Dict[str, Any]:
-    async with Upstream(url, timeout=10) as client:
+    async with SearchClient(url, timeout=10) as client:
         return (await client.request("GET", "/_selproxy/status")).body  # type: ignore[no-any-return]
 
 
@@ -140,7 +140,7 @@ async def one_pass(url: str, topics: Sequence[Any], concurrency: int = 1) -> Lis
     queue = list(range(len(topics)))
 
     async def client() -> None:
-        async with Upstream(url, timeout=120) as upstream:
+        async with SearchClient(url, timeout=120) as upstream:
             while queue:
                 n = queue.pop(0)
                 body = search_body(topics[n].text, ("title", "text"), 10)
@@ -225,7 +225,7 @@ async def drain(url: str, timeout: float) -> float:
 
 
 async def load(engine_url: str, data: str) -> None:
-    async with Upstream(engine_url, timeout=120) as upstream:
+    async with SearchClient(engine_url, timeout=120) as upstream:
         docs = read_collection(os.path.join(data, "cran.all.1400.xml"))
         await load_collection(upstream, INDEX, docs, recreate=True)
 
@@ -336,7 +336,7 @@ async def phase_scale_rss(engine_url: str, topics: Sequence[Any], qrels: Any, wo
 
 async def engine_windows(engine_url: str, topics: Sequence[Any]) -> Dict[str, Tuple[List[str], List[float]]]:
     windows = {}
-    async with Upstream(engine_url, timeout=60) as upstream:
+    async with SearchClient(engine_url, timeout=60) as upstream:
         for topic in topics:
             reply = await upstream.request("POST", f"/{INDEX}/_search",
                                            json_body=search_body(topic.text, ("title", "text"), 50))
@@ -438,7 +438,7 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 async def status_engine(url: str) -> None:
-    async with Upstream(url, timeout=2) as client:
+    async with SearchClient(url, timeout=2) as client:
         await client.request("GET", "/")
 
 
