@@ -397,20 +397,12 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     topics = read_topics(os.path.join(args.data, "cran.qry.xml"), ids="ordinal")
     qrels = read_qrels(os.path.join(args.data, "cranqrel.trec.txt"))
     deadline_ms = SearchConfig().rank_deadline * 1e3
-    port = free_port()
-    engine = Process([sys.executable, "-m", "selproxy", "engine", "--listen", f"127.0.0.1:{port}"])
-    engine_url = f"http://127.0.0.1:{port}"
+    engine, engine_url = start_engine()
     results: Dict[str, Any] = {"deadline_ms": deadline_ms}
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as work:
         os.environ["XDG_CACHE_HOME"] = os.path.join(work, "xdg-default")
         try:
-            for _ in range(200):
-                try:
-                    await status_engine(engine_url)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            await load(engine_url, args.data)
+            await load_when_up(engine_url, args.data)
             phases = args.phases.split(",")
             if "cold" in phases:
                 results["cold"] = await phase_cold(engine_url, topics, qrels, work, deadline_ms)
@@ -442,6 +434,38 @@ async def status_engine(url: str) -> None:
         await client.request("GET", "/")
 
 
+def start_engine() -> Tuple[Process, str]:
+    """``selproxy engine`` on a free port, and its URL."""
+    port = free_port()
+    return (Process([sys.executable, "-m", "selproxy", "engine", "--listen", f"127.0.0.1:{port}"]),
+            f"http://127.0.0.1:{port}")
+
+
+async def load_when_up(engine_url: str, data: str) -> None:
+    """Cranfield from ``data`` indexed, once the engine answers (it has 20 s)."""
+    for _ in range(200):
+        try:
+            await status_engine(engine_url)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    await load(engine_url, data)
+
+
+def report(results: Dict[str, Any], json_path: Optional[str], **meta: Any) -> None:
+    """``results`` with a ``meta`` entry (date, commit, machine, Python, and
+    ``meta``), printed, and written to ``json_path`` when there is one."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                            text=True).stdout.strip()
+    results["meta"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+                       "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                       "python": platform.python_version(), **meta}
+    print(json.dumps(results, indent=1))
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump(results, out, indent=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=CRANFIELD)
@@ -452,16 +476,7 @@ def main() -> int:
                         help="also a cold phase with --rank-deadline S (to compare with the default)")
     args = parser.parse_args()
     import uvloop
-    results = uvloop.run(benchmark(args))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip()
-    results["meta"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-                       "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                       "python": platform.python_version()}
-    print(json.dumps(results, indent=1))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+    report(uvloop.run(benchmark(args)), args.json)
     return 0
 
 
