@@ -19,7 +19,7 @@ from support.engine import engine_in_thread
 from support.proxy import ProxyProcess
 from support.rawhttp import RawClient
 from support.search_e2e import pid_ranker_workers
-from support.upstream import RecordingUpstream, response
+from support.upstream import RecordingUpstream, response, slow_or_quick
 
 import selproxy
 from selproxy.metrics import METRICS
@@ -179,13 +179,8 @@ def test_readyz_waits_for_the_warm_up_and_livez_does_not(tmp_path, monkeypatch):
 def test_readyz_says_draining_while_a_worker_drains_then_that_one_is_missing():
     body = os.urandom(100_000)
 
-    def respond(request):
-        if request.target == "/slow":
-            return [("sleep", 1.5), response(200, body)]
-        return response(200, b"quick")
-
     async def scenario():
-        async with RecordingUpstream(respond) as up:
+        async with RecordingUpstream(slow_or_quick(body, 1.5)) as up:
             with ProxyProcess(["--upstream", up.url, "--workers", "2",
                                "--shutdown-grace", "8"]) as proc:
                 proc.wait_for_workers(2)
@@ -195,10 +190,7 @@ def test_readyz_says_draining_while_a_worker_drains_then_that_one_is_missing():
                 busy = await RawClient.connect(proc.url)
                 doomed = (await busy.request("GET", "/_selproxy/status")).json()["pid"]
                 busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
-                deadline = time.monotonic() + 5
-                while not any(r.target == "/slow" for r in up.requests):
-                    assert time.monotonic() < deadline, "the request never reached the upstream"
-                    await asyncio.sleep(0.01)
+                await up.wait_for_target("/slow")
                 os.kill(doomed, signal.SIGTERM)
                 # The other worker answers, for the group: one is draining.
                 for _ in range(3):
