@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import uvloop
 
-from bench_search import fixed_upstream, measure, window_body
+from bench_search import add_search_arguments, fixed_upstream, latency, measure, search_request, window_body
 from selproxy import Proxy
 from selproxy.rankers.registry import resolve_ranker
 from selproxy.search import SearchConfig, SearchService
@@ -38,9 +37,7 @@ SETUPS: List[Tuple[str, Optional[float], bool]] = [
 async def main(args: argparse.Namespace) -> Dict[str, Any]:
     body = window_body(args.window, args.hit_bytes)
     server, upstream_port = await fixed_upstream(body)
-    search = json.dumps({"query": {"match": {"title": "rockets"}}, "size": args.size}).encode()
-    request = (b"POST /bench/_search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-               b"Content-Length: " + str(len(search)).encode() + b"\r\n\r\n" + search)
+    request = search_request(args.size)
     samples: Dict[str, List[float]] = {label: [] for label, _, _ in SETUPS}
     captured: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as directory:
@@ -73,13 +70,7 @@ async def main(args: argparse.Namespace) -> Dict[str, Any]:
     server.close()
     results: Dict[str, Any] = {"window_bytes": len(body), "ranker": args.ranker, "setups": {}}
     for label, values in samples.items():
-        ordered = sorted(values)
-
-        def at(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-        results["setups"][label] = {"n": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99),
-                                    "mean_ms": statistics.fmean(ordered) * 1e3, **captured.get(label, {})}
+        results["setups"][label] = {**latency(values), **captured.get(label, {})}
     return results
 
 
@@ -99,11 +90,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000, help="per setup and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--window", type=int, default=50, help="hits the upstream returns (topn)")
-    parser.add_argument("--hit-bytes", type=int, default=400)
-    parser.add_argument("--size", type=int, default=10, help="hits the client asks for")
-    parser.add_argument("--ranker", default="identity")
+    add_search_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
     options = parser.parse_args()
     outcome = uvloop.run(main(options))

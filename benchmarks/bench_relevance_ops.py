@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +37,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench_rerank import INDEX, Process, load, run_embed, status, status_engine, wait_ready  # noqa: E402
-from relevance import CRANFIELD, free_port  # noqa: E402
+from bench_rerank import (INDEX, load_when_up, report, run_embed, start_engine, start_proxy, status,  # noqa: E402
+                          wait_ready)
+from relevance import CRANFIELD  # noqa: E402
 
-from selproxy.evaluation._client import Upstream  # noqa: E402
+from selproxy.evaluation._client import SearchClient  # noqa: E402
 from selproxy.evaluation.run import search_body  # noqa: E402
 from selproxy.evaluation.trec import read_topics  # noqa: E402
 
@@ -51,12 +49,9 @@ PAGE = 10
 
 
 def start(engine_url: str, store: str, ranker: Optional[str], *extra: str) -> Any:
-    port = free_port()
-    argv = [sys.executable, "-m", "selproxy", "--listen", f"127.0.0.1:{port}", "--upstream", engine_url,
-            "--embedding-store", store, *extra]
     if ranker and "--ranker" not in extra:
-        argv += ["--ranker", ranker]
-    return Process(argv), f"http://127.0.0.1:{port}"
+        extra += ("--ranker", ranker)
+    return start_proxy(engine_url, store, *extra)
 
 
 def quantiles(values: Sequence[float]) -> Dict[str, float]:
@@ -74,7 +69,7 @@ def quantiles(values: Sequence[float]) -> Dict[str, float]:
 async def pages(url: str, topics: Sequence[Any], count: int, gap: float = 0.0) -> List[List[Dict[str, Any]]]:
     """Pages 1..count of every topic, in order; wall ms and rerank header of each."""
     out: List[List[Dict[str, Any]]] = []
-    async with Upstream(url, timeout=120) as client:
+    async with SearchClient(url, timeout=120) as client:
         for topic in topics:
             row = []
             for page in range(count):
@@ -152,21 +147,13 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     topics = read_topics(os.path.join(args.data, "cran.qry.xml"), ids="ordinal")
     if args.queries:
         topics = topics[:args.queries]
-    port = free_port()
-    engine = Process([sys.executable, "-m", "selproxy", "engine", "--listen", f"127.0.0.1:{port}"])
-    engine_url = f"http://127.0.0.1:{port}"
+    engine, engine_url = start_engine()
     results: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-relops-") as work:
         os.environ["XDG_CACHE_HOME"] = os.path.join(work, "xdg-default")
         store = os.path.join(work, "store.sqlite3")
         try:
-            for _ in range(200):
-                try:
-                    await status_engine(engine_url)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            await load(engine_url, args.data)
+            await load_when_up(engine_url, args.data)
             if args.ranker is None:
                 results["embed"] = run_embed(engine_url, store)
             phases = args.phases.split(",")
@@ -192,16 +179,7 @@ def main() -> int:
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     import uvloop
-    results = uvloop.run(benchmark(args))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip()
-    results["meta"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-                       "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                       "python": platform.python_version(), "argv": sys.argv[1:]}
-    print(json.dumps(results, indent=1))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+    report(uvloop.run(benchmark(args)), args.json, argv=sys.argv[1:])
     return 0
 
 

@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from relevance import CRANFIELD, free_port  # noqa: E402
 
-from selproxy.evaluation._client import Upstream  # noqa: E402
+from selproxy.evaluation._client import SearchClient  # noqa: E402
 from selproxy.evaluation.loader import load_collection  # noqa: E402
 from selproxy.evaluation.metrics import ndcg_at, percentile  # noqa: E402
 from selproxy.evaluation.run import search_body  # noqa: E402
@@ -98,7 +98,7 @@ def children(pid: int) -> List[int]:
 
 async def wait_ready(url: str, timeout: float = 180.0) -> Dict[str, Any]:
     deadline = time.monotonic() + timeout
-    async with Upstream(url, timeout=10) as client:
+    async with SearchClient(url, timeout=10) as client:
         while time.monotonic() < deadline:
             try:
                 reply = await client.request("GET", "/_selproxy/status")
@@ -111,7 +111,7 @@ async def wait_ready(url: str, timeout: float = 180.0) -> Dict[str, Any]:
 
 
 async def status(url: str) -> Dict[str, Any]:
-    async with Upstream(url, timeout=10) as client:
+    async with SearchClient(url, timeout=10) as client:
         return (await client.request("GET", "/_selproxy/status")).body  # type: ignore[no-any-return]
 
 
@@ -140,7 +140,7 @@ async def one_pass(url: str, topics: Sequence[Any], concurrency: int = 1) -> Lis
     queue = list(range(len(topics)))
 
     async def client() -> None:
-        async with Upstream(url, timeout=120) as upstream:
+        async with SearchClient(url, timeout=120) as upstream:
             while queue:
                 n = queue.pop(0)
                 body = search_body(topics[n].text, ("title", "text"), 10)
@@ -225,7 +225,7 @@ async def drain(url: str, timeout: float) -> float:
 
 
 async def load(engine_url: str, data: str) -> None:
-    async with Upstream(engine_url, timeout=120) as upstream:
+    async with SearchClient(engine_url, timeout=120) as upstream:
         docs = read_collection(os.path.join(data, "cran.all.1400.xml"))
         await load_collection(upstream, INDEX, docs, recreate=True)
 
@@ -336,7 +336,7 @@ async def phase_scale_rss(engine_url: str, topics: Sequence[Any], qrels: Any, wo
 
 async def engine_windows(engine_url: str, topics: Sequence[Any]) -> Dict[str, Tuple[List[str], List[float]]]:
     windows = {}
-    async with Upstream(engine_url, timeout=60) as upstream:
+    async with SearchClient(engine_url, timeout=60) as upstream:
         for topic in topics:
             reply = await upstream.request("POST", f"/{INDEX}/_search",
                                            json_body=search_body(topic.text, ("title", "text"), 50))
@@ -397,20 +397,12 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     topics = read_topics(os.path.join(args.data, "cran.qry.xml"), ids="ordinal")
     qrels = read_qrels(os.path.join(args.data, "cranqrel.trec.txt"))
     deadline_ms = SearchConfig().rank_deadline * 1e3
-    port = free_port()
-    engine = Process([sys.executable, "-m", "selproxy", "engine", "--listen", f"127.0.0.1:{port}"])
-    engine_url = f"http://127.0.0.1:{port}"
+    engine, engine_url = start_engine()
     results: Dict[str, Any] = {"deadline_ms": deadline_ms}
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as work:
         os.environ["XDG_CACHE_HOME"] = os.path.join(work, "xdg-default")
         try:
-            for _ in range(200):
-                try:
-                    await status_engine(engine_url)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            await load(engine_url, args.data)
+            await load_when_up(engine_url, args.data)
             phases = args.phases.split(",")
             if "cold" in phases:
                 results["cold"] = await phase_cold(engine_url, topics, qrels, work, deadline_ms)
@@ -438,8 +430,40 @@ async def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 async def status_engine(url: str) -> None:
-    async with Upstream(url, timeout=2) as client:
+    async with SearchClient(url, timeout=2) as client:
         await client.request("GET", "/")
+
+
+def start_engine() -> Tuple[Process, str]:
+    """``selproxy engine`` on a free port, and its URL."""
+    port = free_port()
+    return (Process([sys.executable, "-m", "selproxy", "engine", "--listen", f"127.0.0.1:{port}"]),
+            f"http://127.0.0.1:{port}")
+
+
+async def load_when_up(engine_url: str, data: str) -> None:
+    """Cranfield from ``data`` indexed, once the engine answers (it has 20 s)."""
+    for _ in range(200):
+        try:
+            await status_engine(engine_url)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    await load(engine_url, data)
+
+
+def report(results: Dict[str, Any], json_path: Optional[str], **meta: Any) -> None:
+    """``results`` with a ``meta`` entry (date, commit, machine, Python, and
+    ``meta``), printed, and written to ``json_path`` when there is one."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                            text=True).stdout.strip()
+    results["meta"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+                       "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                       "python": platform.python_version(), **meta}
+    print(json.dumps(results, indent=1))
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump(results, out, indent=1)
 
 
 def main() -> int:
@@ -452,16 +476,7 @@ def main() -> int:
                         help="also a cold phase with --rank-deadline S (to compare with the default)")
     args = parser.parse_args()
     import uvloop
-    results = uvloop.run(benchmark(args))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip()
-    results["meta"] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-                       "commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                       "python": platform.python_version()}
-    print(json.dumps(results, indent=1))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+    report(uvloop.run(benchmark(args)), args.json)
     return 0
 
 

@@ -97,16 +97,37 @@ async def measure(port: int, request: bytes, count: int, connections: int,
     return samples, time.perf_counter() - (measuring[0] if measuring else time.perf_counter())
 
 
-def summary(measured: Tuple[List[float], float]) -> Dict[str, float]:
-    # req/s is over all connections together: requests per second of wall time.
-    samples, elapsed = measured
+def latency(samples: List[float]) -> Dict[str, float]:
+    """Count, p50, p99 and mean, in ms, of latency samples in seconds."""
     ordered = sorted(samples)
 
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
 
-    return {"n": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99), "mean_ms": statistics.fmean(ordered) * 1e3,
-            "req_per_s": len(ordered) / elapsed if elapsed else 0.0}
+    return {"n": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99), "mean_ms": statistics.fmean(ordered) * 1e3}
+
+
+def summary(measured: Tuple[List[float], float]) -> Dict[str, float]:
+    # req/s is over all connections together: requests per second of wall time.
+    samples, elapsed = measured
+    return {**latency(samples), "req_per_s": len(samples) / elapsed if elapsed else 0.0}
+
+
+def search_request(size: int) -> bytes:
+    """The client's search, a match query for ``size`` hits, as request bytes."""
+    search = json.dumps({"query": {"match": {"title": "rockets"}}, "size": size}).encode()
+    return (b"POST /bench/_search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(search)).encode() + b"\r\n\r\n" + search)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The window the fixed upstream answers, the search the client sends,
+    and the ranker: the options every search-path benchmark here takes."""
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--window", type=int, default=50, help="hits the upstream returns (topn)")
+    parser.add_argument("--hit-bytes", type=int, default=400)
+    parser.add_argument("--size", type=int, default=10, help="hits the client asks for")
+    parser.add_argument("--ranker", default="identity")
 
 
 async def main(args: argparse.Namespace) -> Dict[str, Any]:
@@ -116,9 +137,7 @@ async def main(args: argparse.Namespace) -> Dict[str, Any]:
     service = SearchService(ranker, SearchConfig(topn=args.window))
     proxy = Proxy(upstream=f"http://127.0.0.1:{upstream_port}", listen="127.0.0.1:0", routes=service.routes())
     await proxy.start()
-    search = json.dumps({"query": {"match": {"title": "rockets"}}, "size": args.size}).encode()
-    request = (b"POST /bench/_search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-               b"Content-Length: " + str(len(search)).encode() + b"\r\n\r\n" + search)
+    request = search_request(args.size)
     results: Dict[str, Any] = {"window_bytes": len(body), "ranker": args.ranker}
     try:
         for name, port in (("direct", upstream_port), ("selproxy", proxy.address[1])):
@@ -147,11 +166,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--window", type=int, default=50, help="hits the upstream returns (topn)")
-    parser.add_argument("--hit-bytes", type=int, default=400)
-    parser.add_argument("--size", type=int, default=10, help="hits the client asks for")
-    parser.add_argument("--ranker", default="identity")
+    add_search_arguments(parser)
     parser.add_argument("--ranker-option", action="append", default=[])
     parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
     options = parser.parse_args()

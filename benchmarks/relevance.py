@@ -35,7 +35,7 @@ import uvloop
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
-from selproxy.evaluation._client import Upstream, UpstreamError  # noqa: E402
+from selproxy.evaluation._client import SearchClient, SearchClientError  # noqa: E402
 from selproxy.evaluation.loader import load_collection  # noqa: E402
 from selproxy.evaluation.run import Report, judged_topics, run_topics, summarise  # noqa: E402
 from selproxy.evaluation.trec import read_collection, read_qrels, read_topics  # noqa: E402
@@ -107,13 +107,13 @@ async def proxy_process(template: str, upstream: str, ranker: List[str], start_t
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
-        async with Upstream(url, timeout=2.0) as probe:
+        async with SearchClient(url, timeout=2.0) as probe:
             while True:
                 if process.returncode is not None:
                     assert process.stderr is not None
                     errors = (await process.stderr.read()).decode(errors="replace")[-2000:]
                     raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}: {errors}")
-                with contextlib.suppress(UpstreamError):
+                with contextlib.suppress(SearchClientError):
                     await probe.request("GET", "/_selproxy/status")
                     break
                 if time.monotonic() > deadline:
@@ -138,7 +138,7 @@ async def benchmark(args: argparse.Namespace) -> Report:
     engine = contextlib.nullcontext(args.engine_url) if args.engine_url else embedded_engine()
     runs = []
     async with engine as engine_url:
-        async with Upstream(engine_url, timeout=args.timeout) as upstream:
+        async with SearchClient(engine_url, timeout=args.timeout) as upstream:
             if not args.skip_load:
                 docs = read_collection(os.path.join(args.data, "cran.all.1400.xml"))
                 loaded = await load_collection(upstream, args.index, docs, recreate=True)
@@ -153,7 +153,7 @@ async def benchmark(args: argparse.Namespace) -> Report:
             else:
                 proxy = proxy_in_process(engine_url, ranker, args.window, args.rank_deadline)
             async with proxy as proxy_url:
-                async with Upstream(proxy_url, timeout=args.timeout) as client:
+                async with SearchClient(proxy_url, timeout=args.timeout) as client:
                     results = await run_topics(client, args.index, judged, size=args.window, fields=fields,
                                                warmup=args.warmup)
             runs.append(summarise(label, results, qrels, k=args.k, window=args.window))

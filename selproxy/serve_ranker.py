@@ -57,7 +57,6 @@ import hashlib
 import json
 import logging
 import math
-import socket
 import sys
 import threading
 import time
@@ -65,6 +64,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ._redact import excerpt
+from ._uvicorn_server import UvicornService, serve_until_signalled
 from ._version import __version__
 from .rankers.adapter import RankerAdapter, RankFailed, RankJob
 
@@ -465,7 +465,7 @@ def _parse_listen(listen: str) -> Tuple[str, int]:
     return host, port
 
 
-class RankerServer:
+class RankerServer(UvicornService):
     """A serve-ranker on a socket, started and stopped from async code::
 
         async with RankerServer(ranker, "bm25", listen="127.0.0.1:0") as server:
@@ -474,30 +474,9 @@ class RankerServer:
 
     def __init__(self, ranker: Any, name: str, listen: str = "127.0.0.1:8080",
                  config: Optional[ServeRankerConfig] = None, log_level: Optional[str] = None) -> None:
+        super().__init__(*_parse_listen(listen))
         self.app = RerankApp(ranker, name, config)
-        self.host, self.port = _parse_listen(listen)
         self.log_level = log_level
-        self._sock: Optional[socket.socket] = None
-        self._server: Any = None
-        self._task: Optional["asyncio.Task[Any]"] = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        self._sock = sock
-        return sock
 
     def uvicorn_config(self) -> Any:
         import uvicorn
@@ -511,59 +490,20 @@ class RankerServer:
                               timeout_keep_alive=75, backlog=2048, **logging_options)
 
     async def start(self) -> None:
-        import uvicorn
-        sock = self._sock or self.bind()
-        config = self.uvicorn_config()
-        config.load()
-        server = uvicorn.Server(config)
-        # NOTE(serve-ranker): as the engine does, startup / main_loop /
-        # shutdown are driven here, so an embedding program keeps its signals.
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._server = server
-        self._task = asyncio.ensure_future(server.main_loop())
+        if self._uvicorn.sock is None:
+            self.bind()
+        await self._uvicorn.start(self.uvicorn_config())
         self.app.start_warmup()
 
     async def stop(self) -> None:
-        server, task = self._server, self._task
-        self._server = self._task = None
-        if server is not None and task is not None:
-            server.should_exit = True
-            await task
-            await server.shutdown(sockets=[self._sock] if self._sock else None)
-        elif self._sock is not None:
-            self._sock.close()
-        self._sock = None
+        await self._uvicorn.stop()
         await self.app.aclose()
-
-    async def __aenter__(self) -> "RankerServer":
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop()
 
 
 def serve(server: RankerServer) -> None:
     """Serve until SIGINT or SIGTERM (blocking); in-flight requests finish."""
-    import signal
-
-    import uvloop
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with server:
-            log.info("selproxy serve-ranker listening on %s, ranker %s", server.url, server.app.name)
-            await stop.wait()
-
-    uvloop.run(main())
+    serve_until_signalled(
+        server, lambda: log.info("selproxy serve-ranker listening on %s, ranker %s", server.url, server.app.name))
 
 
 # -- command line -----------------------------------------------------------------

@@ -2,14 +2,12 @@
 blocking :func:`serve` behind ``selproxy engine``."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-import socket
 from typing import Any, Dict, Optional
 
 import uvicorn
 
+from .._uvicorn_server import UvicornService, serve_until_signalled
 from ..config import parse_listen
 from .app import EngineApp
 from .contexts import DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_OPEN
@@ -27,7 +25,7 @@ def _config(app: EngineApp, host: str, port: int, log_level: Optional[str]) -> u
                           server_header=False, date_header=True, timeout_graceful_shutdown=5, **logging_options)
 
 
-class Engine:
+class Engine(UvicornService):
     """An engine serving on loopback, started and stopped from async code::
 
         async with Engine(data=":memory:") as engine:
@@ -43,85 +41,29 @@ class Engine:
     def __init__(self, data: str = ":memory:", host: str = "127.0.0.1", port: int = 0,
                  log_level: Optional[str] = None, max_open_contexts: int = DEFAULT_MAX_OPEN,
                  max_keep_alive: float = DEFAULT_MAX_KEEP_ALIVE) -> None:
+        super().__init__(host, port)
         self.data = data
-        self.host = host
-        self.port = port
         self.log_level = log_level
         self.max_open_contexts = max_open_contexts
         self.max_keep_alive = max_keep_alive
         self.store: Optional[Store] = None
-        self._server: Optional[uvicorn.Server] = None
-        self._task: Optional["asyncio.Task[None]"] = None
-        self._sock: Optional[socket.socket] = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
         self.store = Store(self.data)
         await self.store.start()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        self._sock = sock
+        self.bind()
         app = EngineApp(self.store, max_open_contexts=self.max_open_contexts, max_keep_alive=self.max_keep_alive)
-        config = _config(app, self.host, self.port, self.log_level)
-        config.load()
-        server = uvicorn.Server(config)
-        # NOTE(engine): Server.serve() would also take over SIGINT/SIGTERM, which
-        # an engine embedded in someone else's program must not do, so we drive
-        # startup / main_loop / shutdown ourselves.
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._server = server
-        self._task = asyncio.ensure_future(server.main_loop())
+        await self._uvicorn.start(_config(app, self.host, self.port, self.log_level))
 
     async def stop(self) -> None:
-        server, task = self._server, self._task
-        self._server = self._task = None
-        if server is not None and task is not None:
-            server.should_exit = True
-            await task
-            await server.shutdown(sockets=[self._sock] if self._sock else None)
-        elif self._sock is not None:
-            self._sock.close()
-        self._sock = None
+        await self._uvicorn.stop()
         if self.store is not None:
             await self.store.close()
             self.store = None
-
-    async def __aenter__(self) -> "Engine":
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop()
 
 
 def serve(listen: str = "127.0.0.1:9200", data: str = ":memory:", log_level: str = "info") -> None:
     """Serve until SIGINT or SIGTERM (blocking), then shut down cleanly."""
     host, port = parse_listen(listen)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with Engine(data=data, host=host, port=port, log_level=log_level) as engine:
-            logger.info("selproxy engine serving on %s (data: %s)", engine.url, data)
-            await stop.wait()
-
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a selproxy dependency
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    engine = Engine(data=data, host=host, port=port, log_level=log_level)
+    serve_until_signalled(engine, lambda: logger.info("selproxy engine serving on %s (data: %s)", engine.url, data))

@@ -167,12 +167,18 @@ async def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(f"index {report.index!r}: {report.judged} judged of {report.topics} topics, window {report.window}")
-        print(report.table())
+    _print_result(report, args.json,
+                  f"index {report.index!r}: {report.judged} judged of {report.topics} topics, window {report.window}")
     return 0
+
+
+def _print_result(result: Any, as_json: bool, headline: str) -> None:
+    """A report as ``--json`` asks: its JSON, or ``headline`` over its table."""
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(headline)
+        print(result.table())
 
 
 async def _replay(args: argparse.Namespace) -> int:
@@ -208,11 +214,8 @@ async def _replay(args: argparse.Namespace) -> int:
     # Each ranker runs on a loop of its own (asyncio.run), off this one.
     replayed = await loop.run_in_executor(None, replay_rankers, args.ranker, searches, args.deadline)
     result = report(searches, clicks, replayed, qrels=qrels, topics=topics, k=args.k)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(f"{result.searches} captured searches, {result.judged} judged by {result.judgements}")
-        print(result.table())
+    _print_result(result, args.json,
+                  f"{result.searches} captured searches, {result.judged} judged by {result.judgements}")
     return 0
 
 

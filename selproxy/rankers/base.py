@@ -69,11 +69,11 @@ through the entry-point group ``selproxy.rankers``::
 from __future__ import annotations
 
 import inspect
-from typing import (Any, Awaitable, Dict, Hashable, Iterable, Optional, Protocol, Sequence, Tuple, Union,
-                    runtime_checkable)
+from typing import (Any, Awaitable, Callable, Dict, Hashable, Iterable, List, Optional, Protocol, Sequence,
+                    Tuple, Union, runtime_checkable)
 
 __all__ = ("Ranker", "BatchRanker", "RankKeywords", "WarmsUp", "AsyncCloses", "Scores", "ScoreList",
-           "RankQuery", "RANK_KEYWORDS")
+           "RankQuery", "RANK_KEYWORDS", "batch_rank_pairs")
 
 #: What ``rank`` gives for one search: one real number per document (a list,
 #: :class:`Scores`, a NumPy array...), or an awaitable of that.
@@ -150,6 +150,21 @@ class RankKeywords(Protocol):
 RANK_KEYWORDS: Tuple[str, ...] = tuple(
     name for name, parameter in inspect.signature(RankKeywords.rank).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def batch_rank_pairs(requests: Sequence[RankQuery],
+                     score_pairs: Callable[[List[Tuple[str, str]]], List[float]]) -> List[List[float]]:
+    """``batch_rank`` for a model that scores ``(query, passage)`` pairs (a
+    cross-encoder): every search's pairs go to ``score_pairs`` in one call,
+    and its scores come back split per search."""
+    pairs = [(query, doc) for query, docs in requests for doc in docs]
+    flat = score_pairs(pairs) if pairs else []
+    results: List[List[float]] = []
+    offset = 0
+    for _query, docs in requests:
+        results.append(flat[offset:offset + len(docs)])
+        offset += len(docs)
+    return results
 
 
 @runtime_checkable

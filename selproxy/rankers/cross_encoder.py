@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._onnx import Encoder, ModelNotFound
+from .base import batch_rank_pairs
 
 __all__ = ("CrossEncoderRanker",)
 
@@ -87,11 +88,4 @@ class CrossEncoderRanker:
 
     def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
         """All searches' pairs go through the model together."""
-        pairs = [(query, doc) for query, docs in requests for doc in docs]
-        scores = self._score(pairs).astype(np.float64).tolist() if pairs else []
-        results: List[List[float]] = []
-        offset = 0
-        for _query, docs in requests:
-            results.append(scores[offset:offset + len(docs)])
-            offset += len(docs)
-        return results
+        return batch_rank_pairs(requests, lambda pairs: self._score(pairs).astype(np.float64).tolist())

@@ -60,6 +60,8 @@ import sys
 import threading
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
+from .base import batch_rank_pairs
+
 __all__ = ("wrap", "KINDS", "CrossEncoderWrapper", "BiEncoderWrapper", "RerankersWrapper",
            "FlashRankWrapper", "LangChainWrapper", "LlamaIndexWrapper", "scores_from_order")
 
@@ -170,14 +172,7 @@ class CrossEncoderWrapper(_Wrapper):
 
     def batch_rank(self, requests: Sequence[Tuple[str, Sequence[str]]]) -> List[List[float]]:
         """Every search's pairs go through ``predict`` in one call."""
-        pairs = [(query, doc) for query, docs in requests for doc in docs]
-        flat = self._predict(pairs) if pairs else []
-        results: List[List[float]] = []
-        offset = 0
-        for _query, docs in requests:
-            results.append(flat[offset:offset + len(docs)])
-            offset += len(docs)
-        return results
+        return batch_rank_pairs(requests, self._predict)
 
     def _predict(self, pairs: List[Tuple[str, str]]) -> List[float]:
         import numpy as np

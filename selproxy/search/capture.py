@@ -182,12 +182,7 @@ class CaptureWriter:
                 except OSError as exc:
                     self._failed(exc)
             if closing:
-                if self._stream is not None:
-                    try:
-                        self._stream.close()
-                    except OSError:
-                        pass
-                    self._stream = None
+                self._close_quietly()
                 return
 
     def _write(self, line: bytes) -> None:
@@ -225,9 +220,14 @@ class CaptureWriter:
         if self.errors == 1 or self.errors % 1000 == 0:
             log.warning("capture %s: write failed (%d so far): %s", self.path, self.errors,
                         type(exc).__name__ if exc is not None else "flush")
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        """Close the file if it is open: its lines were flushed, or counted as
+        failed, before, so an error closing it has nothing more to report."""
         if self._stream is not None:
             try:
                 self._stream.close()
             except OSError:
                 pass
-        self._stream = None
+            self._stream = None

@@ -7,26 +7,15 @@ import json
 import re
 import socket
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List
 from urllib.parse import urlsplit
 
 from support.proxy import LoggedProxy
+from support.sync_http import request
 from support.thread_upstream import echo_upstream
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-def request(url: str, target: str, headers: Optional[Dict[str, str]] = None, method: str = "GET",
-            body: Optional[bytes] = None) -> Tuple[int, Dict[str, str], bytes]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
-    try:
-        conn.request(method, target, body=body, headers=headers or {})
-        res = conn.getresponse()
-        return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
-    finally:
-        conn.close()
 
 
 def lines_of(proxy: LoggedProxy, path, count: int) -> List[dict]:
@@ -47,26 +36,26 @@ def test_json_access_lines_with_request_ids_trace_ids_and_no_secrets(tmp_path):
         with LoggedProxy(["--upstream", up.url, "--access-log", str(log), "--log-format", "json"],
                          tmp_path) as proxy:
             # No id: one is made, sent upstream and echoed.
-            code, made, body = request(proxy.url, "/plain")
+            code, made, body = request(proxy.url, "GET", "/plain")
             assert code == 200 and HEX32.fullmatch(made["x-request-id"])
             assert json.loads(body)["headers"]["X-Request-Id"] == made["x-request-id"]
             # A safe id from the client is kept.
-            _, kept, body = request(proxy.url, "/given", {"X-Request-Id": "client-7.a:b"})
+            _, kept, body = request(proxy.url, "GET", "/given", headers={"X-Request-Id": "client-7.a:b"})
             assert kept["x-request-id"] == "client-7.a:b"
             assert json.loads(body)["headers"]["X-Request-Id"] == "client-7.a:b"
             # An unsafe one (spaces, quotes, too long) is replaced, upstream too.
             replaced = []
             for bad in ('a b', 'x"}\\', "z" * 129):
-                _, echoed, body = request(proxy.url, "/bad", {"X-Request-Id": bad})
+                _, echoed, body = request(proxy.url, "GET", "/bad", headers={"X-Request-Id": bad})
                 assert HEX32.fullmatch(echoed["x-request-id"]), echoed
                 assert json.loads(body)["headers"]["X-Request-Id"] == echoed["x-request-id"]
                 replaced.append(echoed["x-request-id"])
             # A trace id from a valid traceparent; none from a bad one.
-            request(proxy.url, "/traced", {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
-            request(proxy.url, "/untraced", {"traceparent": f"ff-{TRACE}-00f067aa0ba902b7-01"})
+            request(proxy.url, "GET", "/traced", headers={"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})
+            request(proxy.url, "GET", "/untraced", headers={"traceparent": f"ff-{TRACE}-00f067aa0ba902b7-01"})
             # Credentials in the query and in headers stay out of the line.
-            request(proxy.url, "/q?api_key=abc123secret&q=wings&token=tok456",
-                    {"Authorization": "Bearer sekrit-bearer-789", "X-Api-Key": "hdr-key-000"})
+            request(proxy.url, "GET", "/q?api_key=abc123secret&q=wings&token=tok456",
+                    headers={"Authorization": "Bearer sekrit-bearer-789", "X-Api-Key": "hdr-key-000"})
             # An upstream that sets X-Request-Id keeps its own: one field, not two.
             parts = urlsplit(proxy.url)
             conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
@@ -76,7 +65,7 @@ def test_json_access_lines_with_request_ids_trace_ids_and_no_secrets(tmp_path):
             conn.close()
             assert [v for k, v in res.getheaders() if k.lower() == "x-request-id"] == ["upstream-mine"]
             # A claimed route (the status page) has its line too, and its id.
-            code, claimed, page = request(proxy.url, "/_selproxy/status")
+            code, claimed, page = request(proxy.url, "GET", "/_selproxy/status")
             assert code == 200 and HEX32.fullmatch(claimed["x-request-id"])
             found = lines_of(proxy, log, 10)
     plain, given, *bad, traced, untraced, secret, upstream_id, status = found
@@ -109,8 +98,9 @@ def test_a_reranked_search_logs_its_outcome_and_durations(tmp_path):
     with echo_upstream() as up:
         with LoggedProxy(["--upstream", up.url, "--access-log", str(log), "--log-format", "json",
                           "--ranker", "identity"], tmp_path, passthrough_only=False) as proxy:
-            code, headers, _ = request(proxy.url, "/books/_search", {"Content-Type": "application/json"},
-                                       "POST", json.dumps({"query": {"match": {"body": "book"}}}).encode())
+            code, headers, _ = request(proxy.url, "POST", "/books/_search",
+                                       json.dumps({"query": {"match": {"body": "book"}}}).encode(),
+                                       {"Content-Type": "application/json"})
             assert code == 200 and headers["x-selproxy-rerank"] == "applied"
             line, = lines_of(proxy, log, 1)
     assert line["route"] == "search" and line["method"] == "POST"
@@ -124,8 +114,8 @@ def test_the_query_string_is_left_out_on_request(tmp_path):
     with echo_upstream() as up:
         with LoggedProxy(["--upstream", up.url, "--access-log", str(log), "--log-format", "json",
                           "--access-log-redact-query"], tmp_path) as proxy:
-            request(proxy.url, "/books/_doc/1?routing=user-42&pretty")
-            request(proxy.url, "/no-query")
+            request(proxy.url, "GET", "/books/_doc/1?routing=user-42&pretty")
+            request(proxy.url, "GET", "/no-query")
             first, second = lines_of(proxy, log, 2)
     assert first["target"] == "/books/_doc/1?***" and second["target"] == "/no-query"
     assert "user-42" not in log.read_text()
@@ -134,7 +124,7 @@ def test_the_query_string_is_left_out_on_request(tmp_path):
 def test_text_access_lines_on_standard_output(tmp_path):
     with echo_upstream() as up:
         with LoggedProxy(["--upstream", up.url, "--access-log"], tmp_path) as proxy:
-            _, headers, body = request(proxy.url, "/t?a=1", {"X-Request-Id": "abc"})
+            _, headers, body = request(proxy.url, "GET", "/t?a=1", headers={"X-Request-Id": "abc"})
             line = proxy.wait_for(r".*\"GET /t\?a=1\".*", stream="out").group(0)
     assert re.fullmatch(r'127\.0\.0\.1 "GET /t\?a=1" 200 %d \d+\.\dms upstream=\d+\.\dms request_id=abc'
                         % len(body), line), line
@@ -149,7 +139,7 @@ def test_json_error_lines_carry_no_secrets(tmp_path):
         port = sock.getsockname()[1]
     with LoggedProxy(["--upstream", f"http://127.0.0.1:{port}", "--log-format", "json"],
                      tmp_path) as proxy:
-        code, _, _ = request(proxy.url, "/idx/_doc/1?token=tok-secret-1&x=1")
+        code, _, _ = request(proxy.url, "GET", "/idx/_doc/1?token=tok-secret-1&x=1")
         assert code == 502
         proxy.wait_for(r"-> 502")
         err = proxy.log

@@ -19,19 +19,13 @@ import urllib.request
 
 from support.engine import engine_in_thread
 from support.proxy import LISTENING
+from support.sync_http import post_json
 from support.upstream import RecordingUpstream, echo
 
 import selproxy
 from selproxy import server
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")
-
-
-def post(url: str, body: dict) -> tuple:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=20) as res:
-        return res.headers, json.loads(res.read())
 
 
 def readme_own_loop_example() -> str:
@@ -41,8 +35,8 @@ def readme_own_loop_example() -> str:
 
 
 def index_two_docs(engine_url: str) -> None:
-    post(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "a long document about wings and lift"})
-    post(f"{engine_url}/docs/_doc/2?refresh=true", {"body": "wings"})
+    post_json(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "a long document about wings and lift"})
+    post_json(f"{engine_url}/docs/_doc/2?refresh=true", {"body": "wings"})
 
 
 def test_the_readme_own_loop_example_runs_as_written():
@@ -58,7 +52,7 @@ def test_the_readme_own_loop_example_runs_as_written():
             assert proc.stdout is not None
             url = proc.stdout.readline().strip()
             assert url.startswith("http://127.0.0.1:"), proc.communicate(timeout=5)
-            headers, found = post(f"{url}/docs/_search", {"query": {"match": {"body": "wings"}}})
+            headers, found = post_json(f"{url}/docs/_search", {"query": {"match": {"body": "wings"}}})
             assert headers["X-Selproxy-Rerank"] == "applied"
             assert [hit["_id"] for hit in found["hits"]["hits"]] == ["2", "1"]
             with urllib.request.urlopen(f"{url}/docs/_doc/1", timeout=10) as res:   # passthrough
@@ -101,7 +95,7 @@ def test_await_serve_on_asyncios_loop():
                 match = LISTENING.search(line)
                 url = match.group(1) if match else None
             assert url is not None, "".join(lines)
-            headers, found = post(f"{url}/docs/_search", {"query": {"match": {"body": "wings"}}})
+            headers, found = post_json(f"{url}/docs/_search", {"query": {"match": {"body": "wings"}}})
             assert headers["X-Selproxy-Rerank"] == "applied"
             assert found["hits"]["total"]["value"] == 2
             with urllib.request.urlopen(f"{url}/docs/_doc/2", timeout=10) as res:

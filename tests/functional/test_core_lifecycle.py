@@ -13,7 +13,7 @@ import pytest
 from support.aio import run
 from support.proxy import ProxyProcess, in_process
 from support.rawhttp import RawClient
-from support.upstream import RecordingUpstream, echo, response
+from support.upstream import RecordingUpstream, echo, response, slow_or_quick
 
 import selproxy
 from selproxy.config import Config
@@ -142,13 +142,8 @@ def _is_zombie(pid: int) -> bool:
 def test_signal_lets_the_request_in_flight_finish(signum, workers):
     body = os.urandom(300_000)
 
-    def respond(request):
-        if request.target == "/slow":
-            return [("sleep", 1.0), response(200, body)]
-        return response(200, b"quick")
-
     async def scenario():
-        async with RecordingUpstream(respond) as up:
+        async with RecordingUpstream(slow_or_quick(body, 1.0)) as up:
             with ProxyProcess(["--upstream", up.url, "--shutdown-grace", "8",
                                "--workers", str(workers)]) as proc:
                 proc.wait_for_workers(workers)
@@ -156,10 +151,7 @@ def test_signal_lets_the_request_in_flight_finish(signum, workers):
                 assert (await idle.request("GET", "/quick")).body == b"quick"
                 busy = await RawClient.connect(proc.url)
                 busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
-                deadline = time.monotonic() + 5
-                while not any(r.target == "/slow" for r in up.requests):
-                    assert time.monotonic() < deadline, "the request never reached the upstream"
-                    await asyncio.sleep(0.01)
+                await up.wait_for_target("/slow")
                 signalled = time.monotonic()
                 proc.signal(signum)
                 # New connections are refused at once ...

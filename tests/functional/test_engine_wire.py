@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import signal
 import socket
@@ -11,30 +10,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Iterator
 
 import pytest
 
 from support.engine import engine_in_thread
+from support.sync_http import request
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     with engine_in_thread() as base:
         yield base
-
-
-def request(base: str, method: str, path: str, body: Optional[bytes] = None,
-            headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def test_plain_json_without_compat_header(url: str) -> None:

@@ -3,6 +3,7 @@ workers with no request lost; a bad one is refused and the old workers go on),
 a killed worker is started again, and SIGTERM keeps accepting for
 --shutdown-delay before it drains.  Real processes, real loopback sockets."""
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -10,7 +11,8 @@ import signal
 import socket
 import threading
 import time
-from typing import List, Tuple
+from pathlib import Path
+from typing import Any, Iterator, List, Tuple
 from urllib.parse import urlsplit
 
 from support.aio import run
@@ -80,113 +82,115 @@ class Traffic:
             time.sleep(0.01)
 
 
-def test_sighup_reloads_a_new_configuration_with_no_request_lost(tmp_path):
+@contextlib.contextmanager
+def two_workers_from_a_file(tmp_path: Path, text: str, **options: Any) -> Iterator[Tuple[LoggedProxy, Path]]:
+    """The proxy as a process over an echo upstream, configured by the file
+    it yields with it (``text``, for two workers), which a test rewrites
+    before a SIGHUP; yields once both workers listen."""
     config = tmp_path / "selproxy.toml"
-    config.write_text("workers = 2\nheader-timeout = 9.0\n")
+    config.write_text(text)
     with echo_upstream() as up:
-        with LoggedProxy(["--upstream", up.url, "--config", str(config)], tmp_path) as proxy:
+        with LoggedProxy(["--upstream", up.url, "--config", str(config)], tmp_path, **options) as proxy:
             proxy.wait_for("selproxy listening on", count=2)
-            old = sorted(proxy.worker_pids())
-            assert len(old) == 2
-            with Traffic(proxy.url) as traffic:
-                traffic.wait_for(20)
-                config.write_text("workers = 2\nheader-timeout = 7.0\n")
-                proxy.signal(signal.SIGHUP)
-                proxy.wait_for(r"SIGHUP: reloaded: workers (\d+), (\d+) serve the new configuration")
-                # The client goes on through the new workers, with nothing lost.
-                traffic.wait_for(20)
-            assert traffic.failures == [], traffic.failures
-            new = sorted(int(pid) for pid in proxy.wait_for(
-                r"SIGHUP: reloaded: workers (\d+), (\d+)").groups())
-            assert not set(new) & set(old)
-            # The old workers drain and exit; the new ones have the new values.
-            deadline = time.monotonic() + 15
-            while set(proxy.worker_pids()) & set(old):
-                assert time.monotonic() < deadline, proxy.log
-                time.sleep(0.05)
-            assert sorted(proxy.worker_pids()) == new
-            for _ in range(4):
-                page = status(proxy.url)
-                assert page["pid"] in new and page["config"]["header_timeout"] == 7.0
-            proxy.signal(signal.SIGTERM)
-            assert proxy.wait() == 0, proxy.log
+            yield proxy, config
+
+
+def test_sighup_reloads_a_new_configuration_with_no_request_lost(tmp_path):
+    with two_workers_from_a_file(tmp_path, "workers = 2\nheader-timeout = 9.0\n") as (proxy, config):
+        old = sorted(proxy.worker_pids())
+        assert len(old) == 2
+        with Traffic(proxy.url) as traffic:
+            traffic.wait_for(20)
+            config.write_text("workers = 2\nheader-timeout = 7.0\n")
+            proxy.signal(signal.SIGHUP)
+            proxy.wait_for(r"SIGHUP: reloaded: workers (\d+), (\d+) serve the new configuration")
+            # The client goes on through the new workers, with nothing lost.
+            traffic.wait_for(20)
+        assert traffic.failures == [], traffic.failures
+        new = sorted(int(pid) for pid in proxy.wait_for(
+            r"SIGHUP: reloaded: workers (\d+), (\d+)").groups())
+        assert not set(new) & set(old)
+        # The old workers drain and exit; the new ones have the new values.
+        deadline = time.monotonic() + 15
+        while set(proxy.worker_pids()) & set(old):
+            assert time.monotonic() < deadline, proxy.log
+            time.sleep(0.05)
+        assert sorted(proxy.worker_pids()) == new
+        for _ in range(4):
+            page = status(proxy.url)
+            assert page["pid"] in new and page["config"]["header_timeout"] == 7.0
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait() == 0, proxy.log
 
 
 def test_readiness_stays_200_through_a_reload_while_a_replaced_worker_drains(tmp_path):
     # A worker a reload replaced retires: its drain is not the group's, so a
     # load balancer never takes the proxy out for a configuration change.
-    config = tmp_path / "selproxy.toml"
-    config.write_text("workers = 2\nshutdown-grace = 20.0\nbody-timeout = 30.0\n")
-    with echo_upstream() as up:
-        with LoggedProxy(["--upstream", up.url, "--config", str(config)], tmp_path) as proxy:
-            proxy.wait_for("selproxy listening on", count=2)
-            deadline = time.monotonic() + 20
-            while get(proxy.url, "/_selproxy/readyz")[0] != 200:
-                assert time.monotonic() < deadline, proxy.log
-                time.sleep(0.05)
-            parts = urlsplit(proxy.url)
-            # A request an old worker holds (half its body sent): that
-            # worker drains until it ends.
-            held = socket.create_connection((parts.hostname, parts.port), timeout=30)
-            held.sendall(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+    text = "workers = 2\nshutdown-grace = 20.0\nbody-timeout = 30.0\n"
+    with two_workers_from_a_file(tmp_path, text) as (proxy, config):
+        deadline = time.monotonic() + 20
+        while get(proxy.url, "/_selproxy/readyz")[0] != 200:
+            assert time.monotonic() < deadline, proxy.log
+            time.sleep(0.05)
+        parts = urlsplit(proxy.url)
+        # A request an old worker holds (half its body sent): that
+        # worker drains until it ends.
+        held = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        held.sendall(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        page = status(proxy.url)
+        deadline = time.monotonic() + 10
+        while sum(w["proxy"]["requests_passed"] for w in page["workers"]["each"]) < 1:
+            assert time.monotonic() < deadline, page
+            time.sleep(0.05)
             page = status(proxy.url)
-            deadline = time.monotonic() + 10
-            while sum(w["proxy"]["requests_passed"] for w in page["workers"]["each"]) < 1:
-                assert time.monotonic() < deadline, page
-                time.sleep(0.05)
-                page = status(proxy.url)
-            proxy.signal(signal.SIGHUP)
-            proxy.wait_for(r"SIGHUP: reloaded: workers (\d+), (\d+)")
-            retiring = []
-            deadline = time.monotonic() + 10
-            while not retiring:
-                assert time.monotonic() < deadline, status(proxy.url)
-                retiring = [w for w in status(proxy.url)["workers"]["each"]
-                            if w["state"] == "retiring" and w["alive"]]
-            answers = [get(proxy.url, "/_selproxy/readyz") for _ in range(10)]
-            assert [code for code, _ in answers] == [200] * 10, answers
-            held.sendall(b"67890")
-            try:
-                reply = held.recv(65536)
-            except OSError as exc:
-                raise AssertionError(proxy.log) from exc
-            assert reply.startswith(b"HTTP/1.1 200"), reply
-            held.close()
-            proxy.signal(signal.SIGTERM)
-            assert proxy.wait() == 0, proxy.log
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for(r"SIGHUP: reloaded: workers (\d+), (\d+)")
+        retiring = []
+        deadline = time.monotonic() + 10
+        while not retiring:
+            assert time.monotonic() < deadline, status(proxy.url)
+            retiring = [w for w in status(proxy.url)["workers"]["each"]
+                        if w["state"] == "retiring" and w["alive"]]
+        answers = [get(proxy.url, "/_selproxy/readyz") for _ in range(10)]
+        assert [code for code, _ in answers] == [200] * 10, answers
+        held.sendall(b"67890")
+        try:
+            reply = held.recv(65536)
+        except OSError as exc:
+            raise AssertionError(proxy.log) from exc
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        held.close()
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait() == 0, proxy.log
 
 
 def test_sighup_with_a_bad_configuration_is_refused_and_the_old_workers_serve_on(tmp_path):
-    config = tmp_path / "selproxy.toml"
-    config.write_text('workers = 2\nranker = "none"\n')
-    with echo_upstream() as up:
-        with LoggedProxy(["--upstream", up.url, "--config", str(config)], tmp_path,
-                         passthrough_only=False) as proxy:
-            proxy.wait_for("selproxy listening on", count=2)
-            old = sorted(proxy.worker_pids())
-            with Traffic(proxy.url) as traffic:
-                traffic.wait_for(10)
-                # A key that is not one: refused in the master, nothing forked.
-                config.write_text("workers = 2\nheder-timeout = 7.0\n")
-                proxy.signal(signal.SIGHUP)
-                line = proxy.wait_for(r".*SIGHUP: reload refused.*").group(0)
-                assert (f"SIGHUP: reload refused: {config}: unknown key 'heder-timeout' "
-                        "(did you mean 'header-timeout'?); the workers keep the configuration "
-                        "they have") in line
-                traffic.wait_for(10)
-                # A ranker that cannot be built: the new workers fail as they
-                # start, and the old ones are not touched.
-                missing = tmp_path / "no-model"
-                config.write_text(f'workers = 2\nranker = "cross-encoder"\nmodel-dir = "{missing}"\n')
-                proxy.signal(signal.SIGHUP)
-                line = proxy.wait_for(r".*SIGHUP: reload failed.*", timeout=60).group(0)
-                assert (f"a new worker could not start: cannot build the ranker 'cross-encoder': "
-                        f"no model directory at {missing}") in line
-                assert line.endswith("the old workers keep serving")
-                traffic.wait_for(10)
-            assert traffic.failures == [], traffic.failures
-            assert sorted(proxy.worker_pids()) == old
-            assert "Traceback" not in proxy.log
+    with two_workers_from_a_file(tmp_path, 'workers = 2\nranker = "none"\n',
+                                 passthrough_only=False) as (proxy, config):
+        old = sorted(proxy.worker_pids())
+        with Traffic(proxy.url) as traffic:
+            traffic.wait_for(10)
+            # A key that is not one: refused in the master, nothing forked.
+            config.write_text("workers = 2\nheder-timeout = 7.0\n")
+            proxy.signal(signal.SIGHUP)
+            line = proxy.wait_for(r".*SIGHUP: reload refused.*").group(0)
+            assert (f"SIGHUP: reload refused: {config}: unknown key 'heder-timeout' "
+                    "(did you mean 'header-timeout'?); the workers keep the configuration "
+                    "they have") in line
+            traffic.wait_for(10)
+            # A ranker that cannot be built: the new workers fail as they
+            # start, and the old ones are not touched.
+            missing = tmp_path / "no-model"
+            config.write_text(f'workers = 2\nranker = "cross-encoder"\nmodel-dir = "{missing}"\n')
+            proxy.signal(signal.SIGHUP)
+            line = proxy.wait_for(r".*SIGHUP: reload failed.*", timeout=60).group(0)
+            assert (f"a new worker could not start: cannot build the ranker 'cross-encoder': "
+                    f"no model directory at {missing}") in line
+            assert line.endswith("the old workers keep serving")
+            traffic.wait_for(10)
+        assert traffic.failures == [], traffic.failures
+        assert sorted(proxy.worker_pids()) == old
+        assert "Traceback" not in proxy.log
 
 
 def test_a_killed_worker_is_started_again(tmp_path):

@@ -18,7 +18,8 @@ from support.aio import run
 from support.engine import engine_in_thread
 from support.proxy import ProxyProcess
 from support.rawhttp import RawClient
-from support.upstream import RecordingUpstream, response
+from support.search_e2e import pid_ranker_workers
+from support.upstream import RecordingUpstream, response, slow_or_quick
 
 import selproxy
 from selproxy.metrics import METRICS
@@ -80,80 +81,72 @@ def status(url: str) -> dict:
 
 def test_metrics_and_status_count_every_request_of_both_workers(tmp_path, monkeypatch):
     marks = tmp_path / "marks"
-    marks.mkdir()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SUPPORT, os.environ.get("PYTHONPATH", "")]))
-    with engine_in_thread() as engine_url:
-        post(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "a long document about wings and lift"})
-        post(f"{engine_url}/docs/_doc/2?refresh=true", {"body": "wings"})
-        args = ["--upstream", engine_url, "--workers", "2", "--ranker", "pid_ranker:PidRanker",
-                "--ranker-option", f"directory={marks}"]
-        with ProxyProcess(args) as proxy:
-            proxy.wait_for_workers(2)
-            # Each request on a connection of its own, so the kernel spreads
-            # them over both workers; go on until both have served some.
-            passed = searched = 0
-            for _ in range(200):
-                code, _, _ = get(f"{proxy.url}/docs/_doc/1")
-                assert code == 200
-                passed += 1
-                code, headers, _ = post(f"{proxy.url}/docs/_search",
-                                        {"query": {"match": {"body": "wings"}}})
-                assert code == 200 and headers["X-Selproxy-Rerank"] == "applied"
-                searched += 1
-                if passed >= 10 and len(os.listdir(marks)) == 2:
-                    each = status(proxy.url)["workers"]["each"]
-                    if all(w["proxy"]["requests"]["search"] > 0
-                           and w["proxy"]["requests"]["passthrough"] > 0 for w in each):
-                        break
-            doc = status(proxy.url)
-            each = doc["workers"]["each"]
-            assert doc["workers"]["expected"] == 2 and doc["workers"]["serving"] == 2
-            assert len(each) == 2 and len({w["pid"] for w in each}) == 2
-            assert all(w["proxy"]["requests"]["passthrough"] > 0 for w in each), each
-            # The core's counters are exact at once: they are written in place.
-            totals = doc["proxy"]
-            assert totals["requests_passed"] == passed
-            assert totals["requests"]["passthrough"] == passed
-            assert totals["requests"]["search"] == searched
-            assert totals["responses"]["passthrough"]["2xx"] == passed
-            assert totals["responses"]["search"]["2xx"] == searched
-            assert sum(w["proxy"]["requests_passed"] for w in each) == passed
-            assert doc["search"]["ranker"] == "PidRanker"
-            statuses = totals["requests"]["status"]     # this one included
-            assert statuses >= 2
-
-            samples = scrape(proxy.url)
-            assert value(samples, "selproxy_requests_total", route="passthrough") == passed
-            assert value(samples, "selproxy_requests_total", route="search") == searched
-            assert value(samples, "selproxy_requests_total", route="status") == statuses + 1
-            assert value(samples, "selproxy_responses_total", route="passthrough", code="2xx") == passed
-            assert value(samples, "selproxy_responses_total", route="search", code="2xx") == searched
-            assert value(samples, "selproxy_responses_total", route="passthrough", code="5xx") == 0
-            assert value(samples, "selproxy_workers") == 2
-            assert value(samples, "selproxy_workers_expected") == 2
-            assert value(samples, "selproxy_ready") == 1
-            assert value(samples, "selproxy_model_warm") == 1
-            assert value(samples, "selproxy_ranker_info", ranker="PidRanker") == 1
-            # Every passthrough request and every search's engine call went upstream.
-            assert value(samples, "selproxy_upstream_duration_seconds_count") == passed + searched
-            assert value(samples, "selproxy_upstream_duration_seconds_bucket", le="+Inf") == passed + searched
-            assert value(samples, "selproxy_client_received_bytes_total") > 0
-            assert value(samples, "selproxy_client_sent_bytes_total") > 0
-            assert value(samples, "selproxy_client_connections_accepted_total") >= passed + searched
-            # The Python layer's figures reach the block within a publish interval.
-            deadline = time.monotonic() + 10.0
-            while True:
-                samples = scrape(proxy.url)
-                applied = value(samples, "selproxy_rerank_outcomes_total", outcome="applied", reason="")
-                if applied == searched or time.monotonic() > deadline:
+    with pid_ranker_workers(marks, monkeypatch) as proxy:
+        # Each request on a connection of its own, so the kernel spreads
+        # them over both workers; go on until both have served some.
+        passed = searched = 0
+        for _ in range(200):
+            code, _, _ = get(f"{proxy.url}/docs/_doc/1")
+            assert code == 200
+            passed += 1
+            code, headers, _ = post(f"{proxy.url}/docs/_search",
+                                    {"query": {"match": {"body": "wings"}}})
+            assert code == 200 and headers["X-Selproxy-Rerank"] == "applied"
+            searched += 1
+            if passed >= 10 and len(os.listdir(marks)) == 2:
+                each = status(proxy.url)["workers"]["each"]
+                if all(w["proxy"]["requests"]["search"] > 0
+                       and w["proxy"]["requests"]["passthrough"] > 0 for w in each):
                     break
-                time.sleep(0.1)
-            assert applied == searched
-            assert value(samples, "selproxy_rank_duration_seconds_count") == searched
-            for family in samples["__families__"].values():
-                assert family.name in METRICS or family.name + "_total" in METRICS, family.name
-                kind = METRICS.get(family.name, METRICS.get(family.name + "_total"))[0]
-                assert family.type == kind, family.name
+        doc = status(proxy.url)
+        each = doc["workers"]["each"]
+        assert doc["workers"]["expected"] == 2 and doc["workers"]["serving"] == 2
+        assert len(each) == 2 and len({w["pid"] for w in each}) == 2
+        assert all(w["proxy"]["requests"]["passthrough"] > 0 for w in each), each
+        # The core's counters are exact at once: they are written in place.
+        totals = doc["proxy"]
+        assert totals["requests_passed"] == passed
+        assert totals["requests"]["passthrough"] == passed
+        assert totals["requests"]["search"] == searched
+        assert totals["responses"]["passthrough"]["2xx"] == passed
+        assert totals["responses"]["search"]["2xx"] == searched
+        assert sum(w["proxy"]["requests_passed"] for w in each) == passed
+        assert doc["search"]["ranker"] == "PidRanker"
+        statuses = totals["requests"]["status"]     # this one included
+        assert statuses >= 2
+
+        samples = scrape(proxy.url)
+        assert value(samples, "selproxy_requests_total", route="passthrough") == passed
+        assert value(samples, "selproxy_requests_total", route="search") == searched
+        assert value(samples, "selproxy_requests_total", route="status") == statuses + 1
+        assert value(samples, "selproxy_responses_total", route="passthrough", code="2xx") == passed
+        assert value(samples, "selproxy_responses_total", route="search", code="2xx") == searched
+        assert value(samples, "selproxy_responses_total", route="passthrough", code="5xx") == 0
+        assert value(samples, "selproxy_workers") == 2
+        assert value(samples, "selproxy_workers_expected") == 2
+        assert value(samples, "selproxy_ready") == 1
+        assert value(samples, "selproxy_model_warm") == 1
+        assert value(samples, "selproxy_ranker_info", ranker="PidRanker") == 1
+        # Every passthrough request and every search's engine call went upstream.
+        assert value(samples, "selproxy_upstream_duration_seconds_count") == passed + searched
+        assert value(samples, "selproxy_upstream_duration_seconds_bucket", le="+Inf") == passed + searched
+        assert value(samples, "selproxy_client_received_bytes_total") > 0
+        assert value(samples, "selproxy_client_sent_bytes_total") > 0
+        assert value(samples, "selproxy_client_connections_accepted_total") >= passed + searched
+        # The Python layer's figures reach the block within a publish interval.
+        deadline = time.monotonic() + 10.0
+        while True:
+            samples = scrape(proxy.url)
+            applied = value(samples, "selproxy_rerank_outcomes_total", outcome="applied", reason="")
+            if applied == searched or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert applied == searched
+        assert value(samples, "selproxy_rank_duration_seconds_count") == searched
+        for family in samples["__families__"].values():
+            assert family.name in METRICS or family.name + "_total" in METRICS, family.name
+            kind = METRICS.get(family.name, METRICS.get(family.name + "_total"))[0]
+            assert family.type == kind, family.name
 
 
 def test_readyz_waits_for_the_warm_up_and_livez_does_not(tmp_path, monkeypatch):
@@ -186,13 +179,8 @@ def test_readyz_waits_for_the_warm_up_and_livez_does_not(tmp_path, monkeypatch):
 def test_readyz_says_draining_while_a_worker_drains_then_that_one_is_missing():
     body = os.urandom(100_000)
 
-    def respond(request):
-        if request.target == "/slow":
-            return [("sleep", 1.5), response(200, body)]
-        return response(200, b"quick")
-
     async def scenario():
-        async with RecordingUpstream(respond) as up:
+        async with RecordingUpstream(slow_or_quick(body, 1.5)) as up:
             with ProxyProcess(["--upstream", up.url, "--workers", "2",
                                "--shutdown-grace", "8"]) as proc:
                 proc.wait_for_workers(2)
@@ -202,10 +190,7 @@ def test_readyz_says_draining_while_a_worker_drains_then_that_one_is_missing():
                 busy = await RawClient.connect(proc.url)
                 doomed = (await busy.request("GET", "/_selproxy/status")).json()["pid"]
                 busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
-                deadline = time.monotonic() + 5
-                while not any(r.target == "/slow" for r in up.requests):
-                    assert time.monotonic() < deadline, "the request never reached the upstream"
-                    await asyncio.sleep(0.01)
+                await up.wait_for_target("/slow")
                 os.kill(doomed, signal.SIGTERM)
                 # The other worker answers, for the group: one is draining.
                 for _ in range(3):

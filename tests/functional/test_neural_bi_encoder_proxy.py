@@ -2,10 +2,8 @@
 line, a tiny sentence-transformers directory the test builds, the embedded
 engine, real loopback sockets.  The reranked order must be the one the numpy
 reference of the same model gives."""
-import json
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 import pytest
@@ -14,20 +12,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
 
-from support.engine import engine_in_thread  # noqa: E402
-from support.proxy import ProxyProcess  # noqa: E402
+from support.search_e2e import DOCS, QUERY, engine_and_proxy_orders  # noqa: E402
 from support.tiny_bi_encoder import build_st_dir, expected  # noqa: E402
-
-DOCS = {"1": "the dog sat on the mat", "2": "a bird flew over the rug", "3": "the cat sat on the cat",
-        "4": "where is the mat"}
-QUERY = "the cat"
-
-
-def post(url: str, body: dict) -> tuple:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as res:
-        return res.headers, json.loads(res.read())
 
 
 @pytest.mark.parametrize("pooling, normalize", [("mean", True), ("cls", False)])
@@ -36,20 +22,12 @@ def test_the_proxy_reranks_with_the_model_in_the_directory(tmp_path, pooling, no
     vectors = expected(model_dir, [QUERY] + list(DOCS.values()), pooling, normalize)
     scores = vectors[1:] @ vectors[0]
     want = [doc_id for _, doc_id in sorted(zip(-scores, DOCS))]
-    with engine_in_thread() as engine_url:
-        for doc_id, body in DOCS.items():
-            post(f"{engine_url}/docs/_doc/{doc_id}?refresh=true", {"body": body})
-        # Every document has "the": the engine returns all four, in another order.
-        _, direct = post(f"{engine_url}/docs/_search", {"query": {"match": {"body": QUERY}}})
-        assert len(direct["hits"]["hits"]) == len(DOCS)
-        assert [hit["_id"] for hit in direct["hits"]["hits"]] != want
-        args = ["--upstream", engine_url, "--ranker", "bi-encoder", "--model-dir", str(model_dir),
-                "--ranker-option", "threads=1", "--ranker-option", "fusion_weight=0",
-                "--rank-deadline", "30", "--text-field", "body"]
-        with ProxyProcess(args, timeout=60) as proxy:
-            headers, found = post(f"{proxy.url}/docs/_search", {"query": {"match": {"body": QUERY}}})
+    engine_order, headers, found = engine_and_proxy_orders(
+        ["--ranker", "bi-encoder", "--model-dir", str(model_dir), "--ranker-option", "threads=1",
+         "--ranker-option", "fusion_weight=0", "--rank-deadline", "30"])
     assert headers["X-Selproxy-Rerank"].startswith("applied"), headers["X-Selproxy-Rerank"]
-    assert [hit["_id"] for hit in found["hits"]["hits"]] == want
+    assert found == want
+    assert engine_order != want  # the proxy changed the order
     assert len(set(np.round(scores, 4))) == len(DOCS)  # no ties: the order is the model's
 
 

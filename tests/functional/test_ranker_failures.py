@@ -20,6 +20,7 @@ import pytest
 from support.aio import run
 from support.engine import engine_in_thread
 from support.proxy import ProxyProcess
+from support.sync_http import post_json
 
 from selproxy import Proxy
 from selproxy.search import SearchConfig, SearchService
@@ -145,24 +146,17 @@ STUCK_RANKERS = textwrap.dedent('''
 ''')
 
 
-def post(url, body, timeout=20):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as res:
-        return res.headers, json.loads(res.read())
-
-
 @pytest.mark.parametrize("ranker", ["Stuck", "Stubborn"])
 def test_a_stuck_ranker_does_not_keep_the_proxy_alive_after_sigterm(tmp_path, monkeypatch, ranker):
     (tmp_path / "stuck_ranker.py").write_text(STUCK_RANKERS)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     grace = 1.0
     with engine_in_thread() as engine_url:
-        post(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "wings and lift"})
+        post_json(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "wings and lift"})
         args = ["--upstream", engine_url, "--ranker", f"stuck_ranker:{ranker}", "--rank-deadline", "0.2",
                 "--shutdown-grace", str(grace)]
         with ProxyProcess(args) as proxy:
-            headers, found = post(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}})
+            headers, found = post_json(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}})
             assert headers["X-Selproxy-Rerank"] == "fallback; reason=deadline"
             assert [hit["_id"] for hit in found["hits"]["hits"]] == ["1"]
             # The ranker's thread, or task, is now stuck for good.
@@ -182,7 +176,7 @@ def test_a_search_stuck_in_its_ranker_at_sigterm_is_cut_at_the_grace(tmp_path, m
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     grace = 1.0
     with engine_in_thread() as engine_url:
-        post(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "wings and lift"})
+        post_json(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "wings and lift"})
         # The rank deadline is far past the grace: the grace must win.
         args = ["--upstream", engine_url, "--ranker", "stuck_ranker:Stuck", "--rank-deadline", "60",
                 "--shutdown-grace", str(grace)]
@@ -191,8 +185,8 @@ def test_a_search_stuck_in_its_ranker_at_sigterm_is_cut_at_the_grace(tmp_path, m
 
             def search():
                 try:
-                    outcome.append(post(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}},
-                                        timeout=30))
+                    outcome.append(post_json(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}},
+                                             timeout=30))
                 except Exception as exc:  # cut by the shutdown: expected
                     outcome.append(exc)
 

@@ -1,46 +1,28 @@
 """A ranker named on the command line is built in each worker, after the fork:
 an onnxruntime session's threads would not survive one, and the master never
 serves.  Runs ``python -m selproxy --workers 2`` against the embedded engine."""
-import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 import pytest
-from support.engine import engine_in_thread
-from support.proxy import ProxyProcess
+from support.search_e2e import pid_ranker_workers
+from support.sync_http import post_json
 
 import selproxy
-
-SUPPORT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support")
-
-
-def post(url: str, body: dict) -> tuple:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=20) as res:
-        return res.headers, json.loads(res.read())
 
 
 def test_a_named_ranker_is_built_in_each_worker_not_in_the_master(tmp_path, monkeypatch):
     marks = tmp_path / "marks"
-    marks.mkdir()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SUPPORT, os.environ.get("PYTHONPATH", "")]))
-    with engine_in_thread() as engine_url:
-        post(f"{engine_url}/docs/_doc/1?refresh=true", {"body": "a long document about wings and lift"})
-        post(f"{engine_url}/docs/_doc/2?refresh=true", {"body": "wings"})
-        args = ["--upstream", engine_url, "--workers", "2", "--ranker", "pid_ranker:PidRanker",
-                "--ranker-option", f"directory={marks}"]
-        with ProxyProcess(args) as proxy:
-            proxy.wait_for_workers(2)
-            built = sorted(int(name) for name in os.listdir(marks))
-            assert proxy.proc is not None
-            assert len(built) == 2 and proxy.proc.pid not in built, (built, proxy.proc.pid)
-            for _ in range(4):
-                headers, found = post(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}})
-                assert headers["X-Selproxy-Rerank"] == "applied"
-                assert [hit["_id"] for hit in found["hits"]["hits"]] == ["2", "1"]
+    with pid_ranker_workers(marks, monkeypatch) as proxy:
+        built = sorted(int(name) for name in os.listdir(marks))
+        assert proxy.proc is not None
+        assert len(built) == 2 and proxy.proc.pid not in built, (built, proxy.proc.pid)
+        for _ in range(4):
+            headers, found = post_json(f"{proxy.url}/docs/_search", {"query": {"match": {"body": "wings"}}},
+                                       timeout=20)
+            assert headers["X-Selproxy-Rerank"] == "applied"
+            assert [hit["_id"] for hit in found["hits"]["hits"]] == ["2", "1"]
 
 
 def test_an_unknown_ranker_name_fails_when_the_proxy_is_built():

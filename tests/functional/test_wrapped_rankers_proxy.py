@@ -8,39 +8,12 @@ engine, real loopback sockets.
   ``selproxy.rankers.wrap(...)`` of a LangChain document compressor: the
   order is the compressor's, and the document it leaves out comes last.
 """
-import json
 import os
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from support.engine import engine_in_thread
-from support.proxy import ProxyProcess
-
-DOCS = {"1": "the dog sat on the mat", "2": "a bird flew over the rug", "3": "the cat sat on the cat",
-        "4": "where is the mat"}
-QUERY = "the cat"
-
-
-def post(url: str, body: dict) -> tuple:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as res:
-        return res.headers, json.loads(res.read())
-
-
-def search_through(args: list) -> tuple:
-    """The engine's own order, and the proxy's answer, for QUERY."""
-    with engine_in_thread() as engine_url:
-        for doc_id, body in DOCS.items():
-            post(f"{engine_url}/docs/_doc/{doc_id}?refresh=true", {"body": body})
-        _, direct = post(f"{engine_url}/docs/_search", {"query": {"match": {"body": QUERY}}})
-        assert len(direct["hits"]["hits"]) == len(DOCS)  # every document has "the"
-        with ProxyProcess(["--upstream", engine_url, "--rank-deadline", "60", "--text-field", "body", *args],
-                          timeout=120) as proxy:
-            headers, found = post(f"{proxy.url}/docs/_search", {"query": {"match": {"body": QUERY}}})
-    return [hit["_id"] for hit in direct["hits"]["hits"]], headers, [hit["_id"] for hit in found["hits"]["hits"]]
+from support.search_e2e import DOCS, QUERY, engine_and_proxy_orders
 
 
 def test_the_proxy_reranks_with_a_sentence_transformers_directory(tmp_path: Path) -> None:
@@ -54,7 +27,7 @@ def test_the_proxy_reranks_with_a_sentence_transformers_directory(tmp_path: Path
     scores = {doc_id: float(model.predict([(QUERY, text)])[0]) for doc_id, text in DOCS.items()}
     assert len({round(s, 5) for s in scores.values()}) == len(DOCS)  # no ties: the order is the model's
     want = sorted(DOCS, key=lambda doc_id: -scores[doc_id])
-    engine_order, headers, found = search_through(
+    engine_order, headers, found = engine_and_proxy_orders(
         ["--ranker", "sentence-transformers", "--model-dir", str(model_dir)])
     assert headers["X-Selproxy-Rerank"].startswith("applied"), headers["X-Selproxy-Rerank"]
     assert found == want
@@ -84,7 +57,7 @@ def test_the_proxy_reranks_with_a_wrapped_langchain_compressor(tmp_path: Path,
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     # Shortest first: 4 (16 chars), then 1 and 3 (22, "the c" < "the d"), and 2 (24) left out, last.
     want = ["4", "3", "1", "2"]
-    engine_order, headers, found = search_through(["--ranker", "lc_ranker:make"])
+    engine_order, headers, found = engine_and_proxy_orders(["--ranker", "lc_ranker:make"])
     assert headers["X-Selproxy-Rerank"].startswith("applied"), headers["X-Selproxy-Rerank"]
     assert found == want
     assert engine_order != want

@@ -9,6 +9,8 @@ ranking libraries load from disk; nothing is downloaded.
   ``.onnx`` file name, ``tokenizer.json`` and the three JSON configs it
   reads) holding an ONNX graph made with the ``onnx`` helpers: mean-pooled
   token embeddings, and a logit that counts the word ``cat``.
+* :func:`pair_scorer_model`: that graph, with the weights given (the
+  cross-encoder tests build theirs on it).
 """
 from __future__ import annotations
 
@@ -88,13 +90,46 @@ FLASHRANK_FILE = "flashrank-TinyBERT-L-2-v2.onnx"
 DIM = 4
 
 
+def pair_scorer_model(path: Path, graph_name: str, words: np.ndarray, segments: np.ndarray,
+                      head: np.ndarray) -> None:
+    """An ONNX cross-encoder graph, saved at ``path``: ``words`` and
+    ``segments`` embed the tokens, which are mean-pooled over the attention
+    mask; ``head`` maps the pooled vector to ``head.shape[1]`` logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Gather", ["word_embeddings", "input_ids"], ["words"]),
+        helper.make_node("Gather", ["segment_embeddings", "token_type_ids"], ["segments"]),
+        helper.make_node("Add", ["words", "segments"], ["hidden"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "last_axis"], ["mask3"]),
+        helper.make_node("Mul", ["hidden", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "seq_axis"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], keepdims=0),
+        helper.make_node("Div", ["summed", "count"], ["pooled"]),
+        helper.make_node("MatMul", ["pooled", "classifier"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, graph_name,
+        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+         for name in ("input_ids", "attention_mask", "token_type_ids")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", head.shape[1]])],
+        initializer=[numpy_helper.from_array(words, "word_embeddings"),
+                     numpy_helper.from_array(segments, "segment_embeddings"),
+                     numpy_helper.from_array(head, "classifier"),
+                     numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"),
+                     numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def flashrank_model(cache_dir: Path) -> Path:
     """FlashRank's default model name, laid out in ``cache_dir`` as its
     download would be, with a tiny graph: a passage scores by its share
     of ``cat`` tokens."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     directory = cache_dir / FLASHRANK_MODEL
     directory.mkdir(parents=True, exist_ok=True)
     _wordpiece().save(str(directory / "tokenizer.json"))
@@ -110,30 +145,5 @@ def flashrank_model(cache_dir: Path) -> Path:
     head = np.zeros((DIM, 1), dtype=np.float32)
     head[0, 0] = 1.0
     head[1, 0] = -1.0
-    nodes = [
-        helper.make_node("Gather", ["word_embeddings", "input_ids"], ["words"]),
-        helper.make_node("Gather", ["segment_embeddings", "token_type_ids"], ["segments"]),
-        helper.make_node("Add", ["words", "segments"], ["hidden"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["maskf", "last_axis"], ["mask3"]),
-        helper.make_node("Mul", ["hidden", "mask3"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "seq_axis"], ["summed"], keepdims=0),
-        helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], keepdims=0),
-        helper.make_node("Div", ["summed", "count"], ["pooled"]),
-        helper.make_node("MatMul", ["pooled", "classifier"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny-flashrank",
-        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
-         for name in ("input_ids", "attention_mask", "token_type_ids")],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[numpy_helper.from_array(words, "word_embeddings"),
-                     numpy_helper.from_array(segments, "segment_embeddings"),
-                     numpy_helper.from_array(head, "classifier"),
-                     numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"),
-                     numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(directory / FLASHRANK_FILE))
+    pair_scorer_model(directory / FLASHRANK_FILE, "tiny-flashrank", words, segments, head)
     return cache_dir

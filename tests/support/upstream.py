@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import socket
 import struct
+import time
 from typing import Any, Callable, List, Optional, Tuple
 
 
@@ -59,6 +60,16 @@ def echo(request: RecordedRequest) -> bytes:
     return response(200, request.body, [("Content-Type", "application/octet-stream"),
                                         ("X-Method", request.method),
                                         ("X-Target", request.target)])
+
+
+def slow_or_quick(body: bytes, delay: float) -> Callable[[RecordedRequest], Any]:
+    """A script: ``/slow`` answers 200 with ``body`` after ``delay`` seconds,
+    any other target 200 ``quick`` at once."""
+    def respond(request: RecordedRequest) -> Any:
+        if request.target == "/slow":
+            return [("sleep", delay), response(200, body)]
+        return response(200, b"quick")
+    return respond
 
 
 class _Conn(asyncio.Protocol):
@@ -221,6 +232,13 @@ class RecordingUpstream:
             lambda: _Conn(self, len(self.connections)), "127.0.0.1", 0, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
+
+    async def wait_for_target(self, target: str, timeout: float = 5.0) -> None:
+        """Return once a request for ``target`` has come in."""
+        deadline = time.monotonic() + timeout
+        while not any(r.target == target for r in self.requests):
+            assert time.monotonic() < deadline, f"the request for {target} never reached the upstream"
+            await asyncio.sleep(0.01)
 
     async def __aexit__(self, *exc: object) -> None:
         self.server.close()

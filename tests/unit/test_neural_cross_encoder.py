@@ -1,7 +1,7 @@
 """CrossEncoderRanker on a tiny model the test builds: loading and the scoring
 path, not quality.
 
-The model is an ONNX graph made with the ``onnx`` helpers: token and segment
+The model is an ONNX graph (``support.tiny_models.pair_scorer_model``): token and segment
 embeddings, masked mean pooling and one linear layer to a logit.  Its
 tokenizer is a WordPiece ``tokenizer.json`` built with ``tokenizers``, with
 BERT's ``[CLS] a [SEP] b [SEP]`` pair template, as real cross-encoders have.
@@ -23,6 +23,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from selproxy.rankers._onnx import ModelNotFound  # noqa: E402
 from selproxy.rankers.cross_encoder import CrossEncoderRanker  # noqa: E402
 from support.tiny_bi_encoder import build_tokenizer as build_vocab_tokenizer  # noqa: E402
+from support.tiny_models import pair_scorer_model  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "on", "mat",
          "a", "where", "is", "rug", "##s"]
@@ -34,8 +35,6 @@ def build_tokenizer(path: Path) -> None:
 
 
 def build_model(path: Path, labels: int = 1) -> None:
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(7)
     words = rng.normal(0, 0.1, (len(VOCAB), DIM)).astype(np.float32)
     words[:, 0] = 0.0
@@ -43,32 +42,7 @@ def build_model(path: Path, labels: int = 1) -> None:
     segments = np.zeros((2, DIM), dtype=np.float32)
     head = np.zeros((DIM, labels), dtype=np.float32)
     head[0, -1] = 1.0
-    nodes = [
-        helper.make_node("Gather", ["word_embeddings", "input_ids"], ["words"]),
-        helper.make_node("Gather", ["segment_embeddings", "token_type_ids"], ["segments"]),
-        helper.make_node("Add", ["words", "segments"], ["hidden"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["maskf", "last_axis"], ["mask3"]),
-        helper.make_node("Mul", ["hidden", "mask3"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "seq_axis"], ["summed"], keepdims=0),
-        helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], keepdims=0),
-        helper.make_node("Div", ["summed", "count"], ["pooled"]),
-        helper.make_node("MatMul", ["pooled", "classifier"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny-cross-encoder",
-        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
-         for name in ("input_ids", "attention_mask", "token_type_ids")],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels])],
-        initializer=[numpy_helper.from_array(words, "word_embeddings"),
-                     numpy_helper.from_array(segments, "segment_embeddings"),
-                     numpy_helper.from_array(head, "classifier"),
-                     numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"),
-                     numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    pair_scorer_model(path, "tiny-cross-encoder", words, segments, head)
 
 
 @pytest.fixture(scope="module")
