@@ -777,7 +777,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             port = free_port()
             fresh = Service("selproxy-idle", pinned(args.cpu_proxy, [
                 *shlex.split(args.selproxy), "--listen", f"127.0.0.1:{port}",
-                "--upstream", f"http://127.0.0.1:{upstream_port}", "--workers", "1"]), logdir)
+                "--upstream", f"http://127.0.0.1:{upstream_port}", "--workers", "1",
+                # Passthrough only, as the measured proxy: the default ranker's
+                # model, loading in the background, was counted as connections.
+                "--ranker", "none"]), logdir)
             services.append(fresh)
             fresh.wait_listening(port)
             idle = idle_connections_rss(fresh, port, args.idle_conns, timeout=120)
