@@ -83,3 +83,17 @@ def test_json_error_lines_are_one_redacted_object():
     assert doc["level"] == "warning" and doc["logger"] == "selproxy"
     assert doc["message"] == "GET /x?api_key=*** -> 502 upstream failed"
     assert "k-secret-9" not in json.dumps(doc)
+
+
+def test_a_hostile_target_redacts_in_linear_time():
+    # 8 KiB (the default --max-request-line) of parameter starts with no "=":
+    # the redaction once backtracked over them for 15 s, holding the loop.
+    import time
+
+    from selproxy._logs import redact_target
+
+    for query in ("?token" * 1300, "?tok" * 2000, "token" * 1600):
+        started = time.perf_counter()
+        assert redact_target("/x?" + query, False) == "/x?" + query   # no "=": nothing to redact
+        assert time.perf_counter() - started < 1.0
+    assert redact_target("/x?a=1&api_key=s3cret#f", False) == "/x?a=1&api_key=***#f"
